@@ -1,0 +1,156 @@
+"""Boston housing: normalising each source's layout to one CSV, then split and scale.
+
+Every source is rendered to the same canonical CSV (header ``CRIM,...,MEDV``, numbers in
+Python's shortest round-trip form, ``18.0`` written ``18``), whose SHA-256 is known, so StatLib's
+two-lines-per-record text, an OpenML CSV and the local mirror are verified the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from bplab.config import BOSTON_FEATURES, BOSTON_TARGET, BostonDownload, BostonPreprocess
+from bplab.data.fetch import Candidate, FetchedFile, fetch_file, mirror_dir
+from bplab.data.processed import Prepared
+from bplab.errors import DataError
+
+FILE_NAME = "boston.csv"
+SHA256 = "79ac716620024011b03c0c44d2bf99069b8173649181926d9109c25475a3804c"
+COLUMNS = (*BOSTON_FEATURES, BOSTON_TARGET)
+N_ROWS = 506
+
+
+def _number(text: str) -> str:
+    value = repr(float(text))
+    return value[:-2] if value.endswith(".0") else value
+
+
+def render_csv(rows: list[list[float | str]]) -> bytes:
+    """The canonical CSV bytes of the table's rows (14 values each)."""
+    lines = [",".join(COLUMNS)]
+    lines += [",".join(_number(str(v)) for v in row) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _check_rows(rows: list[list[str]], origin: str) -> None:
+    if len(rows) != N_ROWS:
+        raise ValueError(f"{origin}: expected {N_ROWS} rows, found {len(rows)}")
+    for number, row in enumerate(rows, start=1):
+        for column, cell in zip(COLUMNS, row, strict=True):
+            try:
+                float(cell)
+            except ValueError:
+                raise ValueError(f"{origin}: row {number}, column {column}: {cell!r} is not a number") from None
+
+
+def from_statlib(payload: bytes) -> bytes:
+    """StatLib's original text: a free-text preamble, then each record wrapped over two lines."""
+    values: list[str] = []
+    for line in payload.decode("latin-1").splitlines():
+        tokens = line.split()
+        if tokens and all(_is_number(t) for t in tokens):
+            values.extend(tokens)
+    if len(values) != N_ROWS * len(COLUMNS):
+        raise ValueError(f"StatLib text: expected {N_ROWS * len(COLUMNS)} numbers, found {len(values)}")
+    rows = [values[i: i + len(COLUMNS)] for i in range(0, len(values), len(COLUMNS))]
+    _check_rows(rows, "StatLib text")
+    return render_csv(rows)
+
+
+def from_csv(payload: bytes) -> bytes:
+    """A CSV with a header naming the 14 columns in any order or case (OpenML, the mirror)."""
+    reader = csv.reader(io.StringIO(payload.decode("utf-8-sig")))
+    try:
+        header = [h.strip().strip('"').upper() for h in next(reader)]
+    except StopIteration:
+        raise ValueError("CSV is empty") from None
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"CSV lacks column(s) {', '.join(missing)}; header is {','.join(header)}")
+    order = [header.index(c) for c in COLUMNS]
+    rows = [[row[i].strip() for i in order] for row in reader if row]
+    _check_rows(rows, "CSV")
+    return render_csv(rows)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+_DECODERS = {"statlib": from_statlib, "csv": from_csv}
+
+
+def candidates(params: BostonDownload) -> list[Candidate]:
+    """The local mirror's ``boston/boston.csv`` (if set) first, then the configured sources."""
+    found = []
+    mirror = mirror_dir()
+    if mirror is not None:
+        found.append(Candidate(str(mirror / "boston" / FILE_NAME), from_csv))
+    found += [Candidate(source.url, _DECODERS[source.format]) for source in params.sources]
+    return found
+
+
+def download(raw_dir: Path, params: BostonDownload, sha256: str = SHA256) -> list[FetchedFile]:
+    """Fetch the table into ``raw_dir/boston.csv`` in canonical form."""
+    return [fetch_file(FILE_NAME, candidates(params), sha256, raw_dir / FILE_NAME, params)]
+
+
+def read_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n, 13) float64 and target (n,) from the canonical CSV, with errors naming the file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file is missing; run the download stage first") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or tuple(rows[0]) != COLUMNS:
+        found = ",".join(rows[0]) if rows else "(empty file)"
+        raise DataError(f"{path}: header must be {','.join(COLUMNS)}, found {found}")
+    table = np.empty((len(rows) - 1, len(COLUMNS)))
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(COLUMNS):
+            raise DataError(f"{path}: line {number} has {len(row)} values, expected {len(COLUMNS)}")
+        for column, cell in enumerate(row):
+            try:
+                table[number - 2, column] = float(cell)
+            except ValueError:
+                raise DataError(f"{path}: line {number}, column {COLUMNS[column]}: {cell!r} is not a number") from None
+    return table[:, :-1], table[:, -1]
+
+
+def preprocess(raw_dir: Path, params: BostonPreprocess) -> Prepared:
+    """Split, then standardise with a scaler fitted on the training split only.
+
+    x float32 (n, k) and y float32 (n, 1) per split; the transform records the scaler's
+    ``mean_`` and ``scale_`` with the feature names they belong to.
+    """
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    features, target = read_table(raw_dir / FILE_NAME)
+    keep = [i for i, name in enumerate(BOSTON_FEATURES) if name not in params.drop_features]
+    features = features[:, keep]
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, target, test_size=params.test_size, random_state=params.split_seed
+    )
+    scaler = StandardScaler().fit(x_train)
+    names = [BOSTON_FEATURES[i] for i in keep]
+    transform = {
+        "features": names,
+        "scaler_mean": dict(zip(names, scaler.mean_.tolist())),
+        "scaler_scale": dict(zip(names, scaler.scale_.tolist())),
+        "test_size": params.test_size,
+        "split_seed": params.split_seed,
+    }
+
+    def prepared(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return scaler.transform(x).astype(np.float32), y.astype(np.float32).reshape(-1, 1)
+
+    return Prepared({"train": prepared(x_train, y_train), "test": prepared(x_test, y_test)}, transform)

@@ -1,0 +1,77 @@
+"""The tutorial's two-class "flower": generated from params, not downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bplab.config import FlowerDownload, FlowerPreprocess
+from bplab.data.processed import Prepared
+from bplab.errors import DataError
+
+SPLIT_FILES = {"train": "train.csv", "test": "test.csv"}
+
+
+def generate(n_points: int, petals: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points (n, 2) float64 and labels (n, 1) uint8, exactly as in seed 000 section 2.4.1.
+
+    The tutorial seeds NumPy's global legacy generator with ``np.random.seed(seed)``; a
+    ``RandomState(seed)`` draws the same stream without touching global state.
+    """
+    rng = np.random.RandomState(seed)
+    per_class = n_points // 2
+    x = np.zeros((n_points, 2))
+    y = np.zeros((n_points, 1), dtype="uint8")
+    for label in range(2):
+        rows = range(per_class * label, per_class * (label + 1))
+        t = np.linspace(label * 3.12, (label + 1) * 3.12, per_class) + rng.randn(per_class) * noise
+        r = petals * np.sin(4 * t) + rng.randn(per_class) * noise
+        x[rows] = np.c_[r * np.sin(t), r * np.cos(t)]
+        y[rows] = label
+    return x, y
+
+
+def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    # repr() round-trips float64 exactly, so the CSV holds the generator's values bit for bit.
+    lines = ["x1,x2,label"] + [f"{a!r},{b!r},{int(c)}" for (a, b), c in zip(x.tolist(), y[:, 0])]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_raw(raw_dir: Path, params: FlowerDownload) -> dict[str, Path]:
+    """Generate the training and held-out points into ``raw_dir/{train,test}.csv``."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    splits = {
+        "train": generate(params.n_points, params.petals, params.noise, params.seed),
+        "test": generate(params.test_points, params.petals, params.noise, params.test_seed),
+    }
+    paths = {}
+    for split, (x, y) in splits.items():
+        paths[split] = raw_dir / SPLIT_FILES[split]
+        _write_csv(paths[split], x, y)
+    return paths
+
+
+def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Points (n, 2) float64 and labels (n, 1) from a flower CSV, checking its layout."""
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file is missing; run the download stage first") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not a numeric x1,x2,label table ({exc})") from None
+    if table.shape[1] != 3 or not np.isin(table[:, 2], (0, 1)).all():
+        raise DataError(f"{path}: expected columns x1,x2,label with labels 0/1")
+    return table[:, :2], table[:, 2:]
+
+
+def preprocess(raw_dir: Path, params: FlowerPreprocess) -> Prepared:
+    """x float32 (n, 2), y float32 (n, 1) per split; optionally standardised on the train split."""
+    splits = {split: read_split(raw_dir / name) for split, name in SPLIT_FILES.items()}
+    transform: dict[str, object] = {"standardize": params.standardize}
+    if params.standardize:
+        mean, std = splits["train"][0].mean(axis=0), splits["train"][0].std(axis=0)
+        splits = {split: ((x - mean) / std, y) for split, (x, y) in splits.items()}
+        transform |= {"mean": mean.tolist(), "std": std.tolist()}
+    arrays = {split: (x.astype(np.float32), y.astype(np.float32)) for split, (x, y) in splits.items()}
+    return Prepared(arrays, transform)

@@ -1,0 +1,97 @@
+"""The processed-data format shared by preprocess (writer) and train/evaluate (readers).
+
+``data/processed/<dataset>/`` holds ``x_<split>.npy`` (float32, 2-D), ``y_<split>.npy``
+(int64 class ids, or float32 column targets) and ``transform.json`` (the fitted transform's
+parameters and the arrays' shapes). Plain ``.npy`` files: no pickle, loadable without torch,
+and ``torch.from_numpy`` turns them into tensors without a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bplab.errors import DataError
+
+SPLITS = ("train", "test")
+TRANSFORM_FILE = "transform.json"
+_Y_DTYPES = (np.dtype(np.int64), np.dtype(np.float32))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Arrays per split, ``{"train": (x, y), "test": (x, y)}``, and the transform that made them."""
+
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    transform: dict[str, Any] = field(default_factory=dict)
+
+    def shapes(self) -> dict[str, list[int]]:
+        """``{"x_train": [n, d], ...}`` for logging and for the reader's checks."""
+        return {f"{kind}_{split}": list(array.shape)
+                for split, pair in self.splits.items() for kind, array in zip("xy", pair)}
+
+
+def _check(name: str, x: np.ndarray, y: np.ndarray, origin: str) -> None:
+    if x.ndim != 2 or x.dtype != np.float32:
+        raise DataError(f"{origin}: x_{name} must be a 2-D float32 array, found {x.ndim}-D {x.dtype} {x.shape}")
+    if y.dtype not in _Y_DTYPES or not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+        raise DataError(f"{origin}: y_{name} must be int64 (n,) or float32 (n, 1), found {y.dtype} {y.shape}")
+    if len(x) != len(y) or len(x) == 0:
+        raise DataError(f"{origin}: x_{name} has {len(x)} rows but y_{name} has {len(y)}")
+    if not np.isfinite(x).all():
+        raise DataError(f"{origin}: x_{name} contains NaN or infinite values")
+
+
+def save(prepared: Prepared, out_dir: Path) -> None:
+    """Write all arrays and ``transform.json``; the directory appears complete or not at all."""
+    for split, (x, y) in prepared.splits.items():
+        _check(split, x, y, "preprocess output")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        for split, (x, y) in prepared.splits.items():
+            np.save(staging / f"x_{split}.npy", x)
+            np.save(staging / f"y_{split}.npy", y)
+        meta = {"shapes": prepared.shapes(), "transform": prepared.transform}
+        (staging / TRANSFORM_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load(processed_dir: Path, splits: tuple[str, ...] = SPLITS) -> Prepared:
+    """Read the arrays of ``splits`` back, checking shapes and dtypes against ``transform.json``."""
+    meta_path = processed_dir / TRANSFORM_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{meta_path}: missing; run the preprocess stage first") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
+    arrays = {}
+    for split in splits:
+        pair = []
+        for kind in "xy":
+            path = processed_dir / f"{kind}_{split}.npy"
+            try:
+                array = np.load(path, allow_pickle=False)
+            except FileNotFoundError:
+                raise DataError(f"{path}: missing; run the preprocess stage first") from None
+            except (ValueError, EOFError, OSError) as exc:
+                raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+            expected = meta.get("shapes", {}).get(f"{kind}_{split}")
+            if expected is not None and list(array.shape) != expected:
+                raise DataError(f"{path}: shape {list(array.shape)} differs from {expected} in {meta_path}")
+            pair.append(array)
+        _check(split, pair[0], pair[1], str(processed_dir))
+        arrays[split] = (pair[0], pair[1])
+    return Prepared(arrays, meta.get("transform", {}))

@@ -1,0 +1,17 @@
+"""Errors a user can act on. Stages print their message and exit non-zero, without a traceback."""
+
+
+class BplabError(Exception):
+    """Base for errors caused by the user's input or environment rather than a bug."""
+
+
+class ParamsError(BplabError):
+    """params.yaml has an unknown key, a wrong type or an impossible value."""
+
+
+class DownloadError(BplabError):
+    """No source could provide a file with the expected checksum."""
+
+
+class DataError(BplabError):
+    """A raw or processed data file is missing, truncated or malformed."""

@@ -1,0 +1,139 @@
+"""MLflow conventions of the pipeline: where runs go, how they are named and tagged, how they end.
+
+``import mlflow`` costs seconds, so it happens inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import mlflow
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+_EXPS_TMP = (".dvc", "tmp", "exps")
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The DVC repository's root directory.
+
+    ``dvc exp run --temp`` and queued experiments run in a copy under ``<repo>/.dvc/tmp/exps/``;
+    from there the root is the original repository, so their MLflow records are not lost with
+    the copy.
+    """
+    here = (start or Path.cwd()).resolve()
+    root = next((p for p in (here, *here.parents) if (p / ".dvc").is_dir()), here)
+    parts = root.parts
+    for i in range(len(parts) - len(_EXPS_TMP) + 1):
+        if parts[i: i + len(_EXPS_TMP)] == _EXPS_TMP:
+            return Path(*parts[:i])
+    return root
+
+
+def default_tracking_uri() -> str:
+    """MLflow's default store, ``sqlite:///mlflow.db``, anchored at the repository root."""
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else :func:`default_tracking_uri`."""
+    return os.environ.get(TRACKING_ENV) or default_tracking_uri()
+
+
+def _artifact_location(experiment: str) -> str | None:
+    # With the default local store, pin artifacts to the repository root too (MLflow would use
+    # ./mlruns of whatever directory created the experiment); a server decides for itself.
+    # Compared by value: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself.
+    if tracking_uri() != default_tracking_uri():
+        return None
+    return (repo_root() / "mlartifacts" / experiment).as_uri()
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment ``name``, creating it if needed (safe when processes race to create it)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri())
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=_artifact_location(name))
+    except MlflowException:
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_commit() -> str | None:
+    """HEAD's commit of the repository, or ``None`` outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_tags(*, dataset: str, stage: str, variant: str | None = None) -> dict[str, str]:
+    """The contract's tags: variant, dataset, stage, git commit, and dvc_exp under ``dvc exp run``."""
+    tags = {"dataset": dataset, "stage": stage}
+    if variant is not None:
+        tags["variant"] = variant
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp"] = exp
+    return tags
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt, so the run is closed as KILLED like on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(f"received signal {signum}")
+
+
+@contextmanager
+def stage_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that always ends: FINISHED, FAILED on an exception, KILLED on SIGINT/SIGTERM."""
+    import mlflow
+
+    experiment_id = ensure_experiment(experiment)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``) for ``log_params``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,22 @@
+"""DVC stage ``download@<dataset>``: fetch the raw files (mnist, boston) or generate them (flower)."""
+
+import argparse
+
+from bplab.cli import user_errors
+from bplab.config import DATASETS, load_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    args = parser.parse_args()
+    with user_errors(f"download@{args.dataset}"):
+        params = load_params(args.params)
+        from bplab.data.stage import download
+
+        download(args.dataset, params)
+
+
+if __name__ == "__main__":
+    main()
