@@ -1,0 +1,68 @@
+"""The processed format: atomic writes, and reads that reject wrong shapes and dtypes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bplab.data import processed
+from bplab.data.processed import Prepared
+from bplab.errors import DataError
+
+
+def sample() -> Prepared:
+    rng = np.random.default_rng(0)
+    return Prepared({
+        "train": (rng.normal(size=(8, 3)).astype(np.float32), rng.integers(0, 2, 8).astype(np.int64)),
+        "test": (rng.normal(size=(4, 3)).astype(np.float32), rng.integers(0, 2, 4).astype(np.int64)),
+    }, {"mean": [0.0, 1.0, 2.0]})
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "processed" / "toy"
+    processed.save(sample(), out)
+    loaded = processed.load(out)
+    for split in processed.SPLITS:
+        for got, want in zip(loaded.splits[split], sample().splits[split]):
+            np.testing.assert_array_equal(got, want)
+            assert got.dtype == want.dtype
+    assert loaded.transform == {"mean": [0.0, 1.0, 2.0]}
+    assert sorted(p.name for p in out.iterdir()) == [
+        "transform.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
+
+
+def test_failed_save_keeps_the_previous_output(tmp_path: Path) -> None:
+    out = tmp_path / "toy"
+    processed.save(sample(), out)
+    bad = Prepared({"train": (np.zeros((2, 3), np.float64), np.zeros(2, np.int64))})
+    with pytest.raises(DataError, match="float32"):
+        processed.save(bad, out)
+    assert processed.load(out).splits["train"][0].shape == (8, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["toy"]  # no staging directory left behind
+
+
+@pytest.mark.parametrize(("name", "array", "message"), [
+    ("x_train.npy", np.zeros((8, 3), np.float64), "x_train must be a 2-D float32 array"),
+    ("x_train.npy", np.zeros((8, 2), np.float32), r"shape \[8, 2\] differs from \[8, 3\]"),
+    ("y_test.npy", np.zeros((4, 2), np.float32), "shape"),
+])
+def test_wrong_shape_or_dtype_names_the_file(tmp_path: Path, name: str, array: np.ndarray, message: str) -> None:
+    processed.save(sample(), tmp_path)
+    np.save(tmp_path / name, array)
+    with pytest.raises(DataError, match=message):
+        processed.load(tmp_path)
+
+
+def test_truncated_array_file_names_the_file(tmp_path: Path) -> None:
+    processed.save(sample(), tmp_path)
+    path = tmp_path / "x_train.npy"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match="x_train.npy: not a readable .npy array"):
+        processed.load(tmp_path)
+
+
+def test_missing_output_says_which_stage_to_run(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="transform.json: missing; run the preprocess stage first"):
+        processed.load(tmp_path)

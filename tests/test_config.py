@@ -1,0 +1,161 @@
+"""params.yaml is validated once, and every bad value is reported with its full dotted key."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bplab.config import Params, load_params, parse_params
+from bplab.errors import ParamsError
+from conftest import REPO, run, set_params, stage_env
+
+RAW = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def edited(dotted: str, value: Any, *, delete: bool = False) -> dict[str, Any]:
+    """A deep copy of the repository's params with one key set (or removed)."""
+    params = copy.deepcopy(RAW)
+    *parents, leaf = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    if delete:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return params
+
+
+def error_for(params: dict[str, Any]) -> str:
+    with pytest.raises(ParamsError) as caught:
+        parse_params(params)
+    return str(caught.value)
+
+
+def test_repository_params_load_with_the_tutorials_values() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert set(params.train) == {
+        "flower_logreg", "flower_twolayer", "flower_sequential", "flower_module",
+        "mnist_mlp", "mnist_batchnet", "boston_module", "boston_sequential", "boston_adam",
+    }
+    mlp = params.train["mnist_mlp"]
+    assert (mlp.lr, mlp.batch_size, mlp.eval_batch_size, mlp.epochs, mlp.optimizer) == (0.1, 64, 128, 20, "sgd")
+    assert params.train["mnist_mlp"].model.hidden == [400, 200, 100]
+    assert params.train["mnist_batchnet"].model.hidden == [300, 100]
+    assert (params.train["mnist_batchnet"].lr, params.train["mnist_batchnet"].batch_size) == (0.01, 64)
+    assert params.train["flower_logreg"].epochs == 100 and params.train["flower_logreg"].batch_size is None
+    for name in ("flower_twolayer", "flower_sequential", "flower_module"):
+        assert (params.train[name].epochs, params.train[name].lr, params.train[name].batch_size) == (10000, 1.0, None)
+    for name in ("boston_module", "boston_sequential"):
+        assert (params.train[name].lr, params.train[name].batch_size, params.train[name].epochs) == (0.001, 128, 30)
+    adam = params.train["boston_adam"]
+    assert adam.optimizer == "adam" and adam.param_groups == {"hidden": 0.0001, "regression": 0.01}
+    flower = params.data.flower.download
+    assert (flower.n_points, flower.petals, flower.noise, flower.seed) == (400, 4, 0.2, 1)
+
+
+@pytest.mark.parametrize("dotted", [
+    "train.mnist_mlp.lrr",
+    "data.boston.preprocess.tst_size",
+    "data.mnist.download.mirror",
+    "train.boston_adam.model.hiden",
+    "sed",
+])
+def test_unknown_key_is_named_with_its_full_path(dotted: str) -> None:
+    message = error_for(edited(dotted, 1))
+    assert f"{dotted}: unknown key" in message
+    assert "allowed keys:" in message
+
+
+def test_unknown_key_lists_the_allowed_ones() -> None:
+    message = error_for(edited("train.mnist_mlp.lrr", 0.1))
+    assert "allowed keys: dataset, model, epochs, batch_size" in message
+
+
+@pytest.mark.parametrize(("dotted", "value", "expected"), [
+    ("train.mnist_mlp.epochs", "20", "valid integer"),
+    ("train.mnist_mlp.lr", "fast", "valid number"),
+    ("train.mnist_mlp.epochs", 2.5, "valid integer"),
+    ("train.mnist_mlp.batch_size", [64], "valid integer"),
+    ("seed", "zero", "valid integer"),
+    ("data.flower.preprocess.standardize", "no", "valid boolean"),
+])
+def test_wrong_type_is_named(dotted: str, value: Any, expected: str) -> None:
+    message = error_for(edited(dotted, value))
+    assert dotted in message and expected in message
+
+
+@pytest.mark.parametrize(("dotted", "value", "expected"), [
+    ("train.mnist_mlp.lr", -0.1, "greater than 0"),
+    ("train.mnist_mlp.lr", 0, "greater than 0"),
+    ("train.mnist_mlp.epochs", 0, "greater than 0"),
+    ("train.boston_module.batch_size", -1, "greater than 0"),
+    ("train.mnist_mlp.optimizer", "sgdd", "'sgd', 'adam'"),
+    ("train.mnist_mlp.init", "zeros", "'default', 'normal', 'uniform', 'constant', 'xavier' or 'kaiming'"),
+    ("train.mnist_mlp.dataset", "cifar", "'mnist', 'boston' or 'flower'"),
+    ("train.mnist_mlp.model.arch", "resnet", "'logreg'"),
+    ("train.boston_adam.param_groups.hidden", -1e-4, "greater than 0"),
+    ("data.boston.preprocess.test_size", 1.5, "less than 1"),
+    ("data.boston.preprocess.drop_features", ["PRICE"], "'CRIM'"),
+    ("data.flower.download.n_points", 401, "must be even"),
+    ("data.mnist.preprocess.std", 0, "greater than 0"),
+    ("data.mnist.download.retries", 0, "greater than 0"),
+    ("data.mnist.download.mirrors", [], "at least 1 item"),
+    ("data.mnist.download.mirrors", ["not a url"], "URL"),
+])
+def test_impossible_value_is_named_with_what_is_allowed(dotted: str, value: Any, expected: str) -> None:
+    message = error_for(edited(dotted, value))
+    assert dotted.rsplit(".", 1)[0] in message and expected in message
+
+
+def test_missing_required_key_is_named() -> None:
+    assert "train.mnist_mlp.lr: required key is missing" in error_for(edited("train.mnist_mlp.lr", None, delete=True))
+
+
+def test_every_error_is_reported_at_once() -> None:
+    params = edited("train.mnist_mlp.lrr", 1)
+    params["train"]["boston_module"]["epochs"] = 0
+    message = error_for(params)
+    assert "train.mnist_mlp.lrr" in message and "train.boston_module.epochs" in message
+
+
+def test_variant_names_must_be_identifiers() -> None:
+    params = copy.deepcopy(RAW)
+    params["train"]["bad name!"] = params["train"]["mnist_mlp"]
+    assert "bad name!" in error_for(params)
+
+
+def test_yaml_1_2_floats_such_as_1e_3_are_numbers(tmp_path: Path) -> None:
+    text = (REPO / "params.yaml").read_text().replace("lr: 0.001", "lr: 1e-3", 1)
+    assert "lr: 1e-3" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train["boston_module"].lr == pytest.approx(1e-3)
+
+
+def test_unreadable_or_malformed_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="cannot read .*nowhere.yaml"):
+        load_params(tmp_path / "nowhere.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="broken.yaml is not valid YAML"):
+        load_params(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess"])
+def test_stage_stops_before_any_work_or_mlflow_run(repo_copy: Path, stage: str) -> None:
+    set_params(repo_copy, {"train.mnist_mlp.lrr": 0.1})
+    result = run([sys.executable, f"stages/{stage}.py", "flower"], repo_copy, stage_env(), check=False)
+    assert result.returncode == 2
+    assert f"{stage}@flower: error: params.yaml is invalid" in result.stderr
+    assert "train.mnist_mlp.lrr: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (repo_copy / "mlflow.db").exists()
+    assert not (repo_copy / "data" / "raw" / "flower").exists()
