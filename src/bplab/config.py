@@ -156,12 +156,28 @@ class DataParams(_Strict):
 
 # --- training --------------------------------------------------------------------------------
 
+# How many hidden widths each architecture takes: (at least, at most); None = no upper bound.
+HIDDEN_LAYERS: dict[str, tuple[int, int | None]] = {
+    "logreg": (0, 0), "twolayer": (1, 1), "seq_net": (1, None), "module_net": (1, 1),
+    "mnist_net": (1, None), "batch_net": (2, 2), "mlp_model": (2, 2), "mlp_model2": (1, None),
+    "test_net": (1, 1),
+}
+
+
 class ModelSpec(_Strict):
     """Which tutorial network to build and its sizes; input/output widths come from the data."""
 
     arch: ArchName
     hidden: list[PositiveInt] = []
-    init_scale: PositiveFloat = 1.0
+    init_scale: PositiveFloat = 0.01  # only twolayer: the tutorial's randn(...) * 0.01
+
+    @model_validator(mode="after")
+    def _hidden_fits_arch(self) -> ModelSpec:
+        least, most = HIDDEN_LAYERS[self.arch]
+        if len(self.hidden) < least or (most is not None and len(self.hidden) > most):
+            wanted = f"exactly {least}" if least == most else f"at least {least}"
+            raise ValueError(f"hidden: {self.arch} takes {wanted} hidden width(s), got {self.hidden}")
+        return self
 
 
 class VariantParams(_Strict):

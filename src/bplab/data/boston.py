@@ -72,7 +72,13 @@ def from_csv(payload: bytes) -> bytes:
     if missing:
         raise ValueError(f"CSV lacks column(s) {', '.join(missing)}; header is {','.join(header)}")
     order = [header.index(c) for c in COLUMNS]
-    rows = [[row[i].strip() for i in order] for row in reader if row]
+    rows = []
+    for number, row in enumerate(reader, start=1):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"CSV: row {number} has {len(row)} values, expected {len(header)}")
+        rows.append([row[i].strip() for i in order])
     _check_rows(rows, "CSV")
     return render_csv(rows)
 
@@ -112,7 +118,9 @@ def read_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or tuple(rows[0]) != COLUMNS:
         found = ",".join(rows[0]) if rows else "(empty file)"
-        raise DataError(f"{path}: header must be {','.join(COLUMNS)}, found {found}")
+        missing = [c for c in COLUMNS if not rows or c not in rows[0]]
+        lacks = f" (missing {', '.join(missing)})" if missing else ""
+        raise DataError(f"{path}: header must be {','.join(COLUMNS)}, found {found}{lacks}")
     table = np.empty((len(rows) - 1, len(COLUMNS)))
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(COLUMNS):

@@ -107,6 +107,8 @@ def _read(location: str, timeout_s: float, label: str) -> bytes:
         raise OSError(f"HTTP {exc.code} {exc.reason}") from None
     except http.client.IncompleteRead as exc:
         raise _Transient(f"transfer cut short after {len(exc.partial)} bytes") from None
+    except http.client.HTTPException as exc:  # not HTTP at all (wrong port, captive portal)
+        raise _Transient(f"{type(exc).__name__}: {exc}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, FileNotFoundError):
