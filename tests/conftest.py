@@ -75,6 +75,17 @@ def set_params(repo: Path, overrides: dict[str, Any]) -> None:
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread (two threads on a busy 2-core machine run ~15x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def repo_copy(tmp_path: Path) -> Iterator[Path]:
     """A throwaway copy of the repository (git and DVC initialised, nothing run yet)."""
     yield copy_repo(tmp_path / "repo")

@@ -59,6 +59,56 @@ def flower_scatter(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     return fig
 
 
+def learning_curves(history: dict[str, list[float]], title: str = "", step_losses: list[float] | None = None) -> Figure:
+    """The tutorial's four curves in one figure: loss and accuracy, train and eval, per epoch.
+
+    ``history`` maps ``epoch``, ``train_loss``, ``eval_loss`` and optionally ``train_acc``,
+    ``eval_acc`` to lists. ``step_losses`` adds the per-iteration training loss (seed 004 §3.6).
+    """
+    panels = ["loss"] + (["accuracy"] if "train_acc" in history else []) + (["steps"] if step_losses else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    epochs = history["epoch"]
+    for ax, panel in zip(axes.flat, panels):
+        if panel == "steps":
+            ax.plot(range(1, len(step_losses) + 1), step_losses, "r-", linewidth=0.8)
+            ax.set(title="train loss per iteration", xlabel="iteration", ylabel="loss")
+            continue
+        key = "loss" if panel == "loss" else "acc"
+        ax.plot(epochs, history[f"train_{key}"], label="train")
+        ax.plot(epochs, history[f"eval_{key}"], label="eval (test split)")
+        ax.set(title=f"{panel} per epoch", xlabel="epoch", ylabel=panel)
+        if panel == "loss" and min(history["train_loss"] + history["eval_loss"]) > 0:
+            ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def weight_histograms(before: dict[str, np.ndarray], after: dict[str, np.ndarray], title: str = "",
+                      bins: int = 30) -> Figure:
+    """Histogram of each weight tensor at initialisation and after training (seed 004 §3.5)."""
+    names = list(before)
+    per_row = min(3, len(names))
+    rows = math.ceil(len(names) / per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 4, rows * 3), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        initial, trained = before[name].ravel(), after[name].ravel()
+        edges = np.histogram_bin_edges(np.concatenate([initial, trained]), bins=bins)  # shared, so heights compare
+        ax.hist(initial, bins=edges, alpha=0.6, label="initial")
+        ax.hist(trained, bins=edges, alpha=0.6, label="trained")
+        ax.set_title(f"{name} {tuple(before[name].shape)}", fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     """Write ``fig`` as PNG and release it (figures are not garbage-collected while pyplot holds them)."""
     fig.savefig(path, dpi=100)

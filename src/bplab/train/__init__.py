@@ -1,0 +1,1 @@
+"""Training: the shared loop, optimizers, and the ``train@<variant>`` stage."""

@@ -1,0 +1,42 @@
+"""Optimizers from a variant's params, including per-layer learning rates (seed 004 §3.2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bplab.config import VariantParams
+from bplab.errors import ParamsError
+from bplab.models import layer_names, layer_parameters
+
+
+def check_param_groups(model: nn.Module, variant: VariantParams, key: str) -> None:
+    """Raise :class:`ParamsError` naming ``<key>.param_groups.<name>`` for a layer the model lacks."""
+    known = layer_names(model)
+    for name in variant.param_groups:
+        if name not in known:
+            raise ParamsError(
+                f"{key}.param_groups.{name}: model {variant.model.arch} has no layer {name!r}; "
+                f"allowed: {', '.join(known)}"
+            )
+
+
+def build_optimizer(model: nn.Module, variant: VariantParams) -> torch.optim.Optimizer:
+    """The variant's optimizer; ``param_groups`` layers get their own lr, the rest ``lr``."""
+    grouped: list[dict] = []
+    taken: set[int] = set()
+    for name, lr in variant.param_groups.items():
+        params = layer_parameters(model, name)
+        taken.update(id(p) for p in params)
+        grouped.append({"params": params, "lr": lr})
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    if rest:
+        grouped.append({"params": rest})
+    common = {"lr": variant.lr, "weight_decay": variant.weight_decay}
+    if variant.optimizer == "sgd":
+        return torch.optim.SGD(grouped, momentum=variant.momentum, **common)
+    if variant.optimizer == "rmsprop":
+        return torch.optim.RMSprop(grouped, momentum=variant.momentum, **common)
+    if variant.optimizer == "adam":
+        return torch.optim.Adam(grouped, **common)
+    return torch.optim.AdamW(grouped, **common)

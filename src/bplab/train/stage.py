@@ -1,0 +1,268 @@
+"""The ``train@<variant>`` stage: data, model and optimizer from params; the loop; MLflow; outputs.
+
+Outputs, written only after training and logging succeeded (staged, then renamed into place):
+
+- ``models/<variant>/model.pt``: the whole model, pickled by ``torch.save`` (load it only from
+  this project's own outputs: unpickling runs code);
+- ``models/<variant>/state_dict.pt``: the weights, for ``torch.load(..., weights_only=True)``;
+- ``models/<variant>/run.json``: the MLflow run id and the logged model's URI;
+- ``history/<variant>.csv``: per-epoch metrics, a DVC plots file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bplab import plots, track
+from bplab.config import Params, VariantParams
+from bplab.data import processed
+from bplab.data.stage import processed_dir
+from bplab.errors import ParamsError
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow.entities import Metric
+
+    from bplab.train.loop import EpochRecord
+
+MODELS = Path("models")
+HISTORY = Path("history")
+RUN_FILE = "run.json"
+METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+HISTORY_COLUMNS = ("epoch", "train_loss", "eval_loss", "train_acc", "eval_acc", "epoch_seconds")
+
+
+def model_dir(variant: str, root: Path = Path(".")) -> Path:
+    """``models/<variant>`` under ``root``."""
+    return root / MODELS / variant
+
+
+def history_file(variant: str, root: Path = Path(".")) -> Path:
+    """``history/<variant>.csv`` under ``root``."""
+    return root / HISTORY / f"{variant}.csv"
+
+
+def variant_params(params: Params, name: str) -> VariantParams:
+    """``train.<name>`` of params.yaml, or a :class:`ParamsError` listing the variants there are."""
+    try:
+        return params.train[name]
+    except KeyError:
+        raise ParamsError(f"train.{name}: no such variant in params.yaml; known: {', '.join(params.train)}") from None
+
+
+def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str, list[int]]) -> dict[str, Any]:
+    """Every training knob, flattened (``lr``, ``model.hidden``, ``param_groups.hidden``, ...)."""
+    variant = params.train[name]
+    flat = track.flatten(variant.model_dump(mode="json"))
+    flat |= {"seed": params.seed, "variant": name, "n_parameters": n_parameters,
+             "n_train": shapes["x_train"][0], "n_test": shapes["x_test"][0], "n_features": shapes["x_train"][1]}
+    return flat
+
+
+class _MetricSink:
+    """Sends epoch records to MLflow in batches, asynchronously, and keeps the history."""
+
+    def __init__(self, run_id: str, record_steps: bool) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient()
+        self.run_id = run_id
+        self.record_steps = record_steps
+        self.history: list[EpochRecord] = []
+        self._operations: list[Any] = []
+        self._steps_done = 0
+
+    def __call__(self, records: list[EpochRecord]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics: list[Metric] = []
+        for r in records:
+            values = {"train_loss": r.train_loss, "eval_loss": r.eval_loss, "epoch_seconds": r.seconds}
+            if r.train_acc is not None:
+                values |= {"train_acc": r.train_acc, "eval_acc": r.eval_acc}
+            metrics += [Metric(k, v, now, r.epoch) for k, v in values.items()]
+            if self.record_steps:
+                metrics += [Metric("train_loss_step", v, now, self._steps_done + i)
+                            for i, v in enumerate(r.step_losses, start=1)]
+            self._steps_done += len(r.step_losses)
+        for i in range(0, len(metrics), METRICS_PER_BATCH):
+            self._operations.append(
+                self.client.log_batch(self.run_id, metrics[i: i + METRICS_PER_BATCH], synchronous=False))
+        self.history.extend(records)
+
+    def wait(self) -> None:
+        """Block until every batch has been written (raises if one failed)."""
+        for operation in self._operations:
+            operation.wait()
+        self._operations.clear()
+
+
+def _history_columns(history: list[EpochRecord]) -> dict[str, list[float]]:
+    columns: dict[str, list[float]] = {
+        "epoch": [r.epoch for r in history],
+        "train_loss": [r.train_loss for r in history],
+        "eval_loss": [r.eval_loss for r in history],
+    }
+    if history and history[0].train_acc is not None:
+        columns |= {"train_acc": [r.train_acc for r in history], "eval_acc": [r.eval_acc for r in history]}
+    return columns
+
+
+def _write_history(path: Path, history: list[EpochRecord]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HISTORY_COLUMNS)
+        for r in history:
+            writer.writerow([r.epoch, r.train_loss, r.eval_loss,
+                             "" if r.train_acc is None else r.train_acc,
+                             "" if r.eval_acc is None else r.eval_acc, round(r.seconds, 6)])
+    os.replace(tmp, path)
+
+
+def _publish(out: Path, files: dict[str, Any]) -> None:
+    """Write ``files`` (name -> writer callable) into ``out`` all at once, via a staging directory."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for name, write in files.items():
+            write(staging / name)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters() if p.dim() >= 2}
+
+
+def _dataset(data: processed.Prepared, source: Path, dataset: str):
+    """The training split as an MLflow dataset (name, digest, schema, source path)."""
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source for two URI schemes and warns it is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return mlflow.data.from_numpy(data.splits["train"][0], targets=data.splits["train"][1],
+                                      source=str(source.resolve()), name=f"{dataset}-train")
+
+
+def _log_model(model: torch.nn.Module, example: torch.Tensor):
+    """Log the model in MLflow's safe ``pt2`` format with a batch-size-free signature."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    model.eval()
+    with torch.no_grad():
+        output = model(example)
+    signature = infer_signature(example.cpu().numpy(), output.cpu().numpy())
+    return mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example.cpu().numpy(),
+        serialization_format="pt2",  # torch.export: loads without unpickling code
+        pip_requirements=[f"torch=={version('torch')}", f"mlflow=={version('mlflow')}"],
+    )
+
+
+def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    """Train variant ``name`` per params.yaml, log it to MLflow, and write its DVC outputs.
+
+    Returns the contents of ``run.json`` (run id, experiment id, model URI, final metrics).
+    """
+    variant = variant_params(params, name)
+    import mlflow
+    import torch
+    from tqdm.auto import tqdm
+
+    from bplab.models import build_model, initialize
+    from bplab.train.loop import TASK_OF_DATASET, BatchSizeError, Schedule, Task, check_schedule, fit
+    from bplab.train.optim import build_optimizer, check_param_groups
+
+    source = processed_dir(variant.dataset, root)
+    data = processed.load(source)
+    task = Task(TASK_OF_DATASET[variant.dataset])
+    train_xy = tuple(torch.from_numpy(a) for a in data.splits["train"])
+    test_xy = tuple(torch.from_numpy(a) for a in data.splits["test"])
+    n_out = int(train_xy[1].max()) + 1 if task.kind == "multiclass" else 1
+
+    torch.manual_seed(params.seed)
+    model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out), variant.init)
+    check_param_groups(model, variant, f"train.{name}")
+    optimizer = build_optimizer(model, variant)
+    generator = torch.Generator().manual_seed(params.seed)
+    schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle)
+    try:
+        check_schedule(model, len(train_xy[0]), schedule)
+    except BatchSizeError as exc:
+        raise ParamsError(f"train.{name}.batch_size: {exc}") from None
+    initial_weights = _weights(model)
+
+    tags = track.run_tags(dataset=variant.dataset, stage="train", variant=name)
+    with track.stage_run(variant.dataset, name, tags) as run:
+        run_id = run.info.run_id
+        shapes = data.shapes()
+        n_parameters = sum(p.numel() for p in model.parameters())
+        mlflow.log_params(logged_params(params, name, n_parameters, shapes))
+        mlflow.log_input(_dataset(data, source, variant.dataset), context="training")
+        sink = _MetricSink(run_id, record_steps=task.kind == "regression")
+        with tqdm(total=variant.epochs, desc=f"train@{name}", unit="epoch", mininterval=1.0) as bar:
+            def on_epochs(records: list[EpochRecord]) -> None:
+                sink(records)
+                last = records[-1]
+                shown = {"loss": f"{last.train_loss:.4g}", "eval_loss": f"{last.eval_loss:.4g}"}
+                if last.eval_acc is not None:
+                    shown["eval_acc"] = f"{last.eval_acc:.4f}"
+                bar.set_postfix(shown, refresh=False)
+                bar.update(len(records))
+
+            fit(model, optimizer, task, train_xy, test_xy, schedule, generator, on_epochs)
+
+        columns = _history_columns(sink.history)
+        steps = [v for r in sink.history for v in r.step_losses] if task.kind == "regression" else None
+        mlflow.log_figure(plots.learning_curves(columns, f"{name}: learning curves", steps),
+                          "plots/learning_curves.png")
+        mlflow.log_figure(plots.weight_histograms(initial_weights, _weights(model),
+                                                  f"{name}: weights ({variant.init} init)"), "plots/weights.png")
+        model_info = _log_model(model, test_xy[0][:8])
+        mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
+        sink.wait()
+
+        final = sink.history[-1]
+        record = {
+            "run_id": run_id,
+            "experiment_id": run.info.experiment_id,
+            "model_uri": model_info.model_uri,
+            "model_id": model_info.model_id,
+            "variant": name,
+            "dataset": variant.dataset,
+            "task": task.kind,
+            "final": {k: v for k, v in {"train_loss": final.train_loss, "eval_loss": final.eval_loss,
+                                        "train_acc": final.train_acc, "eval_acc": final.eval_acc}.items()
+                      if v is not None},
+        }
+        _publish(model_dir(name, root), {
+            "model.pt": lambda path: torch.save(model, path),
+            "state_dict.pt": lambda path: torch.save(model.state_dict(), path),
+            RUN_FILE: lambda path: path.write_text(json.dumps(record, indent=2) + "\n"),
+        })
+        _write_history(history_file(name, root), sink.history)
+    return record

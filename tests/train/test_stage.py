@@ -1,0 +1,148 @@
+"""train@<variant> on tiny data: what it writes, and the MLflow record read back through MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bplab.config import Params, load_params
+from bplab.data import processed
+from bplab.data.flower import generate
+from bplab.data.processed import Prepared
+from bplab.errors import ParamsError
+from bplab.models import build_model
+from bplab.train import stage
+from conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository-like cwd with tiny processed flower and boston data, and its own MLflow store."""
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
+    x, y = generate(64, 4, 0.2, 1)
+    xt, yt = generate(32, 4, 0.2, 2)
+    processed.save(Prepared({"train": (x.astype(np.float32), y.astype(np.float32)),
+                             "test": (xt.astype(np.float32), yt.astype(np.float32))}),
+                   tmp_path / "data/processed/flower")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(48, 13)).astype(np.float32)
+    target = (features @ rng.normal(size=(13, 1)) + 20).astype(np.float32)
+    processed.save(Prepared({"train": (features[:40], target[:40]), "test": (features[40:], target[40:])}),
+                   tmp_path / "data/processed/boston")
+    yield tmp_path
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def tiny(params: Params, variant: str, **changes) -> Params:
+    """params.yaml with one variant's schedule shrunk for a test."""
+    updated = params.train[variant].model_copy(update=changes)
+    return params.model_copy(update={"train": {**params.train, variant: updated}})
+
+
+@pytest.fixture
+def params() -> Params:
+    return load_params(REPO / "params.yaml")
+
+
+def client():
+    from mlflow import MlflowClient
+
+    from bplab import track
+
+    return MlflowClient(track.tracking_uri())
+
+
+def test_flower_run_holds_the_contract(workspace: Path, params: Params) -> None:
+    record = stage.train("flower_module", tiny(params, "flower_module", epochs=30))
+    run = client().get_run(record["run_id"])
+    experiment = client().get_experiment(run.info.experiment_id)
+    assert experiment.name == "flower" and run.info.run_name == "flower_module"
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["variant"], tags["dataset"], tags["stage"], tags["dvc_exp"]) == (
+        "flower_module", "flower", "train", "tiny-exp")
+    p = run.data.params
+    assert (p["lr"], p["epochs"], p["batch_size"], p["optimizer"], p["init"]) == ("1.0", "30", "None", "sgd", "default")
+    assert p["model.arch"] == "module_net" and p["model.hidden"] == "[4]" and p["n_parameters"] == "17"
+    assert set(run.data.metrics) >= {"train_loss", "eval_loss", "train_acc", "eval_acc", "epoch_seconds"}
+    history = client().get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 31))
+    assert "train_loss_step" not in run.data.metrics
+    artifacts = {a.path for a in client().list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/learning_curves.png", "plots/weights.png"}
+    assert [a.path for a in client().list_artifacts(run.info.run_id)] == ["plots", "state_dict"]
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name == "flower-train" and inputs[0].dataset.digest
+
+
+def test_outputs_and_logged_model_agree(workspace: Path, params: Params) -> None:
+    import mlflow
+
+    record = stage.train("flower_sequential", tiny(params, "flower_sequential", epochs=20))
+    out = workspace / "models/flower_sequential"
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "run.json", "state_dict.pt"]
+    assert json.loads((out / "run.json").read_text())["run_id"] == record["run_id"]
+    assert record["model_uri"].startswith("models:/")
+
+    x = torch.from_numpy(processed.load(workspace / "data/processed/flower").splits["test"][0])
+    whole = torch.load(out / "model.pt", weights_only=False)  # our own output
+    fresh = build_model(params.train["flower_sequential"].model, 2, 1)
+    fresh.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
+    logged = mlflow.pytorch.load_model(record["model_uri"])
+    expected = whole(x).detach()
+    torch.testing.assert_close(fresh(x).detach(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logged(x).detach(), expected)
+    assert len(logged(x[:7])) == 7  # the batch dimension is not fixed to the input example's
+
+    lines = (workspace / "history/flower_sequential.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,eval_loss,train_acc,eval_acc,epoch_seconds"
+    assert len(lines) == 21
+    last = lines[-1].split(",")
+    assert float(last[1]) == pytest.approx(record["final"]["train_loss"])
+
+
+def test_boston_logs_the_per_iteration_loss_and_param_groups(workspace: Path, params: Params) -> None:
+    record = stage.train("boston_adam", tiny(params, "boston_adam", epochs=3, batch_size=16))
+    run = client().get_run(record["run_id"])
+    steps = client().get_metric_history(run.info.run_id, "train_loss_step")
+    assert sorted(m.step for m in steps) == list(range(1, 3 * 3 + 1))  # ceil(40 / 16) = 3 per epoch
+    assert run.data.params["param_groups.hidden"] == "0.0001"
+    assert run.data.params["param_groups.regression"] == "0.01"
+    assert "train_acc" not in run.data.metrics
+    assert client().get_experiment(run.info.experiment_id).name == "boston"
+
+
+def test_same_seed_same_metrics(workspace: Path, params: Params) -> None:
+    small = tiny(params, "flower_twolayer", epochs=40)
+    first = stage.train("flower_twolayer", small)
+    second = stage.train("flower_twolayer", small)
+    assert first["run_id"] != second["run_id"]
+    assert first["final"] == second["final"]
+    history = [client().get_metric_history(r["run_id"], "eval_loss") for r in (first, second)]
+    assert [m.value for m in history[0]] == [m.value for m in history[1]]
+
+
+def test_unknown_variant_and_bad_param_group_stop_before_any_run(workspace: Path, params: Params) -> None:
+    with pytest.raises(ParamsError, match="train.nope: no such variant.*known: flower_logreg"):
+        stage.train("nope", params)
+    bad = params.train["boston_adam"].model_copy(update={"param_groups": {"hiddn": 0.1}})
+    with pytest.raises(ParamsError, match=r"train.boston_adam.param_groups.hiddn: .*allowed: hidden, regression"):
+        stage.train("boston_adam", params.model_copy(update={"train": {"boston_adam": bad}}))
+    batchnorm = params.train["boston_module"].model_copy(update={
+        "model": params.train["boston_module"].model.model_copy(update={"arch": "batch_net"}), "batch_size": 39})
+    with pytest.raises(ParamsError, match="train.boston_bn.batch_size: batch_size 39 leaves a last batch of 1 row"):
+        stage.train("boston_bn", params.model_copy(update={"train": {"boston_bn": batchnorm}}))
+    assert client().get_experiment_by_name("boston") is None
+    assert not (workspace / "models").exists()
