@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency declarations change, so a second `make setup` takes seconds.
 STAMP  := $(VENV)/.bplab-installed
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test lint clean-venv
 
 setup: $(STAMP)
 
@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml requirements.lock
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: setup
+test: setup lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src stages tests
 
 clean-venv:
 	rm -rf $(VENV)

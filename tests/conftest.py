@@ -40,7 +40,8 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: boo
     """Run a command, returning its output; on an unexpected exit status fail with its output."""
     result = subprocess.run(cmd, cwd=cwd, env=env or stage_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n"
+                    f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
     return result
 
 
@@ -72,6 +73,68 @@ def set_params(repo: Path, overrides: dict[str, Any]) -> None:
             node = node[key]
         node[leaf] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def mlflow_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A repository-like cwd (it has ``.dvc/``) whose default MLflow store is its own sqlite file."""
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    yield tmp_path
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exports it; keep tests independent
+
+
+@pytest.fixture
+def workspace(mlflow_repo: Path) -> Path:
+    """``mlflow_repo`` with tiny processed data for all three datasets, ready for train and evaluate."""
+    import numpy as np
+
+    from bplab.data import processed
+    from bplab.data.flower import generate
+    from bplab.data.processed import Prepared
+
+    def split(x, y, n_train):
+        return Prepared({"train": (x[:n_train], y[:n_train]), "test": (x[n_train:], y[n_train:])})
+
+    x, y = (np.concatenate(parts).astype(np.float32) for parts in zip(generate(64, 4, 0.2, 1), generate(32, 4, 0.2, 2)))
+    processed.save(split(x, y, 64), mlflow_repo / "data/processed/flower")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(48, 13)).astype(np.float32)
+    target = (features @ rng.normal(size=(13, 1)) + 20).astype(np.float32)
+    processed.save(split(features, target, 40), mlflow_repo / "data/processed/boston")
+    pixels = rng.uniform(-1, 1, size=(260, 784)).astype(np.float32)
+    digits = (pixels @ rng.normal(size=(784, 10))).argmax(axis=1).astype(np.int64)  # learnable labels
+    digits[:10] = np.arange(10)  # every class present, so the model has 10 outputs
+    processed.save(split(pixels, digits, 200), mlflow_repo / "data/processed/mnist")
+    return mlflow_repo
+
+
+def tiny(params, variant: str, **changes):
+    """``params`` with one variant's settings changed (e.g. fewer epochs for a test)."""
+    updated = params.train[variant].model_copy(update=changes)
+    return params.model_copy(update={"train": {**params.train, variant: updated}})
+
+
+@pytest.fixture
+def params():
+    """The repository's params.yaml, validated."""
+    from bplab.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+def mlflow_client():
+    """A client of the store the pipeline resolves to from the current directory."""
+    from mlflow import MlflowClient
+
+    from bplab import track
+
+    return MlflowClient(track.tracking_uri())
 
 
 @pytest.fixture

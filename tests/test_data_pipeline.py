@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bplab.data import processed
-from conftest import copy_repo, run, stage_env
+from conftest import copy_repo, run
 
 pytestmark = pytest.mark.e2e
 DATASETS = ("mnist", "boston", "flower")

@@ -56,7 +56,7 @@ def build(name: str, seed: int | None = 0) -> nn.Module:
 
 class module_net(nn.Module):  # noqa: N801 - seed 000 §2.4.4, verbatim
     def __init__(self, num_input, num_hidden, num_output):
-        super(module_net, self).__init__()
+        super().__init__()
         self.layer1 = nn.Linear(num_input, num_hidden)
 
         self.layer2 = nn.Tanh()
@@ -72,7 +72,7 @@ class module_net(nn.Module):  # noqa: N801 - seed 000 §2.4.4, verbatim
 
 class Batch_Net(nn.Module):  # noqa: N801 - seed 000 §2.4.5, verbatim
     def __init__(self, in_dim, n_hidden_1, n_hidden_2, out_dim):
-        super(Batch_Net, self).__init__()
+        super().__init__()
         self.layer1 = nn.Sequential(nn.Linear(in_dim, n_hidden_1),
                                     nn.BatchNorm1d(n_hidden_1), nn.ReLU(True))
         self.layer2 = nn.Sequential(nn.Linear(n_hidden_1, n_hidden_2),
@@ -88,7 +88,7 @@ class Batch_Net(nn.Module):  # noqa: N801 - seed 000 §2.4.5, verbatim
 
 class TutorialTestNet(nn.Module):  # seed 004 §3.2 ``TestNet``, verbatim but for the class name
     def __init__(self):
-        super(TutorialTestNet, self).__init__()
+        super().__init__()
         self.hidden = nn.Sequential(
             nn.Linear(13, 10),
             nn.ReLU(),
@@ -103,7 +103,7 @@ class TutorialTestNet(nn.Module):  # seed 004 §3.2 ``TestNet``, verbatim but fo
 
 class MLPmodel(nn.Module):  # seed 004 §3.6, verbatim
     def __init__(self):
-        super(MLPmodel, self).__init__()
+        super().__init__()
         self.hidden1 = nn.Linear(
             in_features=13,
             out_features=10,
@@ -125,7 +125,7 @@ class MLPmodel(nn.Module):  # seed 004 §3.6, verbatim
 
 class MLPmodel2(nn.Module):  # seed 004 §3.6, verbatim
     def __init__(self):
-        super(MLPmodel2, self).__init__()
+        super().__init__()
         self.hidden = nn.Sequential(
             nn.Linear(13, 10),
             nn.ReLU(),

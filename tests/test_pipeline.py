@@ -38,14 +38,22 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return repo, result.stdout
 
 
-def test_every_variant_trained_once(pipeline: tuple[Path, str]) -> None:
+def status(repo: Path) -> set[str]:
+    return set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+
+
+def test_every_variant_trained_and_evaluated_once(pipeline: tuple[Path, str]) -> None:
     repo, stdout = pipeline
     for variant in VARIANTS:
         assert stdout.count(f"Running stage 'train@{variant}'") == 1
+        assert stdout.count(f"Running stage 'evaluate@{variant}'") == 1
         files = sorted(p.name for p in (repo / "models" / variant).iterdir())
         assert files == ["model.pt", "run.json", "state_dict.pt"], variant
         history = (repo / "history" / f"{variant}.csv").read_text().splitlines()
         assert len(history) == 1 + TINY[f"train.{variant}.epochs"]
+        metrics = json.loads((repo / "metrics" / f"{variant}.json").read_text())
+        assert ("test_acc" in metrics) != ("test_rmse" in metrics)
+        assert list((repo / "plots" / variant).glob("*.png")), variant
 
 
 def test_mlflow_has_one_finished_run_per_variant_per_dataset(pipeline: tuple[Path, str]) -> None:
@@ -65,13 +73,90 @@ def test_mlflow_has_one_finished_run_per_variant_per_dataset(pipeline: tuple[Pat
             assert record["run_id"] == run_.info.run_id
             assert run_.data.params["epochs"] == str(TINY[f"train.{run_.info.run_name}.epochs"])
             assert run_.data.tags["git_commit"]
+            assert {"train_loss", "eval_loss"} <= set(run_.data.metrics)
+            assert ("test_acc" in run_.data.metrics) or ("test_rmse" in run_.data.metrics)
+        versions = client.search_model_versions(f"name = '{dataset}'")
+        assert len(versions) == len(expected)
 
 
-def test_repro_again_is_a_no_op_and_an_lr_edit_dirties_one_variant(pipeline: tuple[Path, str]) -> None:
+def test_champion_loads_and_predicts(pipeline: tuple[Path, str]) -> None:
+    import mlflow
+    import numpy as np
+
     repo, _ = pipeline
-    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
-    set_params(repo, {"train.boston_module.lr": 0.01})
-    assert set(json.loads(run(["dvc", "status", "--json"], repo).stdout)) == {"train@boston_module"}
-    again = run(["dvc", "repro"], repo)
-    assert again.stdout.count("Running stage") == 1
-    assert "Running stage 'train@boston_module'" in again.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    try:
+        model = mlflow.pytorch.load_model("models:/mnist@champion")
+        x = np.load(repo / "data/processed/mnist/x_test.npy")[:16]
+        import torch
+
+        logits = model(torch.from_numpy(x))
+        assert logits.shape == (16, 10)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_dvc_metrics_and_plots_compare_the_variants(pipeline: tuple[Path, str]) -> None:
+    repo, _ = pipeline
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    (workspace,) = shown.values()  # keyed by revision; the workspace's key varies between DVC releases
+    files = workspace["data"]
+    assert {Path(f).stem for f in files} == set(VARIANTS)
+    plots = run(["dvc", "plots", "show", "--json"], repo).stdout
+    data = json.loads(plots[plots.index("{"):])
+    assert not data.get("errors")
+    ids = set(data["data"])
+    assert {"flower_loss", "flower_accuracy", "mnist_loss", "mnist_accuracy", "boston_loss"} <= ids
+    assert {f"plots/{v}/confusion_matrix.png" for v in ("mnist_mlp", "mnist_batchnet")} <= ids
+
+
+def test_status_names_exactly_the_stages_an_edit_touches(pipeline: tuple[Path, str]) -> None:
+    repo, _ = pipeline
+    assert status(repo) == set()
+    params_text = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, {"train.mnist_mlp.lr": 0.05})
+        assert status(repo) == {"train@mnist_mlp", "evaluate@mnist_mlp"}
+        (repo / "params.yaml").write_text(params_text)
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+    models_py = repo / "src/bplab/models.py"
+    original = models_py.read_text()
+    try:
+        models_py.write_text(original + "\n# an edit\n")
+        dirty = status(repo)
+        assert dirty == {f"{s}@{v}" for s in ("train", "evaluate") for v in VARIANTS}
+    finally:
+        models_py.write_text(original)
+    assert status(repo) == set()
+
+
+def test_a_boston_data_edit_reruns_the_boston_branch_only(pipeline: tuple[Path, str]) -> None:
+    repo, _ = pipeline
+    params_text = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, {"data.boston.preprocess.test_size": 0.25})
+        assert status(repo) == {"preprocess@boston"}
+        stdout = run(["dvc", "repro"], repo).stdout
+        ran = {line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")}
+        boston = [v for v in VARIANTS if v.startswith("boston")]
+        assert ran == {"preprocess@boston"} | {f"{s}@{v}" for s in ("train", "evaluate") for v in boston}
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+
+
+def test_exp_run_set_param_tags_the_mlflow_run(pipeline: tuple[Path, str]) -> None:
+    from mlflow import MlflowClient
+
+    repo, _ = pipeline
+    result = run(["dvc", "exp", "run", "-S", "train.boston_module.lr=0.01", "-n", "boston-lr-0.01"], repo)
+    assert "Running stage 'train@boston_module'" in result.stdout
+    assert result.stdout.count("Running stage") == 2  # train and evaluate of that variant only
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("boston").experiment_id],
+                              "tags.dvc_exp = 'boston-lr-0.01'")
+    assert len(runs) == 1
+    assert runs[0].info.run_name == "boston_module" and runs[0].data.params["lr"] == "0.01"
+    assert "test_rmse" in runs[0].data.metrics
+    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "boston-lr-0.01" in shown

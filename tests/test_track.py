@@ -12,20 +12,6 @@ import pytest
 from bplab import track
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A repository-like directory as cwd, with MLflow's default store resolved inside it."""
-    (tmp_path / ".dvc").mkdir()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    yield tmp_path
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exports it; keep tests independent
-
-
 def test_repo_root_of_a_dvc_temp_experiment_is_the_original_repository(tmp_path: Path) -> None:
     (tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12" / ".dvc").mkdir(parents=True)
     (tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12" / "stages").mkdir()
@@ -33,15 +19,15 @@ def test_repo_root_of_a_dvc_temp_experiment_is_the_original_repository(tmp_path:
     assert track.repo_root(tmp_path / ".dvc") == tmp_path
 
 
-def test_default_store_is_sqlite_at_the_repository_root(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (store / "stages").mkdir()
-    monkeypatch.chdir(store / "stages")
-    assert track.tracking_uri() == f"sqlite:///{store / 'mlflow.db'}"
+def test_default_store_is_sqlite_at_the_repository_root(mlflow_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (mlflow_repo / "stages").mkdir()
+    monkeypatch.chdir(mlflow_repo / "stages")
+    assert track.tracking_uri() == f"sqlite:///{mlflow_repo / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert track.tracking_uri() == "http://127.0.0.1:5000"
 
 
-def test_run_tags_include_dvc_exp_when_set(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_tags_include_dvc_exp_when_set(mlflow_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "lively-lark")
     tags = track.run_tags(dataset="mnist", stage="train", variant="mnist_mlp")
     assert tags["dvc_exp"] == "lively-lark"
@@ -50,7 +36,7 @@ def test_run_tags_include_dvc_exp_when_set(store: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize(("error", "status"), [
     (None, "FINISHED"), (RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
-def test_stage_run_always_ends_with_a_status(store: Path, error: BaseException | None, status: str) -> None:
+def test_stage_run_always_ends_with_a_status(mlflow_repo: Path, error: BaseException | None, status: str) -> None:
     from mlflow import MlflowClient
 
     holder = {}
@@ -61,10 +47,10 @@ def test_stage_run_always_ends_with_a_status(store: Path, error: BaseException |
                 raise error
     client = MlflowClient(track.tracking_uri())
     assert client.get_run(holder["id"]).info.status == status
-    assert client.get_experiment_by_name("toy").artifact_location == (store / "mlartifacts" / "toy").as_uri()
+    assert client.get_experiment_by_name("toy").artifact_location == (mlflow_repo / "mlartifacts" / "toy").as_uri()
 
 
-def test_sigterm_ends_the_run_as_killed(store: Path) -> None:
+def test_sigterm_ends_the_run_as_killed(mlflow_repo: Path) -> None:
     from mlflow import MlflowClient
 
     holder = {}

@@ -109,6 +109,58 @@ def weight_histograms(before: dict[str, np.ndarray], after: dict[str, np.ndarray
     return fig
 
 
+def decision_boundary(predict, x: np.ndarray, y: np.ndarray, title: str = "", step: float = 0.01) -> Figure:
+    """The tutorial's ``plot_decision_boundary``: predicted class over a grid, with the points.
+
+    ``predict`` maps an (n, 2) float32 array to 0/1 predictions of shape (n,) or (n, 1).
+    """
+    x_min, x_max = x[:, 0].min() - 1, x[:, 0].max() + 1
+    y_min, y_max = x[:, 1].min() - 1, x[:, 1].max() + 1
+    xx, yy = np.meshgrid(np.arange(x_min, x_max, step), np.arange(y_min, y_max, step))
+    grid = np.c_[xx.ravel(), yy.ravel()].astype(np.float32)
+    z = np.asarray(predict(grid)).reshape(xx.shape)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.contourf(xx, yy, z, cmap=plt.cm.Spectral)
+    ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), s=20, cmap=plt.cm.Spectral, edgecolors="k",
+               linewidths=0.3)
+    ax.set(xlabel="x1", ylabel="x2", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix: np.ndarray, title: str = "") -> Figure:
+    """Counts of true class (rows) against predicted class (columns), annotated."""
+    classes = len(matrix)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    threshold = matrix.max() / 2
+    for i in range(classes):
+        for j in range(classes):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > threshold else "black")
+    ax.set(xticks=range(classes), yticks=range(classes), xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def regression_diagnostics(actual: np.ndarray, predicted: np.ndarray, title: str = "") -> Figure:
+    """Predicted against actual (with the identity line) and residuals against predicted."""
+    actual, predicted = np.asarray(actual).ravel(), np.asarray(predicted).ravel()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
+    left.scatter(actual, predicted, s=14, alpha=0.7)
+    left.plot([low, high], [low, high], "k--", linewidth=1)
+    left.set(xlabel="actual", ylabel="predicted", title="predicted vs actual")
+    right.scatter(predicted, actual - predicted, s=14, alpha=0.7)
+    right.axhline(0, color="k", linestyle="--", linewidth=1)
+    right.set(xlabel="predicted", ylabel="actual - predicted", title="residuals")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     """Write ``fig`` as PNG and release it (figures are not garbage-collected while pyplot holds them)."""
     fig.savefig(path, dpi=100)

@@ -106,13 +106,22 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def stage_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that always ends: FINISHED, FAILED on an exception, KILLED on SIGINT/SIGTERM."""
+def stage_run(experiment: str, run_name: str, tags: dict[str, str],
+              run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that always ends: FINISHED, FAILED on an exception, KILLED on SIGINT/SIGTERM.
+
+    With ``run_id``, the existing run is resumed (evaluate logs into its train run).
+    """
     import mlflow
 
     experiment_id = ensure_experiment(experiment)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    if run_id is None:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    else:
+        run = mlflow.start_run(run_id=run_id)
+        if tags:
+            mlflow.set_tags(tags)
     try:
         yield run
     except KeyboardInterrupt:

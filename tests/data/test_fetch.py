@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import socket
 import struct
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from bplab.config import FetchPolicy, MnistDownload
 from bplab.data import mnist
-from bplab.data.fetch import MIRROR_ENV, Candidate, FetchedFile, _write_atomically, fetch_file, gunzip
+from bplab.data.fetch import MIRROR_ENV, Candidate, FetchedFile, fetch_file, gunzip
 from bplab.errors import DownloadError
 from conftest import data_mirror
 
@@ -342,17 +341,6 @@ def test_interrupt_while_decoding_writes_nothing(http_server, raw_dir):
         fetch_file(NAME, [Candidate(url, interrupted)], DIGEST, raw_dir / NAME, policy())
 
     assert list(raw_dir.iterdir()) == []
-
-
-def test_write_that_fails_midway_removes_its_temporary_file(raw_dir):
-    dest = raw_dir / NAME
-    dest.write_bytes(b"previous content")
-
-    with pytest.raises(TypeError):
-        _write_atomically(dest, "text is not bytes")  # type: ignore[arg-type]  # write() raises after mkstemp
-
-    assert dest.read_bytes() == b"previous content"
-    assert leftovers(raw_dir) == []
 
 
 # --- mnist.download -----------------------------------------------------------------------------

@@ -3,68 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from bplab.config import Params, load_params
+from bplab.config import Params
 from bplab.data import processed
-from bplab.data.flower import generate
-from bplab.data.processed import Prepared
 from bplab.errors import ParamsError
 from bplab.models import build_model
 from bplab.train import stage
-from conftest import REPO
+from conftest import mlflow_client as client
+from conftest import tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A repository-like cwd with tiny processed flower and boston data, and its own MLflow store."""
-    (tmp_path / ".dvc").mkdir()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_flower_run_holds_the_contract(workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
-    x, y = generate(64, 4, 0.2, 1)
-    xt, yt = generate(32, 4, 0.2, 2)
-    processed.save(Prepared({"train": (x.astype(np.float32), y.astype(np.float32)),
-                             "test": (xt.astype(np.float32), yt.astype(np.float32))}),
-                   tmp_path / "data/processed/flower")
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(48, 13)).astype(np.float32)
-    target = (features @ rng.normal(size=(13, 1)) + 20).astype(np.float32)
-    processed.save(Prepared({"train": (features[:40], target[:40]), "test": (features[40:], target[40:])}),
-                   tmp_path / "data/processed/boston")
-    yield tmp_path
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-
-def tiny(params: Params, variant: str, **changes) -> Params:
-    """params.yaml with one variant's schedule shrunk for a test."""
-    updated = params.train[variant].model_copy(update=changes)
-    return params.model_copy(update={"train": {**params.train, variant: updated}})
-
-
-@pytest.fixture
-def params() -> Params:
-    return load_params(REPO / "params.yaml")
-
-
-def client():
-    from mlflow import MlflowClient
-
-    from bplab import track
-
-    return MlflowClient(track.tracking_uri())
-
-
-def test_flower_run_holds_the_contract(workspace: Path, params: Params) -> None:
     record = stage.train("flower_module", tiny(params, "flower_module", epochs=30))
     run = client().get_run(record["run_id"])
     experiment = client().get_experiment(run.info.experiment_id)

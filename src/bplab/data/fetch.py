@@ -12,8 +12,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 
 from bplab.config import FetchPolicy
 from bplab.errors import DownloadError
+from bplab.outputs import write_bytes_atomic
 
 MIRROR_ENV = "BPLAB_DATA_MIRROR"
 _CHUNK = 1 << 20
@@ -114,26 +113,12 @@ def _read(location: str, timeout_s: float, label: str) -> bytes:
         if isinstance(reason, FileNotFoundError):
             raise FileNotFoundError("no such file") from None
         raise _Transient(str(reason)) from None
-    except (TimeoutError, socket.timeout, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError) as exc:
         raise _Transient(f"{type(exc).__name__}: {exc}") from None
     payload = b"".join(chunks)
     if total is not None and len(payload) != total:
         raise _Transient(f"transfer cut short: {len(payload)} of {total} bytes")
     return payload
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def fetch_file(
@@ -156,7 +141,7 @@ def fetch_file(
         if digest != sha256:
             attempts.add(candidate.location, f"checksum mismatch: sha256 {digest}, expected {sha256}")
             continue
-        _write_atomically(dest, content)
+        write_bytes_atomic(dest, content)
         return FetchedFile(name, dest, candidate.location, digest, len(content))
     raise DownloadError(
         f"could not get {name}: every source failed\n" + "\n".join(attempts.failures) + "\n"

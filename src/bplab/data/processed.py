@@ -9,8 +9,6 @@ and ``torch.from_numpy`` turns them into tensors without a copy.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bplab.errors import DataError
+from bplab.outputs import publish_directory
 
 SPLITS = ("train", "test")
 TRANSFORM_FILE = "transform.json"
@@ -52,20 +51,15 @@ def save(prepared: Prepared, out_dir: Path) -> None:
     """Write all arrays and ``transform.json``; the directory appears complete or not at all."""
     for split, (x, y) in prepared.splits.items():
         _check(split, x, y, "preprocess output")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+
+    def fill(staging: Path) -> None:
         for split, (x, y) in prepared.splits.items():
             np.save(staging / f"x_{split}.npy", x)
             np.save(staging / f"y_{split}.npy", y)
         meta = {"shapes": prepared.shapes(), "transform": prepared.transform}
         (staging / TRANSFORM_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    publish_directory(out_dir, fill)
 
 
 def load(processed_dir: Path, splits: tuple[str, ...] = SPLITS) -> Prepared:

@@ -12,10 +12,8 @@ Outputs, written only after training and logging succeeded (staged, then renamed
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from importlib.metadata import version
@@ -29,6 +27,7 @@ from bplab.config import Params, VariantParams
 from bplab.data import processed
 from bplab.data.stage import processed_dir
 from bplab.errors import ParamsError
+from bplab.outputs import publish_directory, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -121,31 +120,14 @@ def _history_columns(history: list[EpochRecord]) -> dict[str, list[float]]:
 
 
 def _write_history(path: Path, history: list[EpochRecord]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(HISTORY_COLUMNS)
-        for r in history:
-            writer.writerow([r.epoch, r.train_loss, r.eval_loss,
-                             "" if r.train_acc is None else r.train_acc,
-                             "" if r.eval_acc is None else r.eval_acc, round(r.seconds, 6)])
-    os.replace(tmp, path)
-
-
-def _publish(out: Path, files: dict[str, Any]) -> None:
-    """Write ``files`` (name -> writer callable) into ``out`` all at once, via a staging directory."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for name, write in files.items():
-            write(staging / name)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(HISTORY_COLUMNS)
+    for r in history:
+        writer.writerow([r.epoch, r.train_loss, r.eval_loss,
+                         "" if r.train_acc is None else r.train_acc,
+                         "" if r.eval_acc is None else r.eval_acc, round(r.seconds, 6)])
+    write_text_atomic(path, text.getvalue())
 
 
 def _weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -255,14 +237,17 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
             "variant": name,
             "dataset": variant.dataset,
             "task": task.kind,
+            "n_inputs": int(train_xy[0].shape[1]),
+            "n_outputs": n_out,
             "final": {k: v for k, v in {"train_loss": final.train_loss, "eval_loss": final.eval_loss,
                                         "train_acc": final.train_acc, "eval_acc": final.eval_acc}.items()
                       if v is not None},
         }
-        _publish(model_dir(name, root), {
-            "model.pt": lambda path: torch.save(model, path),
-            "state_dict.pt": lambda path: torch.save(model.state_dict(), path),
-            RUN_FILE: lambda path: path.write_text(json.dumps(record, indent=2) + "\n"),
-        })
+        def fill(staging: Path) -> None:
+            torch.save(model, staging / "model.pt")
+            torch.save(model.state_dict(), staging / "state_dict.pt")
+            (staging / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+        publish_directory(model_dir(name, root), fill)
         _write_history(history_file(name, root), sink.history)
     return record

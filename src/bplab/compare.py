@@ -1,0 +1,93 @@
+"""``python -m bplab.compare``: the whole study at a glance, read from MLflow.
+
+Per dataset, one row per variant (its latest finished run; ``--all`` for every run): the key
+params, the final test metrics and which run holds the registry's ``champion``. Printed as a
+table and written as Markdown (``compare.md`` by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bplab import registry, track
+
+DATASETS = ("flower", "mnist", "boston")
+PARAMS = ("model.arch", "model.hidden", "optimizer", "lr", "batch_size", "epochs", "init")
+METRICS = {
+    "flower": ("test_acc", "test_loss", "train_acc"),
+    "mnist": ("test_acc", "test_loss", "train_acc"),
+    "boston": ("test_rmse", "test_mae", "test_r2", "train_loss"),
+}
+
+
+def _champion_run(client: Any, dataset: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(dataset, registry.CHAMPION).tags.get("run_id")
+    except MlflowException:
+        return None
+
+
+def study(client: Any, datasets: tuple[str, ...] = DATASETS, every_run: bool = False) -> dict[str, list[dict]]:
+    """Rows per dataset: variant, params, metrics, champion flag, run id and ``dvc_exp`` tag."""
+    tables: dict[str, list[dict]] = {}
+    for dataset in datasets:
+        experiment = client.get_experiment_by_name(dataset)
+        if experiment is None:
+            continue
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"])
+        champion = _champion_run(client, dataset)
+        seen: set[str] = set()
+        rows = []
+        for run in runs:
+            variant = run.info.run_name
+            if variant in seen and not every_run:
+                continue
+            seen.add(variant)
+            row: dict[str, Any] = {"variant": variant}
+            row |= {p: run.data.params.get(p, "") for p in PARAMS}
+            row |= {m: run.data.metrics.get(m) for m in METRICS[dataset]}
+            row["champion"] = "★" if run.info.run_id == champion else ""
+            row["dvc_exp"] = run.data.tags.get("dvc_exp", "")
+            row["run_id"] = run.info.run_id[:8]
+            rows.append(row)
+        tables[dataset] = sorted(rows, key=lambda r: r["variant"]) if not every_run else rows
+    return tables
+
+
+def render(tables: dict[str, list[dict]], table_format: str) -> str:
+    """The tables as text: ``github`` for Markdown, ``simple`` for the terminal."""
+    from tabulate import tabulate
+
+    parts = []
+    for dataset, rows in tables.items():
+        heading = f"## {dataset}" if table_format == "github" else f"{dataset}\n{'=' * len(dataset)}"
+        parts.append(f"{heading}\n\n{tabulate(rows, headers='keys', tablefmt=table_format, floatfmt='.4g')}\n")
+    return "\n".join(parts) if parts else "No training runs found in the MLflow store.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparison and write it as Markdown."""
+    parser = argparse.ArgumentParser(prog="python -m bplab.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("compare.md"), help="Markdown file (default: %(default)s)")
+    parser.add_argument("--all", action="store_true", help="every finished run, not only each variant's latest")
+    parser.add_argument("--dataset", action="append", choices=DATASETS, help="only these datasets (repeatable)")
+    args = parser.parse_args(argv)
+    from mlflow import MlflowClient
+
+    uri = track.tracking_uri()
+    tables = study(MlflowClient(uri), tuple(args.dataset or DATASETS), args.all)
+    print(f"MLflow store: {uri}\n")
+    print(render(tables, "simple"))
+    markdown = f"# bplab: variants compared\n\nFrom the MLflow store `{uri}`.\n\n{render(tables, 'github')}"
+    args.out.write_text(markdown)
+    print(f"Written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""The ``evaluate@<variant>`` stage: final test metrics, pictures and a registry version.
+
+It reloads the trained model both ways the tutorials save it, checks they predict the same,
+logs into the variant's train run (found through ``models/<variant>/run.json``), and writes
+``metrics/<variant>.json`` (DVC metrics) and ``plots/<variant>/*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bplab import plots, registry, track
+from bplab.config import Params
+from bplab.data import processed
+from bplab.data.stage import processed_dir
+from bplab.errors import BplabError, DataError
+from bplab.outputs import publish_directory, write_text_atomic
+from bplab.train.stage import RUN_FILE, model_dir, variant_params
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+# The test metric that picks the registry champion per task, and whether higher is better.
+SELECTION = {"multiclass": ("test_acc", True), "binary": ("test_acc", True), "regression": ("test_rmse", False)}
+# The logged pt2 program and the eager model may round differently in the last bits.
+AGREEMENT_ATOL = 1e-4
+MISCLASSIFIED_SHOWN = 40
+
+
+class EvaluationError(BplabError):
+    """The saved forms of a model disagree, or the model cannot be evaluated."""
+
+
+def metrics_file(variant: str, root: Path = Path(".")) -> Path:
+    """``metrics/<variant>.json`` under ``root``."""
+    return root / METRICS / f"{variant}.json"
+
+
+def plots_dir(variant: str, root: Path = Path(".")) -> Path:
+    """``plots/<variant>`` under ``root``."""
+    return root / PLOTS / variant
+
+
+def load_run_record(variant: str, root: Path = Path(".")) -> dict[str, Any]:
+    """The train stage's ``run.json`` for ``variant``."""
+    path = model_dir(variant, root) / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run train@{variant} first") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    """Outputs of ``model`` on all rows of ``x``, in batches, without gradients."""
+    import torch
+
+    size = batch_size or len(x)
+    with torch.no_grad():
+        return torch.cat([model(x[i: i + size]) for i in range(0, len(x), size)])
+
+
+def compute_test_metrics(task_kind: str, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """``test_loss``/``test_acc`` for classification, ``test_mse``/``rmse``/``mae``/``r2`` for regression."""
+    from bplab.train.loop import Task
+
+    task = Task(task_kind)  # type: ignore[arg-type]
+    if task.has_accuracy:
+        return {"test_loss": float(task.loss(outputs, target)),
+                "test_acc": float(task.correct(outputs, target)) / len(target)}
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    actual, predicted = target.numpy().ravel(), outputs.numpy().ravel()
+    mse = float(mean_squared_error(actual, predicted))
+    return {"test_mse": mse, "test_rmse": mse ** 0.5, "test_mae": float(mean_absolute_error(actual, predicted)),
+            "test_r2": float(r2_score(actual, predicted))}
+
+
+def pictures(task_kind: str, name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             outputs: torch.Tensor) -> dict[str, Figure]:
+    """The pictures people look at for this kind of model, by file name."""
+    import torch
+
+    if task_kind == "binary":
+        def classify(grid: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return (model(torch.from_numpy(grid)) > 0).numpy()
+
+        return {"decision_boundary.png": plots.decision_boundary(
+            classify, x.numpy(), y.numpy(), title=f"{name}: decision boundary on the test points")}
+    if task_kind == "multiclass":
+        predicted = outputs.argmax(dim=1).numpy()
+        actual = y.numpy()
+        classes = outputs.shape[1]
+        matrix = np.bincount(actual * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+        wrong = np.flatnonzero(predicted != actual)[:MISCLASSIFIED_SHOWN]
+        return {
+            "confusion_matrix.png": plots.confusion_matrix(matrix, f"{name}: test confusion matrix"),
+            "misclassified.png": plots.digit_grid(
+                x.numpy()[wrong], [f"{actual[i]}→{predicted[i]}" for i in wrong],
+                title=f"{name}: first {len(wrong)} misclassified test digits (true→predicted)"),
+        }
+    return {"predicted_vs_actual.png": plots.regression_diagnostics(
+        y.numpy(), outputs.numpy(), f"{name}: test split")}
+
+
+def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Path):
+    """The state_dict in a freshly built model (``weights_only=True``) and the MLflow-logged model."""
+    import mlflow
+    import torch
+
+    from bplab.models import build_model
+
+    variant = params.train[name]
+    fresh = build_model(variant.model, record["n_inputs"], record["n_outputs"])
+    state_path = model_dir(name, root) / "state_dict.pt"
+    try:
+        fresh.load_state_dict(torch.load(state_path, weights_only=True))
+    except FileNotFoundError:
+        raise DataError(f"{state_path}: missing; run train@{name} first") from None
+    except pickle.UnpicklingError as exc:  # weights_only=True refuses anything but tensors and containers
+        raise EvaluationError(f"{state_path}: refused: not a plain state_dict ({exc})") from None
+    except RuntimeError as exc:  # keys or shapes differ from the model params.yaml describes
+        raise EvaluationError(f"{state_path} does not fit model {variant.model.arch}: {exc}") from None
+    fresh.eval()
+    logged = mlflow.pytorch.load_model(record["model_uri"])
+    return fresh, logged
+
+
+def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
+    """Evaluate variant ``name`` on the test split, log into its train run, register the model.
+
+    Returns the metrics with the registry outcome.
+    """
+    variant = variant_params(params, name)
+    record = load_run_record(name, root)
+    import mlflow
+    import torch
+
+    x, y = (torch.from_numpy(a) for a in processed.load(processed_dir(variant.dataset, root), ("test",)).splits["test"])
+    with track.stage_run(variant.dataset, name, {}, run_id=record["run_id"]):
+        fresh, logged = _load_both_forms(record, params, name, root)
+        outputs = predict(fresh, x, variant.eval_batch_size)
+        disagreement = float((predict(logged, x, variant.eval_batch_size) - outputs).abs().max())
+        if disagreement > AGREEMENT_ATOL:
+            raise EvaluationError(
+                f"{name}: the MLflow model {record['model_uri']} and models/{name}/state_dict.pt predict "
+                f"differently on the test split (max |difference| {disagreement:.3g} > {AGREEMENT_ATOL})")
+        metrics = compute_test_metrics(record["task"], outputs, y)
+        mlflow.log_metrics(metrics | {"saved_forms_max_abs_diff": disagreement})
+
+        def draw(staging: Path) -> None:
+            for file_name, figure in pictures(record["task"], name, fresh, x, y, outputs).items():
+                plots.save(figure, staging / file_name)
+
+        out = plots_dir(name, root)
+        publish_directory(out, draw)
+        mlflow.log_artifacts(str(out), "plots")
+
+        metric, higher_is_better = SELECTION[record["task"]]
+        registration = registry.register(record["model_uri"], variant.dataset, name, record["run_id"],
+                                         metric, metrics[metric], higher_is_better)
+        mlflow.set_tags({"registered_model": registration.name, "registered_version": registration.version,
+                         "champion_version": registration.champion_version})
+        write_text_atomic(metrics_file(name, root), json.dumps(metrics, indent=2) + "\n")
+    return metrics | {"registered_version": registration.version, "promoted": registration.promoted}

@@ -1,0 +1,125 @@
+"""evaluate@<variant> on tiny trained models: metrics, pictures, both saved forms, registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from bplab.config import Params
+from bplab.evaluate import EvaluationError, evaluate, metrics_file, plots_dir
+from bplab.train.stage import model_dir, train
+from conftest import mlflow_client, tiny
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_flower_metrics_pictures_and_registry(workspace: Path, params: Params) -> None:
+    small = tiny(params, "flower_sequential", epochs=200)
+    record = train("flower_sequential", small)
+    result = evaluate("flower_sequential", small)
+
+    saved = json.loads(metrics_file("flower_sequential").read_text())
+    assert set(saved) == {"test_loss", "test_acc"} and 0 <= saved["test_acc"] <= 1
+    assert [p.name for p in plots_dir("flower_sequential").iterdir()] == ["decision_boundary.png"]
+
+    client = mlflow_client()
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_acc"] == pytest.approx(saved["test_acc"])
+    assert run.data.metrics["saved_forms_max_abs_diff"] <= 1e-4
+    assert run.data.tags["stage"] == "train"  # evaluate logs into the train run, leaving its tags
+    assert (run.data.tags["registered_model"], run.data.tags["registered_version"]) == ("flower", "1")
+    artifacts = {a.path for a in client.list_artifacts(record["run_id"], "plots")}
+    assert artifacts == {"plots/learning_curves.png", "plots/weights.png", "plots/decision_boundary.png"}
+
+    version = client.get_model_version_by_alias("flower", "champion")
+    assert str(version.version) == "1" and result["promoted"]
+    assert version.tags["variant"] == "flower_sequential" and version.tags["run_id"] == record["run_id"]
+
+    import mlflow
+
+    champion = mlflow.pytorch.load_model("models:/flower@champion")
+    x = torch.randn(6, 2)
+    assert champion(x).shape == (6, 1)
+
+
+def test_boston_regression_metrics(workspace: Path, params: Params) -> None:
+    small = tiny(params, "boston_adam", epochs=5, batch_size=16)
+    train("boston_adam", small)
+    result = evaluate("boston_adam", small)
+    saved = json.loads(metrics_file("boston_adam").read_text())
+    assert set(saved) == {"test_mse", "test_rmse", "test_mae", "test_r2"}
+    assert saved["test_rmse"] == pytest.approx(saved["test_mse"] ** 0.5)
+    assert saved["test_mae"] <= saved["test_rmse"]
+    assert result["registered_version"] == "1"
+    assert [p.name for p in plots_dir("boston_adam").iterdir()] == ["predicted_vs_actual.png"]
+
+
+def test_mnist_confusion_matrix_and_misclassified_digits(workspace: Path, params: Params) -> None:
+    small = tiny(params, "mnist_batchnet", epochs=2)
+    train("mnist_batchnet", small)
+    evaluate("mnist_batchnet", small)
+    assert sorted(p.name for p in plots_dir("mnist_batchnet").iterdir()) == [
+        "confusion_matrix.png", "misclassified.png"]
+    saved = json.loads(metrics_file("mnist_batchnet").read_text())
+    assert 0 < saved["test_acc"] < 1 and saved["test_loss"] > 0
+
+
+def test_champion_moves_only_on_improvement(workspace: Path, params: Params) -> None:
+    # Three variants of one dataset; the champion is the best test accuracy registered so far.
+    results = {}
+    for name, epochs in (("flower_module", 400), ("flower_logreg", 20), ("flower_twolayer", 600)):
+        small = tiny(params, name, epochs=epochs)
+        train(name, small)
+        results[name] = evaluate(name, small)
+    client = mlflow_client()
+    versions = {v.tags["variant"]: v for v in client.search_model_versions("name = 'flower'")}
+    assert len(versions) == 3
+    accuracy = {name: r["test_acc"] for name, r in results.items()}
+    best = max(accuracy, key=lambda n: (accuracy[n], -int(versions[n].version)))  # ties keep the earlier
+    assert str(client.get_model_version_by_alias("flower", "champion").version) == str(versions[best].version)
+    best_so_far = None
+    for name in ("flower_module", "flower_logreg", "flower_twolayer"):  # in registration order
+        expected = best_so_far is None or accuracy[name] > best_so_far
+        assert results[name]["promoted"] == expected, (name, accuracy)
+        best_so_far = accuracy[name] if expected else best_so_far
+
+
+def test_disagreeing_saved_forms_fail_the_run_and_write_no_metrics(workspace: Path, params: Params) -> None:
+    small = tiny(params, "flower_module", epochs=50)
+    record = train("flower_module", small)
+    state_path = model_dir("flower_module") / "state_dict.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["layer3.bias"] += 1.0
+    torch.save(state, state_path)
+    with pytest.raises(EvaluationError, match="predict differently on the test split"):
+        evaluate("flower_module", small)
+    assert mlflow_client().get_run(record["run_id"]).info.status == "FAILED"
+    assert not metrics_file("flower_module").exists()
+    assert not plots_dir("flower_module").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_state_dict_that_would_run_code_is_refused(workspace: Path, params: Params) -> None:
+    small = tiny(params, "flower_logreg", epochs=5)
+    train("flower_logreg", small)
+    (model_dir("flower_logreg") / "state_dict.pt").write_bytes(pickle.dumps({"w": _RunsCode()}))
+    with pytest.raises(EvaluationError, match="refused: not a plain state_dict"):
+        evaluate("flower_logreg", small)
+    assert not (workspace / "pwned").exists()
+
+
+def test_missing_training_output_names_the_stage(workspace: Path, params: Params) -> None:
+    from bplab.errors import DataError
+
+    with pytest.raises(DataError, match=r"models/mnist_mlp/run.json: missing; run train@mnist_mlp first"):
+        evaluate("mnist_mlp", params)
