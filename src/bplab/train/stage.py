@@ -220,10 +220,10 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
 
         columns = _history_columns(sink.history)
         steps = [v for r in sink.history for v in r.step_losses] if task.kind == "regression" else None
-        mlflow.log_figure(plots.learning_curves(columns, f"{name}: learning curves", steps),
-                          "plots/learning_curves.png")
-        mlflow.log_figure(plots.weight_histograms(initial_weights, _weights(model),
-                                                  f"{name}: weights ({variant.init} init)"), "plots/weights.png")
+        track.log_figure(plots.learning_curves(columns, f"{name}: learning curves", steps),
+                         "plots/learning_curves.png")
+        track.log_figure(plots.weight_histograms(initial_weights, _weights(model),
+                                                 f"{name}: weights ({variant.init} init)"), "plots/weights.png")
         model_info = _log_model(model, test_xy[0][:8])
         mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
         sink.wait()
