@@ -35,6 +35,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     set_params(repo, TINY)
     result = run(["dvc", "repro"], repo)
+    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
+    run([*git, "add", "-A"], repo)  # the baseline that `dvc metrics diff` and `dvc plots diff` compare with
+    run([*git, "commit", "-qm", "baseline"], repo)
     return repo, result.stdout
 
 
@@ -146,6 +149,12 @@ def test_exp_run_set_param_tags_the_mlflow_run(pipeline: tuple[Path, str]) -> No
     assert "test_rmse" in runs[0].data.metrics
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "boston-lr-0.01" in shown
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    assert set(diff) == {"metrics/boston_module.json"}
+    assert diff["metrics/boston_module.json"]["test_rmse"]["new"] == pytest.approx(runs[0].data.metrics["test_rmse"])
+    plots = run(["dvc", "plots", "diff", "HEAD", "--json"], repo).stdout
+    revisions = json.loads(plots[plots.index("{"):])["data"]["boston_loss"][0]["revisions"]
+    assert set(revisions) == {"HEAD", "workspace"}
 
 
 def test_a_boston_data_edit_reruns_the_boston_branch_only(pipeline: tuple[Path, str]) -> None:
