@@ -1,19 +1,30 @@
-"""What every stage entry point shares: user errors become one clear message and exit status 2."""
+"""What every stage entry point shares: user errors and interrupts end with one clear message."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bplab.errors import BplabError
+from bplab.track import Terminated
 
 
 @contextmanager
 def user_errors(stage: str) -> Iterator[None]:
-    """Print a :class:`BplabError` as ``<stage>: error: <message>`` and exit 2, without a traceback."""
+    """Print a :class:`BplabError` as ``<stage>: error: <message>`` and exit 2, without a traceback.
+
+    An interrupt (Ctrl-C, or SIGTERM turned into one by :func:`bplab.track.stage_run`) exits
+    130 or 143, the shell's codes for those signals.
+    """
     try:
         yield
     except BplabError as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"{stage}: {'terminated' if terminated else 'interrupted'}; nothing was written as a result, "
+              "and its MLflow run (if any) is marked KILLED", file=sys.stderr)
+        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None

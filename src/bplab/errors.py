@@ -15,3 +15,7 @@ class DownloadError(BplabError):
 
 class DataError(BplabError):
     """A raw or processed data file is missing, truncated or malformed."""
+
+
+class TrackingUnavailable(BplabError):
+    """The MLflow tracking server named by MLFLOW_TRACKING_URI cannot be reached."""

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bplab.errors import TrackingUnavailable
 
 if TYPE_CHECKING:
     import mlflow
@@ -55,13 +59,48 @@ def _artifact_location(experiment: str) -> str | None:
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming ``uri``, when an HTTP tracking server does not accept connections.
+
+    MLflow's own client retries with backoff for minutes before giving up.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in {"http", "https"}:
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise TrackingUnavailable(
+            f"cannot reach the MLflow tracking server at {uri} ({TRACKING_ENV}): {exc.strerror or exc}. "
+            f"Start the server, or unset {TRACKING_ENV} to use the local store {default_tracking_uri()}"
+        ) from None
+
+
+def _store_setup_lock(uri: str):
+    """An inter-process lock around a sqlite store's first use.
+
+    MLflow creates and migrates the sqlite schema on first use; stages started together
+    (``dvc queue start -j N``) would otherwise race on it ("duplicate column name").
+    """
+    from filelock import FileLock
+
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    database = Path(uri.removeprefix("sqlite:///"))
+    return FileLock(str(database.with_name(database.name + ".lock")), timeout=300)
+
+
 def ensure_experiment(name: str) -> str:
     """The id of experiment ``name``, creating it if needed (safe when processes race to create it)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri())
-    found = mlflow.get_experiment_by_name(name)
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    with _store_setup_lock(uri):
+        found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables
     if found is not None:
         return found.experiment_id
     try:
@@ -97,12 +136,12 @@ def run_tags(*, dataset: str, stage: str, variant: str | None = None) -> dict[st
     return tags
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM turned into an interrupt, so the run is closed as KILLED like on Ctrl-C."""
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated(f"received signal {signum}")
+    raise Terminated(f"received signal {signum}")
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 import warnings
 from importlib.metadata import version
@@ -72,15 +73,15 @@ def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str
 class _MetricSink:
     """Sends epoch records to MLflow in batches, asynchronously, and keeps the history."""
 
-    def __init__(self, run_id: str, record_steps: bool) -> None:
+    def __init__(self, run_id: str, record_steps: bool, history: list[EpochRecord] | None = None) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient()
         self.run_id = run_id
         self.record_steps = record_steps
-        self.history: list[EpochRecord] = []
+        self.history: list[EpochRecord] = list(history or [])  # epochs logged before a resume
         self._operations: list[Any] = []
-        self._steps_done = 0
+        self._steps_done = sum(len(r.step_losses) for r in self.history)
 
     def __call__(self, records: list[EpochRecord]) -> None:
         from mlflow.entities import Metric
@@ -168,7 +169,9 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor):
 def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Train variant ``name`` per params.yaml, log it to MLflow, and write its DVC outputs.
 
-    Returns the contents of ``run.json`` (run id, experiment id, model URI, final metrics).
+    Resumes from ``checkpoints/<variant>.pt`` when an earlier start with the same params was
+    interrupted. Returns the contents of ``run.json`` (run id, experiment id, model URI, final
+    metrics).
     """
     variant = variant_params(params, name)
     import mlflow
@@ -176,6 +179,7 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from bplab.models import build_model, initialize
+    from bplab.train.checkpoint import Checkpoint, checkpoint_file, fingerprint, load_resumable
     from bplab.train.loop import TASK_OF_DATASET, BatchSizeError, Schedule, Task, check_schedule, fit
     from bplab.train.optim import build_optimizer, check_param_groups
 
@@ -196,19 +200,35 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
         check_schedule(model, len(train_xy[0]), schedule)
     except BatchSizeError as exc:
         raise ParamsError(f"train.{name}.batch_size: {exc}") from None
-    initial_weights = _weights(model)
+    initial_weights = {k: torch.from_numpy(v) for k, v in _weights(model).items()}
+
+    checkpoint_path = checkpoint_file(name, root)
+    shapes = data.shapes()
+    digest = fingerprint({"variant": variant.model_dump(mode="json"), "seed": params.seed, "shapes": shapes})
+    resume, why = load_resumable(checkpoint_path, digest, variant.epochs)
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        initial_weights = resume.initial_weights
+    print(f"train@{name}: {why}", file=sys.stderr)
 
     tags = track.run_tags(dataset=variant.dataset, stage="train", variant=name)
-    with track.stage_run(variant.dataset, name, tags) as run:
+    with track.stage_run(variant.dataset, name, tags, run_id=resume and resume.run_id) as run:
         run_id = run.info.run_id
-        shapes = data.shapes()
-        n_parameters = sum(p.numel() for p in model.parameters())
-        mlflow.log_params(logged_params(params, name, n_parameters, shapes))
-        mlflow.log_input(_dataset(data, source, variant.dataset), context="training")
-        sink = _MetricSink(run_id, record_steps=task.kind == "regression")
-        with tqdm(total=variant.epochs, desc=f"train@{name}", unit="epoch", mininterval=1.0) as bar:
+        if resume is None:
+            n_parameters = sum(p.numel() for p in model.parameters())
+            mlflow.log_params(logged_params(params, name, n_parameters, shapes))
+            mlflow.log_input(_dataset(data, source, variant.dataset), context="training")
+        else:
+            mlflow.set_tag("resumed_after_epoch", str(resume.epoch))
+        sink = _MetricSink(run_id, record_steps=task.kind == "regression", history=resume and resume.history)
+        done = resume.epoch if resume else 0
+        with tqdm(total=variant.epochs, initial=done, desc=f"train@{name}", unit="epoch", mininterval=1.0) as bar:
             def on_epochs(records: list[EpochRecord]) -> None:
                 sink(records)
+                Checkpoint(digest, run_id, records[-1].epoch, model.state_dict(), optimizer.state_dict(),
+                           generator.get_state(), initial_weights, sink.history).save(checkpoint_path)
                 last = records[-1]
                 shown = {"loss": f"{last.train_loss:.4g}", "eval_loss": f"{last.eval_loss:.4g}"}
                 if last.eval_acc is not None:
@@ -216,13 +236,14 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
                 bar.set_postfix(shown, refresh=False)
                 bar.update(len(records))
 
-            fit(model, optimizer, task, train_xy, test_xy, schedule, generator, on_epochs)
+            fit(model, optimizer, task, train_xy, test_xy, schedule, generator, on_epochs, first_epoch=done + 1)
 
         columns = _history_columns(sink.history)
         steps = [v for r in sink.history for v in r.step_losses] if task.kind == "regression" else None
         track.log_figure(plots.learning_curves(columns, f"{name}: learning curves", steps),
                          "plots/learning_curves.png")
-        track.log_figure(plots.weight_histograms(initial_weights, _weights(model),
+        weights_now = _weights(model)
+        track.log_figure(plots.weight_histograms({k: v.numpy() for k, v in initial_weights.items()}, weights_now,
                                                  f"{name}: weights ({variant.init} init)"), "plots/weights.png")
         model_info = _log_model(model, test_xy[0][:8])
         mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
@@ -243,6 +264,7 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
                                         "train_acc": final.train_acc, "eval_acc": final.eval_acc}.items()
                       if v is not None},
         }
+
         def fill(staging: Path) -> None:
             torch.save(model, staging / "model.pt")
             torch.save(model.state_dict(), staging / "state_dict.pt")
