@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,54 @@ def test_dvc_metrics_and_plots_compare_the_variants(pipeline: tuple[Path, str]) 
     ids = set(data["data"])
     assert {"flower_loss", "flower_accuracy", "mnist_loss", "mnist_accuracy", "boston_loss"} <= ids
     assert {f"plots/{v}/confusion_matrix.png" for v in ("mnist_mlp", "mnist_batchnet")} <= ids
+
+
+def test_dvc_remote_moves_data_and_models_to_a_fresh_clone(pipeline: tuple[Path, str], tmp_path: Path) -> None:
+    repo, _ = pipeline
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
+    run(["dvc", "push"], repo)
+    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
+    run([*git, "commit", "-qam", "add the shared remote"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    assert status(clone) == set()
+    for path in ("models/mnist_mlp/state_dict.pt", "data/processed/boston/x_train.npy", "checkpoints/boston_adam.pt"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+
+
+def wait_for_queue(repo: Path, names: list[str], timeout: float = 600) -> str:
+    """Poll `dvc queue status` until every named experiment has finished; return the last listing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = run(["dvc", "queue", "status"], repo).stdout
+        rows = [line for line in listing.splitlines() if any(name in line for name in names)]
+        if len(rows) == len(names) and not any(word in line for line in rows for word in ("Queued", "Running")):
+            return listing
+        assert time.monotonic() < deadline, listing
+        time.sleep(2)
+
+
+def test_queued_sweep_runs_in_parallel_and_logs_to_the_repository_store(pipeline: tuple[Path, str]) -> None:
+    from mlflow import MlflowClient
+
+    repo, _ = pipeline
+    names = ["sweep-lr-0.05", "sweep-lr-0.2"]
+    for name in names:
+        lr = name.rsplit("-", 1)[1]
+        run(["dvc", "exp", "run", "--queue", "-S", f"train.flower_logreg.lr={lr}", "-n", name], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    listing = wait_for_queue(repo, names)
+    assert listing.count("Success") >= 2, listing
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")  # the repository's store, not the temp copies'
+    runs = client.search_runs([client.get_experiment_by_name("flower").experiment_id],
+                              "tags.dvc_exp LIKE 'sweep-lr-%'")
+    assert sorted((r.data.tags["dvc_exp"], r.data.params["lr"]) for r in runs) == [
+        ("sweep-lr-0.05", "0.05"), ("sweep-lr-0.2", "0.2")]
+    assert all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics for r in runs)
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
+    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert all(name in shown for name in names)
 
 
 def test_status_names_exactly_the_stages_an_edit_touches(pipeline: tuple[Path, str]) -> None:

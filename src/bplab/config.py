@@ -201,6 +201,7 @@ class Params(_Strict):
     """The whole of params.yaml."""
 
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataParams
     train: dict[str, VariantParams] = {}
 

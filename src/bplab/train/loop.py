@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bplab.errors import BplabError
+from bplab.train.distributed import Placement, all_sum
 
 TaskKind = Literal["multiclass", "binary", "regression"]
+SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
 TASK_OF_DATASET: dict[str, TaskKind] = {"mnist": "multiclass", "flower": "binary", "boston": "regression"}
 
 
@@ -164,12 +166,18 @@ def fit(
     on_epochs: Callable[[list[EpochRecord]], None],
     first_epoch: int = 1,
     report_every_s: float = 1.0,
+    placement: Placement = SINGLE_PROCESS,
 ) -> None:
     """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on ``test`` each epoch.
 
     Every ``report_every_s`` seconds (and after the last epoch) the epochs since the last report
     are read from the device in one go and passed to ``on_epochs`` (logging, progress,
     checkpoints). Raises :class:`TrainingDiverged` at the report that sees a non-finite loss.
+
+    Under ``torchrun`` (``placement.world > 1``, ``model`` wrapped in DistributedDataParallel)
+    every rank draws the same order, trains on its share of each global batch, and the loss is
+    weighted so that the averaged gradient is the global batch's; the epoch's sums are added up
+    across ranks once per epoch.
     """
     x, y = train
     n = len(x)
@@ -182,28 +190,32 @@ def fit(
         started = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-        loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
-        step_losses = []
+        step_sums, batch_sizes = [], []
         for start, index, size in _batches(n, schedule.batch_size, order):
+            offset, rows = placement.shard(0, size)
             if index is None:
-                xb, yb = x[start: start + size], y[start: start + size]
+                xb, yb = x[start + offset: start + offset + rows], y[start + offset: start + offset + rows]
             else:
-                xb, yb = x.index_select(0, index), y.index_select(0, index)
+                part = index[offset: offset + rows]
+                xb, yb = x.index_select(0, part), y.index_select(0, part)
             out = model(xb)
             loss = task.loss(out, yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks; weighting by this rank's share of the batch
+            # makes that average the gradient of the whole batch's mean loss (a no-op alone).
+            (loss * (rows * placement.world / size)).backward()
             optimizer.step()
-            step_loss = loss.detach()
-            step_losses.append(step_loss)
-            loss_sum += step_loss * size
+            step_sums.append(loss.detach() * rows)
+            batch_sizes.append(size)
             if task.has_accuracy:
                 correct += task.correct(out.detach(), yb)
+        totals = all_sum(torch.cat([torch.stack(step_sums).double(), correct.double().reshape(1)]), placement)
+        step_losses = totals[:-1] / torch.tensor(batch_sizes, dtype=torch.float64, device=x.device)
         eval_loss, eval_acc = evaluate(model, task, *test, schedule.eval_batch_size)
-        train_acc = correct.double() / n if task.has_accuracy else nan
-        values = torch.stack([loss_sum / n, eval_loss, train_acc, nan if eval_acc is None else eval_acc])
-        pending.append(_Pending(epoch, values, torch.stack(step_losses), time.perf_counter() - started))
+        train_acc = totals[-1] / n if task.has_accuracy else nan
+        values = torch.stack([totals[:-1].sum() / n, eval_loss, train_acc, nan if eval_acc is None else eval_acc])
+        pending.append(_Pending(epoch, values, step_losses, time.perf_counter() - started))
         now = time.perf_counter()
         if now - last_report >= report_every_s or epoch == schedule.epochs:
             records, diverged = _materialize(pending, task.has_accuracy)

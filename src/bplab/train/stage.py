@@ -166,19 +166,31 @@ def _log_model(model: torch.nn.Module, example: torch.Tensor):
     )
 
 
-def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
+def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] | None:
     """Train variant ``name`` per params.yaml, log it to MLflow, and write its DVC outputs.
 
     Resumes from ``checkpoints/<variant>.pt`` when an earlier start with the same params was
-    interrupted. Returns the contents of ``run.json`` (run id, experiment id, model URI, final
-    metrics).
+    interrupted. Under ``torchrun`` every rank trains its share and rank 0 alone logs and writes.
+    Returns the contents of ``run.json`` (run id, experiment id, model URI, final metrics); None
+    on the other ranks.
     """
     variant = variant_params(params, name)
+    from bplab.train import distributed
+
+    placement = distributed.start(params.device)
+    try:
+        return _train(name, params, variant, placement, root)
+    finally:
+        distributed.stop(placement)
+
+
+def _train(name: str, params: Params, variant: VariantParams, placement: Any, root: Path) -> dict[str, Any] | None:
     import mlflow
     import torch
     from tqdm.auto import tqdm
 
     from bplab.models import build_model, initialize
+    from bplab.train import distributed
     from bplab.train.checkpoint import Checkpoint, checkpoint_file, fingerprint, load_resumable
     from bplab.train.loop import TASK_OF_DATASET, BatchSizeError, Schedule, Task, check_schedule, fit
     from bplab.train.optim import build_optimizer, check_param_groups
@@ -186,15 +198,13 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
     source = processed_dir(variant.dataset, root)
     data = processed.load(source)
     task = Task(TASK_OF_DATASET[variant.dataset])
-    train_xy = tuple(torch.from_numpy(a) for a in data.splits["train"])
-    test_xy = tuple(torch.from_numpy(a) for a in data.splits["test"])
+    train_xy = tuple(torch.from_numpy(a).to(placement.device) for a in data.splits["train"])
+    test_xy = tuple(torch.from_numpy(a).to(placement.device) for a in data.splits["test"])
     n_out = int(train_xy[1].max()) + 1 if task.kind == "multiclass" else 1
 
     torch.manual_seed(params.seed)
     model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out), variant.init)
     check_param_groups(model, variant, f"train.{name}")
-    optimizer = build_optimizer(model, variant)
-    generator = torch.Generator().manual_seed(params.seed)
     schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle)
     try:
         check_schedule(model, len(train_xy[0]), schedule)
@@ -206,24 +216,35 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
     shapes = data.shapes()
     digest = fingerprint({"variant": variant.model_dump(mode="json"), "seed": params.seed, "shapes": shapes})
     resume, why = load_resumable(checkpoint_path, digest, variant.epochs)
+    model = model.to(placement.device)
+    optimizer = build_optimizer(model, variant)
+    generator = torch.Generator().manual_seed(params.seed)
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
         generator.set_state(resume.generator)
         initial_weights = resume.initial_weights
-    print(f"train@{name}: {why}", file=sys.stderr)
+    net = distributed.wrap(model, placement)
+    done = resume.epoch if resume else 0
+
+    if not placement.is_main:  # the other ranks train their shares; rank 0 logs and writes
+        fit(net, optimizer, task, train_xy, test_xy, schedule, generator, lambda records: None,
+            first_epoch=done + 1, placement=placement)
+        return None
+    where = f" on {placement.world} ranks" if placement.world > 1 else ""
+    print(f"train@{name}: {why}; device {placement.device}{where}", file=sys.stderr)
 
     tags = track.run_tags(dataset=variant.dataset, stage="train", variant=name)
     with track.stage_run(variant.dataset, name, tags, run_id=resume and resume.run_id) as run:
         run_id = run.info.run_id
         if resume is None:
             n_parameters = sum(p.numel() for p in model.parameters())
-            mlflow.log_params(logged_params(params, name, n_parameters, shapes))
+            mlflow.log_params(logged_params(params, name, n_parameters, shapes)
+                              | {"device": str(placement.device), "world_size": placement.world})
             mlflow.log_input(_dataset(data, source, variant.dataset), context="training")
         else:
             mlflow.set_tag("resumed_after_epoch", str(resume.epoch))
         sink = _MetricSink(run_id, record_steps=task.kind == "regression", history=resume and resume.history)
-        done = resume.epoch if resume else 0
         with tqdm(total=variant.epochs, initial=done, desc=f"train@{name}", unit="epoch", mininterval=1.0) as bar:
             def on_epochs(records: list[EpochRecord]) -> None:
                 sink(records)
@@ -236,16 +257,19 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
                 bar.set_postfix(shown, refresh=False)
                 bar.update(len(records))
 
-            fit(model, optimizer, task, train_xy, test_xy, schedule, generator, on_epochs, first_epoch=done + 1)
+            fit(net, optimizer, task, train_xy, test_xy, schedule, generator, on_epochs,
+                first_epoch=done + 1, placement=placement)
 
+        model = model.cpu()  # saved and logged for CPU, wherever it trained
         columns = _history_columns(sink.history)
         steps = [v for r in sink.history for v in r.step_losses] if task.kind == "regression" else None
         track.log_figure(plots.learning_curves(columns, f"{name}: learning curves", steps),
                          "plots/learning_curves.png")
         weights_now = _weights(model)
-        track.log_figure(plots.weight_histograms({k: v.numpy() for k, v in initial_weights.items()}, weights_now,
-                                                 f"{name}: weights ({variant.init} init)"), "plots/weights.png")
-        model_info = _log_model(model, test_xy[0][:8])
+        track.log_figure(plots.weight_histograms({k: v.cpu().numpy() for k, v in initial_weights.items()},
+                                                 weights_now, f"{name}: weights ({variant.init} init)"),
+                         "plots/weights.png")
+        model_info = _log_model(model, test_xy[0][:8].cpu())
         mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
         sink.wait()
 
