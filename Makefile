@@ -23,7 +23,7 @@ test: setup lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check src stages tests
+	$(BIN)/ruff check src stages tests bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -171,9 +171,9 @@ def test_four_concurrent_trainings_record_every_metric(stage_dir: Path) -> None:
 
 def test_killed_training_resumes_and_ends_like_an_uninterrupted_one(stage_dir: Path) -> None:
     rng = np.random.default_rng(1)
-    pixels = rng.uniform(-1, 1, size=(3200, 784)).astype(np.float32)
+    pixels = rng.uniform(-1, 1, size=(2200, 784)).astype(np.float32)
     digits = (pixels @ rng.normal(size=(784, 10))).argmax(axis=1).astype(np.int64)
-    processed.save(Prepared({"train": (pixels[:3000], digits[:3000]), "test": (pixels[3000:], digits[3000:])}),
+    processed.save(Prepared({"train": (pixels[:2000], digits[:2000]), "test": (pixels[2000:], digits[2000:])}),
                    stage_dir / "data/processed/mnist")
     set_params(stage_dir, {"train.mnist_mlp.epochs": 40})
     checkpoint = stage_dir / "checkpoints/mnist_mlp.pt"
