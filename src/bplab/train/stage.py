@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
     from mlflow.entities import Metric
 
+    from bplab.train.distributed import Placement
     from bplab.train.loop import EpochRecord
 
 MODELS = Path("models")
@@ -184,7 +185,8 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
         distributed.stop(placement)
 
 
-def _train(name: str, params: Params, variant: VariantParams, placement: Any, root: Path) -> dict[str, Any] | None:
+def _train(name: str, params: Params, variant: VariantParams, placement: Placement,
+           root: Path) -> dict[str, Any] | None:
     import mlflow
     import torch
     from tqdm.auto import tqdm
