@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bplab.train.distributed import Placement
+from bplab.errors import ParamsError
+from bplab.train.distributed import Placement, resolve_device
 from conftest import REPO, mlflow_client, set_params, stage_env
 
 
@@ -21,6 +22,14 @@ def test_shards_cover_each_batch_once() -> None:
         parts = [Placement(rank, 3, torch.device("cpu")).shard(10, size) for rank in range(3)]
         assert parts[0][0] == 10 and sum(length for _, length in parts) == size
         assert all(a[0] + a[1] == b[0] for a, b in zip(parts, parts[1:]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_device_auto_is_cpu_and_cuda_without_a_gpu_is_a_params_error() -> None:
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ParamsError, match="device: 'cuda' was asked for but no CUDA device is available"):
+        resolve_device("cuda")
 
 
 def free_port() -> int:
