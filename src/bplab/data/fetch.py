@@ -161,10 +161,7 @@ def _try_candidate(name: str, candidate: Candidate, policy: FetchPolicy, attempt
                 attempts.add(candidate.location, f"{exc} (gave up after {attempt} attempts)")
                 return None
             time.sleep(policy.backoff_s * 2 ** (attempt - 1))
-        except FileNotFoundError as exc:
-            attempts.add(candidate.location, str(exc))
-            return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # not found, HTTP 4xx, bad gzip, unparsable table
             attempts.add(candidate.location, str(exc))
             return None
     return None
