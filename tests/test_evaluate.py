@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bplab.config import Params
-from bplab.evaluate import EvaluationError, evaluate, metrics_file, plots_dir
+from bplab.evaluate import EvaluationError, compute_test_metrics, evaluate, metrics_file, plots_dir
 from bplab.train.stage import model_dir, train
 from conftest import mlflow_client, tiny
 
@@ -123,3 +123,17 @@ def test_missing_training_output_names_the_stage(workspace: Path, params: Params
 
     with pytest.raises(DataError, match=r"models/mnist_mlp/run.json: missing; run train@mnist_mlp first"):
         evaluate("mnist_mlp", params)
+
+
+def test_regression_metrics_match_sklearn() -> None:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randn(101, 1, generator=generator) * 9 + 22
+    outputs = target + torch.randn(101, 1, generator=generator) * 4
+    metrics = compute_test_metrics("regression", outputs, target)
+    actual, predicted = target.numpy().ravel(), outputs.numpy().ravel()
+    assert metrics["test_mse"] == pytest.approx(mean_squared_error(actual, predicted), rel=1e-6)
+    assert metrics["test_rmse"] == pytest.approx(mean_squared_error(actual, predicted) ** 0.5, rel=1e-6)
+    assert metrics["test_mae"] == pytest.approx(mean_absolute_error(actual, predicted), rel=1e-6)
+    assert metrics["test_r2"] == pytest.approx(r2_score(actual, predicted), rel=1e-6)

@@ -197,11 +197,21 @@ class VariantParams(_Strict):
     param_groups: dict[str, PositiveFloat] = {}
 
 
+class TrackingParams(_Strict):
+    """How much of a training run MLflow records (``history/<variant>.csv`` keeps every epoch)."""
+
+    # Longer runs log every k-th epoch (plus the first and last) so that at most this many points
+    # per metric go to the store: 10000 epochs x 5 metrics cost MLflow's sqlite store ~4 s of CPU,
+    # and its UI draws a few hundred points per curve anyway. None logs every epoch.
+    max_epoch_points: PositiveInt | None = 1000
+
+
 class Params(_Strict):
     """The whole of params.yaml."""
 
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tracking: TrackingParams = TrackingParams()
     data: DataParams
     train: dict[str, VariantParams] = {}
 

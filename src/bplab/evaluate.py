@@ -1,8 +1,9 @@
 """The ``evaluate@<variant>`` stage: final test metrics, pictures and a registry version.
 
-It reloads the trained model both ways the tutorials save it, checks they predict the same,
-logs into the variant's train run (found through ``models/<variant>/run.json``), and writes
-``metrics/<variant>.json`` (DVC metrics) and ``plots/<variant>/*.png``.
+It reloads the trained model both ways the tutorials save it (the whole pickled model and the
+state_dict), checks they predict the same, logs into the variant's train run (found through
+``models/<variant>/run.json``), and writes ``metrics/<variant>.json`` (DVC metrics) and
+``plots/<variant>/*.png``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 # The test metric that picks the registry champion per task, and whether higher is better.
 SELECTION = {"multiclass": ("test_acc", True), "binary": ("test_acc", True), "regression": ("test_rmse", False)}
-# The logged pt2 program and the eager model may round differently in the last bits.
+# Both forms hold the same weights; any difference beyond rounding means a file was altered.
 AGREEMENT_ATOL = 1e-4
 MISCLASSIFIED_SHOWN = 40
 
@@ -77,12 +78,14 @@ def compute_test_metrics(task_kind: str, outputs: torch.Tensor, target: torch.Te
     if task.has_accuracy:
         return {"test_loss": float(task.loss(outputs, target)),
                 "test_acc": float(task.correct(outputs, target)) / len(target)}
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    actual, predicted = target.numpy().ravel(), outputs.numpy().ravel()
-    mse = float(mean_squared_error(actual, predicted))
-    return {"test_mse": mse, "test_rmse": mse ** 0.5, "test_mae": float(mean_absolute_error(actual, predicted)),
-            "test_r2": float(r2_score(actual, predicted))}
+    # Computed here rather than with sklearn.metrics, whose import costs this stage two seconds;
+    # the tests check these against sklearn.
+    actual, predicted = target.double().ravel(), outputs.double().ravel()
+    residual_ss = float(((actual - predicted) ** 2).sum())
+    total_ss = float(((actual - actual.mean()) ** 2).sum())
+    mse = residual_ss / len(actual)
+    return {"test_mse": mse, "test_rmse": mse ** 0.5, "test_mae": float((actual - predicted).abs().mean()),
+            "test_r2": 1.0 - residual_ss / total_ss}
 
 
 def pictures(task_kind: str, name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -114,8 +117,12 @@ def pictures(task_kind: str, name: str, model: torch.nn.Module, x: torch.Tensor,
 
 
 def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Path):
-    """The state_dict in a freshly built model (``weights_only=True``) and the MLflow-logged model."""
-    import mlflow
+    """The state_dict in a freshly built model (``weights_only=True``) and the whole pickled model.
+
+    ``model.pt`` is unpickled (it can run code), which is safe only because it is this project's
+    own output of ``train@<variant>``. The MLflow-logged pt2 model is not loaded here: loading it
+    imports ``torch._dynamo`` and takes seconds per stage; the tests check that it predicts alike.
+    """
     import torch
 
     from bplab.models import build_model
@@ -132,8 +139,12 @@ def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Pa
     except RuntimeError as exc:  # keys or shapes differ from the model params.yaml describes
         raise EvaluationError(f"{state_path} does not fit model {variant.model.arch}: {exc}") from None
     fresh.eval()
-    logged = mlflow.pytorch.load_model(record["model_uri"])
-    return fresh, logged
+    whole_path = model_dir(name, root) / "model.pt"
+    try:
+        whole = torch.load(whole_path, weights_only=False)  # our own train output, see above
+    except FileNotFoundError:
+        raise DataError(f"{whole_path}: missing; run train@{name} first") from None
+    return fresh, whole.eval()
 
 
 def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
@@ -148,12 +159,12 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
 
     x, y = (torch.from_numpy(a) for a in processed.load(processed_dir(variant.dataset, root), ("test",)).splits["test"])
     with track.stage_run(variant.dataset, name, {}, run_id=record["run_id"]):
-        fresh, logged = _load_both_forms(record, params, name, root)
+        fresh, whole = _load_both_forms(record, params, name, root)
         outputs = predict(fresh, x, variant.eval_batch_size)
-        disagreement = float((predict(logged, x, variant.eval_batch_size) - outputs).abs().max())
+        disagreement = float((predict(whole, x, variant.eval_batch_size) - outputs).abs().max())
         if disagreement > AGREEMENT_ATOL:
             raise EvaluationError(
-                f"{name}: the MLflow model {record['model_uri']} and models/{name}/state_dict.pt predict "
+                f"{name}: models/{name}/model.pt and models/{name}/state_dict.pt predict "
                 f"differently on the test split (max |difference| {disagreement:.3g} > {AGREEMENT_ATOL})")
         metrics = compute_test_metrics(record["task"], outputs, y)
         mlflow.log_metrics(metrics | {"saved_forms_max_abs_diff": disagreement})

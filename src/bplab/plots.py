@@ -1,24 +1,27 @@
-"""Pictures people look at in the MLflow UI and next to DVC outputs. Each returns a Figure."""
+"""Pictures people look at in the MLflow UI and next to DVC outputs. Each returns a Figure.
+
+Figures are built with matplotlib's object API, not pyplot: no global figure registry to leak
+into, no GUI backend to choose, and a stage does not pay for importing pyplot.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # stages run headless; select before pyplot is imported
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+SPECTRAL = colormaps["Spectral"]  # the tutorial's SPECTRAL
 
 
 def digit_grid(images: np.ndarray, labels: np.ndarray, columns: int = 8, title: str = "") -> Figure:
     """MNIST digits in a grid, each titled with its label (the tutorial's ``imshow``, many at once)."""
     count = len(images)
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
+    fig = Figure(figsize=(columns * 1.1, rows * 1.25))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels):
@@ -35,7 +38,8 @@ def histograms(columns: np.ndarray, names: Sequence[str], title: str = "", bins:
     count = columns.shape[1]
     per_row = 4
     rows = math.ceil(count / per_row)
-    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 3, rows * 2.3), squeeze=False)
+    fig = Figure(figsize=(per_row * 3, rows * 2.3))
+    axes = fig.subplots(rows, per_row, squeeze=False)
     for ax in axes.flat[count:]:
         ax.axis("off")
     for ax, values, name in zip(axes.flat, columns.T, names):
@@ -49,9 +53,10 @@ def histograms(columns: np.ndarray, names: Sequence[str], title: str = "", bins:
 
 def flower_scatter(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """The flower's points per split, coloured by class with the tutorial's Spectral map."""
-    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.5), squeeze=False)
+    fig = Figure(figsize=(5 * len(splits), 4.5))
+    axes = fig.subplots(1, len(splits), squeeze=False)
     for ax, (split, (x, y)) in zip(axes.flat, splits.items()):
-        ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), s=12, cmap=plt.cm.Spectral)
+        ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), s=12, cmap=SPECTRAL)
         ax.set_title(f"{split} ({len(x)} points)")
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
@@ -66,7 +71,8 @@ def learning_curves(history: dict[str, list[float]], title: str = "", step_losse
     ``eval_acc`` to lists. ``step_losses`` adds the per-iteration training loss (seed 004 §3.6).
     """
     panels = ["loss"] + (["accuracy"] if "train_acc" in history else []) + (["steps"] if step_losses else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    fig = Figure(figsize=(5 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     epochs = history["epoch"]
     for ax, panel in zip(axes.flat, panels):
         if panel == "steps":
@@ -93,7 +99,8 @@ def weight_histograms(before: dict[str, np.ndarray], after: dict[str, np.ndarray
     names = list(before)
     per_row = min(3, len(names))
     rows = math.ceil(len(names) / per_row)
-    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 4, rows * 3), squeeze=False)
+    fig = Figure(figsize=(per_row * 4, rows * 3))
+    axes = fig.subplots(rows, per_row, squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names):
@@ -119,9 +126,10 @@ def decision_boundary(predict, x: np.ndarray, y: np.ndarray, title: str = "", st
     xx, yy = np.meshgrid(np.arange(x_min, x_max, step), np.arange(y_min, y_max, step))
     grid = np.c_[xx.ravel(), yy.ravel()].astype(np.float32)
     z = np.asarray(predict(grid)).reshape(xx.shape)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.contourf(xx, yy, z, cmap=plt.cm.Spectral)
-    ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), s=20, cmap=plt.cm.Spectral, edgecolors="k",
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    ax.contourf(xx, yy, z, cmap=SPECTRAL)
+    ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), s=20, cmap=SPECTRAL, edgecolors="k",
                linewidths=0.3)
     ax.set(xlabel="x1", ylabel="x2", title=title)
     fig.tight_layout()
@@ -131,7 +139,8 @@ def decision_boundary(predict, x: np.ndarray, y: np.ndarray, title: str = "", st
 def confusion_matrix(matrix: np.ndarray, title: str = "") -> Figure:
     """Counts of true class (rows) against predicted class (columns), annotated."""
     classes = len(matrix)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
     threshold = matrix.max() / 2
@@ -147,7 +156,8 @@ def confusion_matrix(matrix: np.ndarray, title: str = "") -> Figure:
 def regression_diagnostics(actual: np.ndarray, predicted: np.ndarray, title: str = "") -> Figure:
     """Predicted against actual (with the identity line) and residuals against predicted."""
     actual, predicted = np.asarray(actual).ravel(), np.asarray(predicted).ravel()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.2))
+    left, right = fig.subplots(1, 2)
     low, high = min(actual.min(), predicted.min()), max(actual.max(), predicted.max())
     left.scatter(actual, predicted, s=14, alpha=0.7)
     left.plot([low, high], [low, high], "k--", linewidth=1)
@@ -162,6 +172,5 @@ def regression_diagnostics(actual: np.ndarray, predicted: np.ndarray, title: str
 
 
 def save(fig: Figure, path) -> None:
-    """Write ``fig`` as PNG and release it (figures are not garbage-collected while pyplot holds them)."""
+    """Write ``fig`` as PNG."""
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -175,15 +175,6 @@ def stage_run(experiment: str, run_name: str, tags: dict[str, str],
         signal.signal(signal.SIGTERM, previous)
 
 
-def log_figure(figure: Any, artifact_file: str) -> None:
-    """Log a matplotlib figure as a PNG artifact and release it (pyplot keeps figures alive)."""
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    mlflow.log_figure(figure, artifact_file)
-    plt.close(figure)
-
-
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts to dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``) for ``log_params``."""
     flat: dict[str, Any] = {}

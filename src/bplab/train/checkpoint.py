@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,44 @@ class Checkpoint:
 
     def save(self, path: Path) -> None:
         """Write atomically: an interrupt during the write keeps the previous checkpoint."""
-        payload = dataclasses.asdict(self)
-        payload["history"] = [dataclasses.asdict(r) for r in self.history]
+        payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        payload["history"] = _history_columns(self.history)
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         write_bytes_atomic(path, buffer.getvalue())
+
+
+def _history_columns(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
+    """The history as a few tensors: pickling one dict per epoch, at every report, would grow
+    quadratically with 10000-epoch full-batch runs."""
+    def column(values: list[float | None]) -> torch.Tensor:
+        return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+
+    return {
+        "epoch": torch.tensor([r.epoch for r in history], dtype=torch.int64),
+        "train_loss": column([r.train_loss for r in history]),
+        "eval_loss": column([r.eval_loss for r in history]),
+        "train_acc": column([r.train_acc for r in history]),
+        "eval_acc": column([r.eval_acc for r in history]),
+        "seconds": column([r.seconds for r in history]),
+        "steps": torch.tensor([len(r.step_losses) for r in history], dtype=torch.int64),
+        "step_losses": column([v for r in history for v in r.step_losses]),
+    }
+
+
+def _history_records(columns: dict[str, torch.Tensor]) -> list[EpochRecord]:
+    """The inverse of :func:`_history_columns`."""
+    values = {k: v.tolist() for k, v in columns.items()}
+    has_accuracy = not all(math.isnan(v) for v in values["train_acc"])
+    records, offset = [], 0
+    for i, epoch in enumerate(values["epoch"]):
+        count = values["steps"][i]
+        records.append(EpochRecord(
+            epoch, values["train_loss"][i], values["eval_loss"][i],
+            values["train_acc"][i] if has_accuracy else None, values["eval_acc"][i] if has_accuracy else None,
+            values["step_losses"][offset: offset + count], values["seconds"][i]))
+        offset += count
+    return records
 
 
 def load_resumable(path: Path, expected_fingerprint: str, epochs: int) -> tuple[Checkpoint | None, str]:
@@ -64,8 +98,8 @@ def load_resumable(path: Path, expected_fingerprint: str, epochs: int) -> tuple[
         return None, "no checkpoint"
     try:
         payload = torch.load(path, weights_only=True)
-        checkpoint = Checkpoint(**{**payload, "history": [EpochRecord(**r) for r in payload["history"]]})
-    except (pickle.UnpicklingError, RuntimeError, EOFError, TypeError, KeyError) as exc:
+        checkpoint = Checkpoint(**{**payload, "history": _history_records(payload["history"])})
+    except (pickle.UnpicklingError, RuntimeError, EOFError, TypeError, KeyError, AttributeError) as exc:
         return None, f"unreadable checkpoint {path} ignored ({exc})"
     if checkpoint.fingerprint != expected_fingerprint:
         return None, f"checkpoint {path} is from other params; starting afresh"

@@ -83,36 +83,50 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class _Pending:
-    """An epoch's results still on the device, read later together with other epochs."""
+    """An epoch's results still on the device, read later together with other epochs.
+
+    Kept as the loop produced them (one 0-d tensor per step) so that an epoch adds no stacking
+    or arithmetic of its own: with full-batch training an epoch is a single step, and a few extra
+    tensor ops per epoch would cost as much as the step itself.
+    """
 
     epoch: int
-    values: torch.Tensor  # train_loss, eval_loss, train_acc, eval_acc (NaN where undefined)
-    step_losses: torch.Tensor
+    step_losses: list[torch.Tensor]  # each step's mean loss over its whole batch
+    batch_sizes: list[int]
+    correct: list[torch.Tensor]  # right predictions per step (empty for regression)
+    eval_loss: torch.Tensor
+    eval_correct: torch.Tensor | None
     seconds: float
 
 
-def _materialize(pending: list[_Pending], has_accuracy: bool) -> tuple[list[EpochRecord], TrainingDiverged | None]:
-    """Read a batch of epochs to host numbers with one transfer.
+def _materialize(pending: list[_Pending], n_train: int, n_eval: int,
+                 has_accuracy: bool) -> tuple[list[EpochRecord], TrainingDiverged | None]:
+    """Read a batch of epochs to host numbers with one transfer per kind of value.
 
     Returns the finite epochs, and the error for the first epoch whose loss is not finite.
     """
-    values = torch.stack([p.values for p in pending]).tolist()
-    steps = torch.cat([p.step_losses for p in pending]).tolist()
+    steps = torch.stack([t for p in pending for t in p.step_losses]).tolist()
+    eval_losses = torch.stack([p.eval_loss for p in pending]).tolist()
+    if has_accuracy:
+        correct = torch.stack([t for p in pending for t in p.correct]).tolist()
+        eval_correct = torch.stack([p.eval_correct for p in pending]).tolist()
     records, offset = [], 0
-    for p, (train_loss, eval_loss, train_acc, eval_acc) in zip(pending, values):
+    for i, p in enumerate(pending):
         count = len(p.step_losses)
         step_losses = steps[offset: offset + count]
-        offset += count
+        train_loss = math.fsum(v * size for v, size in zip(step_losses, p.batch_sizes)) / n_train
         if not math.isfinite(train_loss):
-            bad = next(i for i, v in enumerate(step_losses) if not math.isfinite(v))
+            bad = next(j for j, v in enumerate(step_losses) if not math.isfinite(v))
             return records, TrainingDiverged(
                 f"training diverged: loss is {step_losses[bad]} at epoch {p.epoch}, step {bad + 1} of "
                 f"{count}; lower the learning rate or check the inputs"
             )
-        records.append(EpochRecord(
-            p.epoch, train_loss, eval_loss, train_acc if has_accuracy else None,
-            eval_acc if has_accuracy else None, step_losses, p.seconds,
-        ))
+        train_acc = eval_acc = None
+        if has_accuracy:
+            train_acc = sum(correct[offset: offset + len(p.correct)]) / n_train
+            eval_acc = eval_correct[i] / n_eval
+        offset += count
+        records.append(EpochRecord(p.epoch, train_loss, eval_losses[i], train_acc, eval_acc, step_losses, p.seconds))
     return records, None
 
 
@@ -136,23 +150,47 @@ def check_schedule(model: nn.Module, n_train: int, schedule: Schedule) -> None:
         )
 
 
+def has_mode_dependent_layers(model: nn.Module) -> bool:
+    """Whether ``model`` computes differently in train and eval mode (BatchNorm, Dropout)."""
+    return any(isinstance(m, (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd))
+               for m in model.modules())
+
+
 @torch.no_grad()
+def evaluate_sums(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
+                  batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean loss and number of right predictions of ``model`` on ``(x, y)`` in eval mode, as 0-d tensors.
+
+    The model is switched to eval mode and back only when that changes its outputs: walking the
+    module tree twice per epoch costs more than a full-batch step of the flower models.
+    """
+    switch = model.training and has_mode_dependent_layers(model)
+    if switch:
+        model.eval()
+    n = len(x)
+    if batch_size is None or batch_size >= n:
+        out = model(x)
+        loss, correct = task.loss(out, y), (task.correct(out, y) if task.has_accuracy else None)
+    else:
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device) if task.has_accuracy else None
+        for start, _, size in _batches(n, batch_size, None):
+            out = model(x[start: start + size])
+            target = y[start: start + size]
+            loss_sum += task.loss(out, target, reduction="sum")
+            if correct is not None:
+                correct += task.correct(out, target)
+        loss = loss_sum / n
+    if switch:
+        model.train()
+    return loss, correct
+
+
 def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
              batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean loss and accuracy of ``model`` on ``(x, y)`` in eval mode, as 0-d tensors."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start, _, size in _batches(len(x), batch_size, None):
-        out = model(x[start: start + size])
-        target = y[start: start + size]
-        loss_sum += task.loss(out, target, reduction="sum")
-        if task.has_accuracy:
-            correct += task.correct(out, target)
-    model.train(was_training)
-    n = len(x)
-    return loss_sum / n, (correct.double() / n if task.has_accuracy else None)
+    loss, correct = evaluate_sums(model, task, x, y, batch_size)
+    return loss, (None if correct is None else correct.double() / len(x))
 
 
 def fit(
@@ -183,15 +221,15 @@ def fit(
     n = len(x)
     check_schedule(model, n, schedule)
     shuffle = schedule.shuffle and (schedule.batch_size or n) < n
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
     pending: list[_Pending] = []
     last_report = time.perf_counter()
+    model.train()
     for epoch in range(first_epoch, schedule.epochs + 1):
         started = time.perf_counter()
-        model.train()
         order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-        correct = torch.zeros((), dtype=torch.int64, device=x.device)
-        step_sums, batch_sizes = [], []
+        step_losses: list[torch.Tensor] = []
+        correct: list[torch.Tensor] = []
+        batch_sizes: list[int] = []
         for start, index, size in _batches(n, schedule.batch_size, order):
             offset, rows = placement.shard(0, size)
             if index is None:
@@ -202,25 +240,41 @@ def fit(
             out = model(xb)
             loss = task.loss(out, yb)
             optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks; weighting by this rank's share of the batch
-            # makes that average the gradient of the whole batch's mean loss (a no-op alone).
-            (loss * (rows * placement.world / size)).backward()
+            if placement.world > 1:
+                # DDP averages gradients over ranks; weighting by this rank's share of the batch
+                # makes that average the gradient of the whole batch's mean loss.
+                (loss * (rows * placement.world / size)).backward()
+            else:
+                loss.backward()
             optimizer.step()
-            step_sums.append(loss.detach() * rows)
+            step_losses.append(loss.detach())
             batch_sizes.append(size)
             if task.has_accuracy:
-                correct += task.correct(out.detach(), yb)
-        totals = all_sum(torch.cat([torch.stack(step_sums).double(), correct.double().reshape(1)]), placement)
-        step_losses = totals[:-1] / torch.tensor(batch_sizes, dtype=torch.float64, device=x.device)
-        eval_loss, eval_acc = evaluate(model, task, *test, schedule.eval_batch_size)
-        train_acc = totals[-1] / n if task.has_accuracy else nan
-        values = torch.stack([totals[:-1].sum() / n, eval_loss, train_acc, nan if eval_acc is None else eval_acc])
-        pending.append(_Pending(epoch, values, step_losses, time.perf_counter() - started))
+                correct.append(task.correct(out.detach(), yb))
+        if placement.world > 1:
+            step_losses, correct = _global_sums(step_losses, correct, batch_sizes, placement)
+        eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size)
+        pending.append(_Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct,
+                                time.perf_counter() - started))
         now = time.perf_counter()
         if now - last_report >= report_every_s or epoch == schedule.epochs:
-            records, diverged = _materialize(pending, task.has_accuracy)
+            records, diverged = _materialize(pending, n, len(test[0]), task.has_accuracy)
             if records:
                 on_epochs(records)  # the finite epochs before a divergence are kept too
             if diverged is not None:
                 raise diverged
             pending, last_report = [], now
+
+
+def _global_sums(step_losses: list[torch.Tensor], correct: list[torch.Tensor], batch_sizes: list[int],
+                 placement: Placement) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each step's loss over the whole batch and the epoch's right predictions, summed over ranks."""
+    rows = torch.tensor([placement.shard(0, size)[1] for size in batch_sizes], dtype=torch.float64,
+                        device=step_losses[0].device)
+    local = [torch.stack(step_losses).double() * rows]
+    if correct:
+        local.append(torch.stack(correct).sum().double().reshape(1))
+    totals = all_sum(torch.cat(local), placement)
+    sizes = torch.tensor(batch_sizes, dtype=torch.float64, device=totals.device)
+    means = totals[: len(batch_sizes)] / sizes
+    return list(means.unbind()), ([totals[-1]] if correct else [])

@@ -14,9 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
+import tempfile
 import time
 import warnings
+from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +32,7 @@ from bplab.data import processed
 from bplab.data.stage import processed_dir
 from bplab.errors import ParamsError
 from bplab.outputs import publish_directory, write_text_atomic
+from bplab.timings import StageClock
 
 if TYPE_CHECKING:
     import torch
@@ -72,31 +76,46 @@ def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str
 
 
 class _MetricSink:
-    """Sends epoch records to MLflow in batches, asynchronously, and keeps the history."""
+    """Sends epoch records to MLflow in batches, asynchronously, and keeps the history.
 
-    def __init__(self, run_id: str, record_steps: bool, history: list[EpochRecord] | None = None) -> None:
+    With ``max_points`` set, a run longer than that logs every k-th epoch (and step), plus the
+    first and the last, so a metric gets at most about ``max_points`` points.
+    """
+
+    def __init__(self, run_id: str, record_steps: bool, epochs: int, max_points: int | None,
+                 history: list[EpochRecord] | None = None) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient()
         self.run_id = run_id
         self.record_steps = record_steps
+        self.epochs = epochs
+        self.max_points = max_points
         self.history: list[EpochRecord] = list(history or [])  # epochs logged before a resume
         self._operations: list[Any] = []
         self._steps_done = sum(len(r.step_losses) for r in self.history)
+
+    def _stride(self, count: int) -> int:
+        return 1 if self.max_points is None else math.ceil(count / self.max_points)
 
     def __call__(self, records: list[EpochRecord]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics: list[Metric] = []
+        epoch_stride = self._stride(self.epochs)
         for r in records:
-            values = {"train_loss": r.train_loss, "eval_loss": r.eval_loss, "epoch_seconds": r.seconds}
-            if r.train_acc is not None:
-                values |= {"train_acc": r.train_acc, "eval_acc": r.eval_acc}
-            metrics += [Metric(k, v, now, r.epoch) for k, v in values.items()]
+            if r.epoch == 1 or r.epoch % epoch_stride == 0 or r.epoch == self.epochs:
+                values = {"train_loss": r.train_loss, "eval_loss": r.eval_loss, "epoch_seconds": r.seconds}
+                if r.train_acc is not None:
+                    values |= {"train_acc": r.train_acc, "eval_acc": r.eval_acc}
+                metrics += [Metric(k, v, now, r.epoch) for k, v in values.items()]
             if self.record_steps:
-                metrics += [Metric("train_loss_step", v, now, self._steps_done + i)
-                            for i, v in enumerate(r.step_losses, start=1)]
+                total_steps = self.epochs * len(r.step_losses)
+                step_stride = self._stride(total_steps)
+                metrics += [Metric("train_loss_step", v, now, step)
+                            for step, v in enumerate(r.step_losses, start=self._steps_done + 1)
+                            if step == 1 or step % step_stride == 0 or step == total_steps]
             self._steps_done += len(r.step_losses)
         for i in range(0, len(metrics), METRICS_PER_BATCH):
             self._operations.append(
@@ -178,15 +197,16 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
     variant = variant_params(params, name)
     from bplab.train import distributed
 
+    clock = StageClock(f"train@{name}")
     placement = distributed.start(params.device)
     try:
-        return _train(name, params, variant, placement, root)
+        return _train(name, params, variant, placement, root, clock)
     finally:
         distributed.stop(placement)
 
 
 def _train(name: str, params: Params, variant: VariantParams, placement: Placement,
-           root: Path) -> dict[str, Any] | None:
+           root: Path, clock: StageClock) -> dict[str, Any] | None:
     import mlflow
     import torch
     from tqdm.auto import tqdm
@@ -237,21 +257,28 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
     print(f"train@{name}: {why}; device {placement.device}{where}", file=sys.stderr)
 
     tags = track.run_tags(dataset=variant.dataset, stage="train", variant=name)
-    with track.stage_run(variant.dataset, name, tags, run_id=resume and resume.run_id) as run:
-        run_id = run.info.run_id
-        if resume is None:
-            n_parameters = sum(p.numel() for p in model.parameters())
-            mlflow.log_params(logged_params(params, name, n_parameters, shapes)
-                              | {"device": str(placement.device), "world_size": placement.world})
-            mlflow.log_input(_dataset(data, source, variant.dataset), context="training")
-        else:
-            mlflow.set_tag("resumed_after_epoch", str(resume.epoch))
-        sink = _MetricSink(run_id, record_steps=task.kind == "regression", history=resume and resume.history)
+    with ExitStack() as run_scope:
+        with clock.phase("mlflow_setup"):
+            run = run_scope.enter_context(
+                track.stage_run(variant.dataset, name, tags, run_id=resume and resume.run_id))
+            run_id = run.info.run_id
+        with clock.phase("mlflow"):
+            if resume is None:
+                n_parameters = sum(p.numel() for p in model.parameters())
+                mlflow.log_params(logged_params(params, name, n_parameters, shapes)
+                                  | {"device": str(placement.device), "world_size": placement.world})
+                mlflow.log_input(_dataset(data, source, variant.dataset), context="training")
+            else:
+                mlflow.set_tag("resumed_after_epoch", str(resume.epoch))
+            sink = _MetricSink(run_id, record_steps=task.kind == "regression", epochs=variant.epochs,
+                               max_points=params.tracking.max_epoch_points, history=resume and resume.history)
         with tqdm(total=variant.epochs, initial=done, desc=f"train@{name}", unit="epoch", mininterval=1.0) as bar:
             def on_epochs(records: list[EpochRecord]) -> None:
-                sink(records)
-                Checkpoint(digest, run_id, records[-1].epoch, model.state_dict(), optimizer.state_dict(),
-                           generator.get_state(), initial_weights, sink.history).save(checkpoint_path)
+                with clock.phase("mlflow"):
+                    sink(records)
+                with clock.phase("checkpoints"):
+                    Checkpoint(digest, run_id, records[-1].epoch, model.state_dict(), optimizer.state_dict(),
+                               generator.get_state(), initial_weights, sink.history).save(checkpoint_path)
                 last = records[-1]
                 shown = {"loss": f"{last.train_loss:.4g}", "eval_loss": f"{last.eval_loss:.4g}"}
                 if last.eval_acc is not None:
@@ -259,21 +286,28 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
                 bar.set_postfix(shown, refresh=False)
                 bar.update(len(records))
 
-            fit(net, optimizer, task, train_xy, test_xy, schedule, generator, on_epochs,
-                first_epoch=done + 1, placement=placement)
+            clock.first_step = time.time()
+            with clock.phase("training"):
+                fit(net, optimizer, task, train_xy, test_xy, schedule, generator, on_epochs,
+                    first_epoch=done + 1, placement=placement)
+            clock.last_step = time.time()
 
         model = model.cpu()  # saved and logged for CPU, wherever it trained
         columns = _history_columns(sink.history)
         steps = [v for r in sink.history for v in r.step_losses] if task.kind == "regression" else None
-        track.log_figure(plots.learning_curves(columns, f"{name}: learning curves", steps),
-                         "plots/learning_curves.png")
-        weights_now = _weights(model)
-        track.log_figure(plots.weight_histograms({k: v.cpu().numpy() for k, v in initial_weights.items()},
-                                                 weights_now, f"{name}: weights ({variant.init} init)"),
-                         "plots/weights.png")
-        model_info = _log_model(model, test_xy[0][:8].cpu())
-        mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
-        sink.wait()
+        with tempfile.TemporaryDirectory() as pictures:
+            with clock.phase("pictures"):
+                plots.save(plots.learning_curves(columns, f"{name}: learning curves", steps),
+                           Path(pictures, "learning_curves.png"))
+                plots.save(plots.weight_histograms({k: v.cpu().numpy() for k, v in initial_weights.items()},
+                                                   _weights(model), f"{name}: weights ({variant.init} init)"),
+                           Path(pictures, "weights.png"))
+            with clock.phase("mlflow"):
+                mlflow.log_artifacts(pictures, "plots")
+        with clock.phase("mlflow_model"):
+            model_info = _log_model(model, test_xy[0][:8].cpu())
+            mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
+            sink.wait()
 
         final = sink.history[-1]
         record = {
@@ -296,6 +330,10 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
             torch.save(model.state_dict(), staging / "state_dict.pt")
             (staging / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
-        publish_directory(model_dir(name, root), fill)
-        _write_history(history_file(name, root), sink.history)
+        with clock.phase("outputs"):
+            publish_directory(model_dir(name, root), fill)
+            _write_history(history_file(name, root), sink.history)
+        with clock.phase("mlflow"):
+            run_scope.close()  # ends the run as FINISHED
+    clock.finish()
     return record

@@ -1,0 +1,81 @@
+"""Where a stage process spends its time: start-up, training, MLflow logging, pictures, outputs.
+
+A stage keeps one :class:`StageClock`. At its end it prints a one-line summary to stderr and, when
+``BPLAB_TIMINGS`` names a file, appends the numbers there as one JSON line (``bench/run.py`` sets
+it around ``dvc repro`` to break each stage down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TIMINGS_ENV = "BPLAB_TIMINGS"
+
+
+def process_start_time() -> float:
+    """Wall-clock time (``time.time()``) at which this process started."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+class StageClock:
+    """Seconds per phase of one stage process; phases may nest, and time counts for the innermost.
+
+    ``first_step`` and ``last_step`` are the wall-clock times training began and ended, so that
+    start-up (process start to first step) and wind-down (last step to the end) can be told apart.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.started = process_start_time()
+        self.seconds: dict[str, float] = {}
+        self.first_step: float | None = None
+        self.last_step: float | None = None
+        self._stack: list[tuple[str, float]] = []
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the time spent inside the block as ``name`` (minus nested phases)."""
+        now = time.perf_counter()
+        if self._stack:
+            outer, since = self._stack[-1]
+            self.seconds[outer] = self.seconds.get(outer, 0.0) + now - since
+        self._stack.append((name, now))
+        try:
+            yield
+        finally:
+            now = time.perf_counter()
+            _, since = self._stack.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+            if self._stack:
+                self._stack[-1] = (self._stack[-1][0], now)
+
+    def finish(self) -> dict[str, Any]:
+        """The stage's breakdown; printed to stderr and appended to ``$BPLAB_TIMINGS`` when set."""
+        ended = time.time()
+        total = ended - self.started
+        record: dict[str, Any] = {
+            "stage": self.stage,
+            "total_s": round(total, 4),
+            "phases_s": {k: round(v, 4) for k, v in self.seconds.items()},
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        if self.first_step is not None and self.last_step is not None:
+            record["startup_s"] = round(self.first_step - self.started, 4)
+            record["wind_down_s"] = round(ended - self.last_step, 4)
+        phases = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+        print(f"{self.stage}: {total:.2f} s in all ({phases}); peak RSS {record['peak_rss_mib']:.0f} MiB",
+              file=sys.stderr)
+        if path := os.environ.get(TIMINGS_ENV):
+            with Path(path).open("a") as out:
+                out.write(json.dumps(record) + "\n")
+        return record
