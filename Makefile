@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency declarations change, so a second `make setup` takes seconds.
 STAMP  := $(VENV)/.bplab-installed
 
-.PHONY: setup repro test lint clean-venv
+.PHONY: setup repro test lint bench clean-venv
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ repro: setup
 
 test: setup lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Full-size benchmark (about 10 minutes): writes bench/results.md and bench/results.json.
+bench: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run.py
 
 lint: setup
 	$(BIN)/ruff check src stages tests bench

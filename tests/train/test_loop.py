@@ -329,3 +329,14 @@ def test_finite_epochs_before_a_divergence_are_still_reported() -> None:
         fit(model, optimizer, task, (x, y), (x, y), Schedule(5, None, None, False), generator, calls.append,
             report_every_s=1e9)  # all epochs would come in one report at the end
     assert [[r.epoch for r in records] for records in calls] == [[1, 2]]
+
+
+def test_only_batchnorm_and_dropout_models_switch_modes_for_evaluation() -> None:
+    from bplab.config import ModelSpec
+    from bplab.train.loop import has_mode_dependent_layers
+
+    assert has_mode_dependent_layers(build_model(ModelSpec(arch="batch_net", hidden=[8, 4]), 6, 3))
+    assert has_mode_dependent_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)))
+    for variant in PARAMS.train.values():
+        if variant.model.arch != "batch_net":
+            assert not has_mode_dependent_layers(build_model(variant.model, 2, 1)), variant.model.arch

@@ -101,3 +101,17 @@ def test_unknown_variant_and_bad_param_group_stop_before_any_run(workspace: Path
         stage.train("boston_bn", params.model_copy(update={"train": {"boston_bn": batchnorm}}))
     assert client().get_experiment_by_name("boston") is None
     assert not (workspace / "models").exists()
+
+
+def test_long_runs_log_at_most_max_epoch_points_but_keep_every_epoch_in_the_history(
+        workspace: Path, params: Params) -> None:
+    small = tiny(params, "flower_sequential", epochs=50)
+    small = small.model_copy(update={"tracking": small.tracking.model_copy(update={"max_epoch_points": 10})})
+    record = stage.train("flower_sequential", small)
+    for metric in ("train_loss", "eval_acc"):
+        logged = client().get_metric_history(record["run_id"], metric)
+        assert sorted(m.step for m in logged) == [1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    lines = stage.history_file("flower_sequential").read_text().splitlines()
+    assert len(lines) == 1 + 50
+    final = client().get_run(record["run_id"]).data.metrics["train_loss"]  # the latest value is the last epoch's
+    assert final == pytest.approx(float(lines[-1].split(",")[1]))

@@ -1,0 +1,48 @@
+"""bench/run.py in quick mode: every measurement runs and the report is complete (timings are not judged)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, data_mirror, run, stage_env
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_benchmark_measures_everything_and_writes_its_report(tmp_path: Path) -> None:
+    if data_mirror() is None:
+        pytest.skip("no data mirror: set BPLAB_DATA_MIRROR (CI uses ../shared/data)")
+    out = tmp_path / "results"
+    result = run([sys.executable, "bench/run.py", "--quick", "--out", str(out)], REPO, env=stage_env(), timeout=600)
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "results.md").read_text()
+    assert result.stdout.strip() == report.strip()
+
+    mnist = results["mnist_epoch"]
+    assert mnist["rows"] == [2000, 500]
+    assert mnist["bplab_s"] > 0 and mnist["tutorial_s"] > 0 and mnist["bound_peak_s"] > 0
+    assert mnist["bound_peak_s"] < mnist["bound_epoch_shapes_s"]  # batch-64 matmuls run below peak
+    assert results["matmul"]["peak_gflops"] > 1
+    assert results["flower"]["steps"] == 200 and results["flower"]["bplab_eval_acc"] > 0.5
+
+    pipeline = results["pipeline"]
+    assert [s["stage"] for s in pipeline["cold"]["stages"]] == [
+        "download@boston", "preprocess@boston", "train@boston_module", "evaluate@boston_module"]
+    assert all(s["seconds"] > 0 for s in pipeline["cold"]["stages"])
+    assert pipeline["noop"]["stages"] == []
+    assert [s["stage"] for s in pipeline["edit"]["stages"]] == ["train@boston_module", "evaluate@boston_module"]
+    assert set(pipeline["metrics"]["boston_module"]) >= {"test_rmse", "test_r2"}
+
+    [stage] = results["overheads"]["train_stages"]
+    assert stage["stage"] == "train@boston_module"
+    assert stage["startup_s"] > 0 and stage["wind_down_s"] > 0 and 0 < stage["mlflow_share"] < 1
+    assert stage["startup_s"] + stage["training_s"] + stage["wind_down_s"] == pytest.approx(stage["total_s"], abs=0.05)
+    assert set(results["tutorial_loops"]) >= {"mnist_mlp", "flower_twolayer", "boston_adam", "total"}
+    assert len(results["targets"]) == 6  # the MNIST-stage targets need train@mnist_mlp, not in the quick run
+    for section in ("## Targets", "## Training loops", "## Pipeline", "## Training stages"):
+        assert section in report
+    assert "| train@boston_module |" in report
