@@ -350,10 +350,12 @@ def overheads(train_stages: list[dict[str, Any]], floor: float) -> dict[str, Any
     for t in train_stages:
         overhead = t["startup_s"] + t["wind_down_s"]
         mlflow_s = sum(v for k, v in t["phases_s"].items() if k.startswith("mlflow"))
+        metrics_s = t["phases_s"].get("mlflow_metrics", 0.0)
         rows.append({"stage": t["stage"], "total_s": t["total_s"], "training_s": t["phases_s"].get("training", 0.0),
                      "startup_s": t["startup_s"], "wind_down_s": t["wind_down_s"], "overhead_s": overhead,
                      "times_floor": overhead / floor, "mlflow_s": mlflow_s, "mlflow_share": mlflow_s / t["total_s"],
-                     "phases_s": t["phases_s"], "peak_rss_mib": t["peak_rss_mib"]})
+                     "metrics_share": metrics_s / t["total_s"], "phases_s": t["phases_s"],
+                     "peak_rss_mib": t["peak_rss_mib"]})
     return {"floor_s": floor, "train_stages": rows}
 
 
@@ -381,8 +383,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     if mnist_stage:
         checks += [
-            ("MLflow logging < 2% of the MNIST training stage", f"{100 * mnist_stage['mlflow_share']:.1f}%",
+            ("MLflow logging < 2% of the MNIST training stage (all MLflow calls: run set-up, params, "
+             "input, metrics, pictures, model, state_dict)", f"{100 * mnist_stage['mlflow_share']:.1f}%",
              mnist_stage["mlflow_share"] < 0.02),
+            ("... of which per-epoch metric logging", f"{100 * mnist_stage['metrics_share']:.2f}%",
+             mnist_stage["metrics_share"] < 0.02),
             ("peak RSS of MNIST training < 1.5 GiB", f"{mnist_stage['peak_rss_mib']:.0f} MiB",
              mnist_stage["peak_rss_mib"] < 1536),
         ]
@@ -420,10 +425,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"Floor: `python -c \"import torch, mlflow\"` = {over['floor_s']:.2f} s. Overhead = start-up (process "
         "start to the first step) + wind-down (last step to the end).", "",
         "| stage | total (s) | training | start-up | wind-down | overhead / floor | MLflow (s) | MLflow share "
-        "| peak RSS (MiB) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| metrics share | peak RSS (MiB) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *[f"| {r['stage']} | {r['total_s']:.2f} | {r['training_s']:.2f} | {r['startup_s']:.2f} | "
           f"{r['wind_down_s']:.2f} | {r['times_floor']:.2f}x | {r['mlflow_s']:.2f} | {100 * r['mlflow_share']:.1f}% "
-          f"| {r['peak_rss_mib']:.0f} |" for r in over["train_stages"]], "",
+          f"| {100 * r['metrics_share']:.2f}% | {r['peak_rss_mib']:.0f} |" for r in over["train_stages"]], "",
+        "Phases of each training stage (s): " + "; ".join(
+            f"{r['stage']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases_s"].items())
+            for r in over["train_stages"]) + ". Not in a phase: imports, reading params and data, building the "
+        "model and optimizer (torch.optim imports torch._dynamo, about 1.3 s).", "",
     ]
     return "\n".join(lines)
 

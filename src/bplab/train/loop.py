@@ -81,7 +81,7 @@ class EpochRecord:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Pending:
     """An epoch's results still on the device, read later together with other epochs.
 
@@ -157,14 +157,17 @@ def has_mode_dependent_layers(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def evaluate_sums(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
-                  batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def evaluate_sums(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, batch_size: int | None,
+                  mode_dependent: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean loss and number of right predictions of ``model`` on ``(x, y)`` in eval mode, as 0-d tensors.
 
     The model is switched to eval mode and back only when that changes its outputs: walking the
     module tree twice per epoch costs more than a full-batch step of the flower models.
+    ``mode_dependent`` is :func:`has_mode_dependent_layers` of the model, if already known.
     """
-    switch = model.training and has_mode_dependent_layers(model)
+    if mode_dependent is None:
+        mode_dependent = has_mode_dependent_layers(model)
+    switch = model.training and mode_dependent
     if switch:
         model.eval()
     n = len(x)
@@ -221,6 +224,8 @@ def fit(
     n = len(x)
     check_schedule(model, n, schedule)
     shuffle = schedule.shuffle and (schedule.batch_size or n) < n
+    mode_dependent = has_mode_dependent_layers(model)
+    has_accuracy = task.has_accuracy
     pending: list[_Pending] = []
     last_report = time.perf_counter()
     model.train()
@@ -249,16 +254,16 @@ def fit(
             optimizer.step()
             step_losses.append(loss.detach())
             batch_sizes.append(size)
-            if task.has_accuracy:
+            if has_accuracy:
                 correct.append(task.correct(out.detach(), yb))
         if placement.world > 1:
             step_losses, correct = _global_sums(step_losses, correct, batch_sizes, placement)
-        eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size)
+        eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size, mode_dependent)
         pending.append(_Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct,
                                 time.perf_counter() - started))
         now = time.perf_counter()
         if now - last_report >= report_every_s or epoch == schedule.epochs:
-            records, diverged = _materialize(pending, n, len(test[0]), task.has_accuracy)
+            records, diverged = _materialize(pending, n, len(test[0]), has_accuracy)
             if records:
                 on_epochs(records)  # the finite epochs before a divergence are kept too
             if diverged is not None:

@@ -288,7 +288,7 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
             run_scope.callback(sink.close)  # before the run ends, also on errors
         with tqdm(total=variant.epochs, initial=done, desc=f"train@{name}", unit="epoch", mininterval=1.0) as bar:
             def on_epochs(records: list[EpochRecord]) -> None:
-                with clock.phase("mlflow"):
+                with clock.phase("mlflow_metrics"):
                     sink(records)
                 with clock.phase("checkpoints"):
                     Checkpoint(digest, run_id, records[-1].epoch, model.state_dict(), optimizer.state_dict(),
@@ -321,6 +321,7 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
         with clock.phase("mlflow_model"):
             model_info = _log_model(model, test_xy[0][:8].cpu())
             mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
+        with clock.phase("mlflow_metrics"):
             sink.wait()
 
         final = sink.history[-1]
