@@ -53,7 +53,7 @@ class Sizes:
     pipeline_targets: list[str]  # dvc repro targets (empty: the whole pipeline)
 
 
-FULL = Sizes(False, None, None, 4, 2, 10000, 2048, 3, {}, [])
+FULL = Sizes(False, None, None, 4, 3, 10000, 2048, 3, {}, [])
 QUICK = Sizes(True, 2000, 500, 3, 2, 200, 512, 1, {
     "data.mnist.preprocess.train_limit": 1000, "data.mnist.preprocess.test_limit": 200,
     **{f"train.{v}.epochs": 2 for v in ("mnist_mlp", "mnist_batchnet")},
@@ -172,7 +172,9 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     tutorial_epochs = seed_run["epoch_seconds"][1:] or seed_run["epoch_seconds"]
     n_train, n_test = len(train[0]), len(test[0])
     flops = n_train * train_flops_per_row() + n_test * forward_flops_per_row()
-    bplab_s, tutorial_s = statistics.median(bplab_epochs), statistics.median(tutorial_epochs)
+    # The fastest epoch of each: other load on a shared machine only ever slows an epoch down,
+    # and it slows the tutorial's Python-bound DataLoader more than bplab's matmul-bound loop.
+    bplab_s, tutorial_s = min(bplab_epochs), min(tutorial_epochs)
     peak_bound = flops / (matmul["peak_gflops"] * 1e9)
     shapes_bound = flops / (matmul["epoch_shapes_gflops"] * 1e9)
     return {
@@ -181,6 +183,7 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
         "tutorial_s": tutorial_s, "tutorial_epochs_s": seed_run["epoch_seconds"],
         "tutorial_eval_acc": seed_run["eval_acc"],
         "speedup": tutorial_s / bplab_s,
+        "speedup_of_medians": statistics.median(tutorial_epochs) / statistics.median(bplab_epochs),
         "bound_peak_s": peak_bound, "bound_epoch_shapes_s": shapes_bound,
         "times_peak_bound": bplab_s / peak_bound, "times_epoch_shapes_bound": bplab_s / shapes_bound,
     }
@@ -405,7 +408,7 @@ def markdown(results: dict[str, Any]) -> str:
         *[f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in results["targets"]],
         "", "## Training loops", "", "| measurement | bplab | tutorial loop | speed-up |", "| --- | --- | --- | --- |",
         f"| MNIST epoch, {m['rows'][0]} + {m['rows'][1]} rows (s) | {m['bplab_s']:.3f} | {m['tutorial_s']:.3f} "
-        f"| {m['speedup']:.2f}x |",
+        f"| {m['speedup']:.2f}x ({m['speedup_of_medians']:.2f}x of medians) |",
         f"| flower_sequential, {f['steps']} full-batch steps (s) | {f['bplab_s']:.3f} | {f['tutorial_s']:.3f} "
         f"| {f['speedup']:.2f}x |", "",
         f"MNIST compute bound: {m['gflop_per_epoch']:.1f} GFLOP per epoch; peak matmul "
