@@ -127,6 +127,19 @@ def mnist_batchnet(root: Path, epochs: int, train_limit: int | None = None,
     return {"epoch_seconds": seconds, "eval_acc": eval_acc / len(test_dataset)}
 
 
+def _flower_loop(forward, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """The seed's full-batch loop, the same in 2.4.1, 2.4.2 and 2.4.4; returns the seconds."""
+    criterion = nn.BCEWithLogitsLoss()
+    started = time.perf_counter()
+    for _ in range(steps):
+        out = forward(x)
+        loss = criterion(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
 def flower_logreg(x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
     """Seed 000, 2.4.1: logistic regression with raw parameters; returns the seconds."""
     w = nn.Parameter(torch.randn(2, 1))
@@ -136,15 +149,7 @@ def flower_logreg(x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
     def logistic_regression(x):
         return torch.mm(x, w) + b
 
-    criterion = nn.BCEWithLogitsLoss()
-    started = time.perf_counter()
-    for _ in range(steps):
-        out = logistic_regression(x)
-        loss = criterion(out, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return time.perf_counter() - started
+    return _flower_loop(logistic_regression, optimizer, x, y, steps)
 
 
 def flower_twolayer(x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
@@ -160,31 +165,13 @@ def flower_twolayer(x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
         x2 = torch.mm(x1, w2) + b2
         return x2
 
-    optimizer = torch.optim.SGD([w1, w2, b1, b2], 1.)
-    criterion = nn.BCEWithLogitsLoss()
-    started = time.perf_counter()
-    for _ in range(steps):
-        out = two_network(x)
-        loss = criterion(out, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return time.perf_counter() - started
+    return _flower_loop(two_network, torch.optim.SGD([w1, w2, b1, b2], 1.), x, y, steps)
 
 
 def flower_net(arch: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
     """Seed 000, 2.4.2 and 2.4.4: ``seq_net`` or ``module_net`` (2-4-1), SGD 1.0; returns the seconds."""
     net = build_model(ModelSpec(arch=arch, hidden=[4]), 2, 1)
-    criterion = nn.BCEWithLogitsLoss()
-    optim = torch.optim.SGD(net.parameters(), 1.)
-    started = time.perf_counter()
-    for _ in range(steps):
-        out = net(x)
-        loss = criterion(out, y)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-    return time.perf_counter() - started
+    return _flower_loop(net, torch.optim.SGD(net.parameters(), 1.), x, y, steps)
 
 
 def boston(arch: str, hidden: list[int], features: np.ndarray, target: np.ndarray, epochs: int,
