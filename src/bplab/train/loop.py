@@ -110,7 +110,9 @@ def _materialize(pending: list[_Pending], n_train: int, n_eval: int,
     if has_accuracy:
         correct = torch.stack([t for p in pending for t in p.correct]).tolist()
         eval_correct = torch.stack([p.eval_correct for p in pending]).tolist()
-    records, offset = [], 0
+    # Steps and right-prediction counts are walked separately: under torchrun an epoch's counts
+    # arrive already summed over ranks and steps, as one value.
+    records, offset, correct_offset = [], 0, 0
     for i, p in enumerate(pending):
         count = len(p.step_losses)
         step_losses = steps[offset: offset + count]
@@ -123,9 +125,10 @@ def _materialize(pending: list[_Pending], n_train: int, n_eval: int,
             )
         train_acc = eval_acc = None
         if has_accuracy:
-            train_acc = sum(correct[offset: offset + len(p.correct)]) / n_train
+            train_acc = sum(correct[correct_offset: correct_offset + len(p.correct)]) / n_train
             eval_acc = eval_correct[i] / n_eval
         offset += count
+        correct_offset += len(p.correct)
         records.append(EpochRecord(p.epoch, train_loss, eval_losses[i], train_acc, eval_acc, step_losses, p.seconds))
     return records, None
 
