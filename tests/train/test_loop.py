@@ -19,7 +19,7 @@ from bplab.train.loop import (
     Schedule,
     Task,
     TrainingDiverged,
-    evaluate,
+    evaluate_sums,
     fit,
 )
 from bplab.train.optim import build_optimizer, check_param_groups
@@ -93,12 +93,12 @@ def test_every_variant_learns(name: str) -> None:
     test = make_data(v.dataset, seed=99)
     model, optimizer, task, generator = setup(v, 0, x.shape[1])
     fixed = (x[:64], y[:64])
-    before = evaluate(model, task, *fixed, None)[0].item()
+    before = evaluate_sums(model, task, *fixed, None)[0].item()
     epochs = EPOCHS[v.dataset]
     calls: list[list[EpochRecord]] = []
     fit(model, optimizer, task, (x, y), test, Schedule(epochs, v.batch_size, v.eval_batch_size, v.shuffle),
         generator, calls.append)
-    after = evaluate(model, task, *fixed, None)[0].item()
+    after = evaluate_sums(model, task, *fixed, None)[0].item()
     assert after < 0.97 * before, (before, after)
     records = flat(calls)
     assert [r.epoch for r in records] == list(range(1, epochs + 1))
@@ -253,7 +253,8 @@ def test_evaluate_is_the_loss_over_the_whole_split(dataset, functional, eval_bat
     name = {"mnist": "mnist_mlp", "boston": "boston_sequential", "flower": "flower_sequential"}[dataset]
     x, y = make_data(dataset, n=200)
     model, _, task, _ = setup(PARAMS.train[name], 0, x.shape[1])
-    loss, acc = evaluate(model, task, x, y, eval_batch_size)
+    loss, correct = evaluate_sums(model, task, x, y, eval_batch_size)
+    acc = None if correct is None else correct / len(y)
     with torch.no_grad():
         out = model(x)
     expected = functional(out, y).item()
@@ -276,7 +277,7 @@ def test_evaluate_restores_the_mode_and_uses_eval_mode(training: bool) -> None:
             model(torch.randn(32, 784) * 3 + 2)  # running stats now differ from this batch's stats
     model.train(training)
     stats = model.layer1[1].running_mean.clone()
-    loss, _ = evaluate(model, task, x, y, 16)
+    loss, _ = evaluate_sums(model, task, x, y, 16)
     assert model.training is training
     assert all(m.training is training for m in model.modules())
     assert torch.equal(model.layer1[1].running_mean, stats)  # eval mode: running stats not updated

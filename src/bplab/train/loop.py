@@ -192,13 +192,6 @@ def evaluate_sums(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor
     return loss, correct
 
 
-def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mean loss and accuracy of ``model`` on ``(x, y)`` in eval mode, as 0-d tensors."""
-    loss, correct = evaluate_sums(model, task, x, y, batch_size)
-    return loss, (None if correct is None else correct.double() / len(x))
-
-
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
