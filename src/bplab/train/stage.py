@@ -101,27 +101,27 @@ class _MetricSink:
         self._operations: list[Any] = []
         self._steps_done = sum(len(r.step_losses) for r in self.history)
 
-    def _stride(self, count: int) -> int:
-        return 1 if self.max_points is None else math.ceil(count / self.max_points)
+    def _logged(self, index: int, count: int) -> bool:
+        """Whether point ``index`` (1-based) of ``count`` is logged: the first, the last, every k-th."""
+        stride = 1 if self.max_points is None else math.ceil(count / self.max_points)
+        return index == 1 or index % stride == 0 or index == count
 
     def __call__(self, records: list[EpochRecord]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics: list[Metric] = []
-        epoch_stride = self._stride(self.epochs)
         for r in records:
-            if r.epoch == 1 or r.epoch % epoch_stride == 0 or r.epoch == self.epochs:
+            if self._logged(r.epoch, self.epochs):
                 values = {"train_loss": r.train_loss, "eval_loss": r.eval_loss, "epoch_seconds": r.seconds}
                 if r.train_acc is not None:
                     values |= {"train_acc": r.train_acc, "eval_acc": r.eval_acc}
                 metrics += [Metric(k, v, now, r.epoch) for k, v in values.items()]
             if self.record_steps:
                 total_steps = self.epochs * len(r.step_losses)
-                step_stride = self._stride(total_steps)
                 metrics += [Metric("train_loss_step", v, now, step)
                             for step, v in enumerate(r.step_losses, start=self._steps_done + 1)
-                            if step == 1 or step % step_stride == 0 or step == total_steps]
+                            if self._logged(step, total_steps)]
             self._steps_done += len(r.step_losses)
         for i in range(0, len(metrics), METRICS_PER_BATCH):
             self._operations.append(
