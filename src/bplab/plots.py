@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-SPECTRAL = colormaps["Spectral"]  # the tutorial's SPECTRAL
+SPECTRAL = colormaps["Spectral"]  # the tutorial's plt.cm.Spectral
 
 
 def digit_grid(images: np.ndarray, labels: np.ndarray, columns: int = 8, title: str = "") -> Figure:
