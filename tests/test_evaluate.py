@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from bplab.config import Params
-from bplab.evaluate import EvaluationError, compute_test_metrics, evaluate, metrics_file, plots_dir
-from bplab.train.stage import model_dir, train
+from bplab.evaluate import EvaluationError, compute_test_metrics, evaluate
+from bplab.paths import metrics_file, model_dir, plots_dir
+from bplab.train.stage import train
 from conftest import mlflow_client, tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

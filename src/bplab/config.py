@@ -223,6 +223,13 @@ class Params(_Strict):
                 raise ValueError(f"variant name {name!r} must be letters, digits and _ (it names stages and runs)")
         return value
 
+    def variant(self, name: str) -> VariantParams:
+        """``train.<name>``, or a :class:`ParamsError` listing the variants there are."""
+        try:
+            return self.train[name]
+        except KeyError:
+            raise ParamsError(f"train.{name}: no such variant in params.yaml; known: {', '.join(self.train)}") from None
+
 
 # --- loading ---------------------------------------------------------------------------------
 

@@ -18,17 +18,14 @@ import numpy as np
 from bplab import plots, registry, track
 from bplab.config import Params
 from bplab.data import processed
-from bplab.data.stage import processed_dir
 from bplab.errors import BplabError, DataError
 from bplab.outputs import publish_directory, write_text_atomic
-from bplab.train.stage import RUN_FILE, model_dir, variant_params
+from bplab.paths import RUN_FILE, STATE_DICT_FILE, WHOLE_MODEL_FILE, metrics_file, model_dir, plots_dir, processed_dir
 
 if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
 
-METRICS = Path("metrics")
-PLOTS = Path("plots")
 # The test metric that picks the registry champion per task, and whether higher is better.
 SELECTION = {"multiclass": ("test_acc", True), "binary": ("test_acc", True), "regression": ("test_rmse", False)}
 # Both forms hold the same weights; any difference beyond rounding means a file was altered.
@@ -38,16 +35,6 @@ MISCLASSIFIED_SHOWN = 40
 
 class EvaluationError(BplabError):
     """The saved forms of a model disagree, or the model cannot be evaluated."""
-
-
-def metrics_file(variant: str, root: Path = Path(".")) -> Path:
-    """``metrics/<variant>.json`` under ``root``."""
-    return root / METRICS / f"{variant}.json"
-
-
-def plots_dir(variant: str, root: Path = Path(".")) -> Path:
-    """``plots/<variant>`` under ``root``."""
-    return root / PLOTS / variant
 
 
 def load_run_record(variant: str, root: Path = Path(".")) -> dict[str, Any]:
@@ -129,7 +116,7 @@ def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Pa
 
     variant = params.train[name]
     fresh = build_model(variant.model, record["n_inputs"], record["n_outputs"])
-    state_path = model_dir(name, root) / "state_dict.pt"
+    state_path = model_dir(name, root) / STATE_DICT_FILE
     try:
         fresh.load_state_dict(torch.load(state_path, weights_only=True))
     except FileNotFoundError:
@@ -139,7 +126,7 @@ def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Pa
     except RuntimeError as exc:  # keys or shapes differ from the model params.yaml describes
         raise EvaluationError(f"{state_path} does not fit model {variant.model.arch}: {exc}") from None
     fresh.eval()
-    whole_path = model_dir(name, root) / "model.pt"
+    whole_path = model_dir(name, root) / WHOLE_MODEL_FILE
     try:
         whole = torch.load(whole_path, weights_only=False)  # our own train output, see above
     except FileNotFoundError:
@@ -152,7 +139,7 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
 
     Returns the metrics with the registry outcome.
     """
-    variant = variant_params(params, name)
+    variant = params.variant(name)
     record = load_run_record(name, root)
     import mlflow
     import torch

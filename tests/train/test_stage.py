@@ -12,6 +12,7 @@ from bplab.config import Params
 from bplab.data import processed
 from bplab.errors import ParamsError
 from bplab.models import build_model
+from bplab.paths import history_file
 from bplab.train import stage
 from conftest import mlflow_client as client
 from conftest import tiny
@@ -111,7 +112,7 @@ def test_long_runs_log_at_most_max_epoch_points_but_keep_every_epoch_in_the_hist
     for metric in ("train_loss", "eval_acc"):
         logged = client().get_metric_history(record["run_id"], metric)
         assert sorted(m.step for m in logged) == [1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
-    lines = stage.history_file("flower_sequential").read_text().splitlines()
+    lines = history_file("flower_sequential").read_text().splitlines()
     assert len(lines) == 1 + 50
     final = client().get_run(record["run_id"]).data.metrics["train_loss"]  # the latest value is the last epoch's
     assert final == pytest.approx(float(lines[-1].split(",")[1]))

@@ -17,20 +17,9 @@ from bplab import plots, track
 from bplab.config import BOSTON_TARGET, Params
 from bplab.data import boston, flower, mnist, processed
 from bplab.data.fetch import FetchedFile
+from bplab.paths import processed_dir, raw_dir
 
-RAW = Path("data/raw")
-PROCESSED = Path("data/processed")
 PREVIEW = "preview.png"
-
-
-def raw_dir(dataset: str, root: Path = Path(".")) -> Path:
-    """``data/raw/<dataset>`` under ``root``."""
-    return root / RAW / dataset
-
-
-def processed_dir(dataset: str, root: Path = Path(".")) -> Path:
-    """``data/processed/<dataset>`` under ``root``."""
-    return root / PROCESSED / dataset
 
 
 def _generated(paths: dict[str, Path]) -> list[FetchedFile]:

@@ -24,13 +24,6 @@ import torch
 from bplab.outputs import write_bytes_atomic
 from bplab.train.loop import EpochRecord
 
-CHECKPOINTS = Path("checkpoints")
-
-
-def checkpoint_file(variant: str, root: Path = Path(".")) -> Path:
-    """``checkpoints/<variant>.pt`` under ``root``."""
-    return root / CHECKPOINTS / f"{variant}.pt"
-
 
 def fingerprint(settings: dict[str, Any]) -> str:
     """A digest of everything that shapes training (variant params, seed, data shapes)."""

@@ -31,9 +31,17 @@ import numpy as np
 from bplab import plots, track
 from bplab.config import Params, VariantParams
 from bplab.data import processed
-from bplab.data.stage import processed_dir
 from bplab.errors import ParamsError
 from bplab.outputs import publish_directory, write_text_atomic
+from bplab.paths import (
+    RUN_FILE,
+    STATE_DICT_FILE,
+    WHOLE_MODEL_FILE,
+    checkpoint_file,
+    history_file,
+    model_dir,
+    processed_dir,
+)
 from bplab.timings import StageClock
 
 if TYPE_CHECKING:
@@ -43,29 +51,8 @@ if TYPE_CHECKING:
     from bplab.train.distributed import Placement
     from bplab.train.loop import EpochRecord
 
-MODELS = Path("models")
-HISTORY = Path("history")
-RUN_FILE = "run.json"
 METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 HISTORY_COLUMNS = ("epoch", "train_loss", "eval_loss", "train_acc", "eval_acc", "epoch_seconds")
-
-
-def model_dir(variant: str, root: Path = Path(".")) -> Path:
-    """``models/<variant>`` under ``root``."""
-    return root / MODELS / variant
-
-
-def history_file(variant: str, root: Path = Path(".")) -> Path:
-    """``history/<variant>.csv`` under ``root``."""
-    return root / HISTORY / f"{variant}.csv"
-
-
-def variant_params(params: Params, name: str) -> VariantParams:
-    """``train.<name>`` of params.yaml, or a :class:`ParamsError` listing the variants there are."""
-    try:
-        return params.train[name]
-    except KeyError:
-        raise ParamsError(f"train.{name}: no such variant in params.yaml; known: {', '.join(params.train)}") from None
 
 
 def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str, list[int]]) -> dict[str, Any]:
@@ -223,7 +210,7 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
     Returns the contents of ``run.json`` (run id, experiment id, model URI, final metrics); None
     on the other ranks.
     """
-    variant = variant_params(params, name)
+    variant = params.variant(name)
     from bplab.train import distributed
 
     clock = StageClock(f"train@{name}")
@@ -242,7 +229,7 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
 
     from bplab.models import build_model, initialize
     from bplab.train import distributed
-    from bplab.train.checkpoint import Checkpoint, checkpoint_file, fingerprint, load_resumable
+    from bplab.train.checkpoint import Checkpoint, fingerprint, load_resumable
     from bplab.train.loop import TASK_OF_DATASET, BatchSizeError, Schedule, Task, check_schedule, fit
     from bplab.train.optim import build_optimizer, check_param_groups
 
@@ -357,8 +344,8 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
         }
 
         def fill(staging: Path) -> None:
-            torch.save(model, staging / "model.pt")
-            torch.save(model.state_dict(), staging / "state_dict.pt")
+            torch.save(model, staging / WHOLE_MODEL_FILE)
+            torch.save(model.state_dict(), staging / STATE_DICT_FILE)
             (staging / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
         with clock.phase("outputs"):
