@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bplab.config import Params
+from bplab.errors import ModelFileError
 from bplab.evaluate import EvaluationError, compute_test_metrics, evaluate
 from bplab.paths import metrics_file, model_dir, plots_dir
 from bplab.train.stage import train
@@ -114,7 +115,7 @@ def test_state_dict_that_would_run_code_is_refused(workspace: Path, params: Para
     small = tiny(params, "flower_logreg", epochs=5)
     train("flower_logreg", small)
     (model_dir("flower_logreg") / "state_dict.pt").write_bytes(pickle.dumps({"w": _RunsCode()}))
-    with pytest.raises(EvaluationError, match="refused: not a plain state_dict"):
+    with pytest.raises(ModelFileError, match="state_dict.pt: refused: not a plain state_dict"):
         evaluate("flower_logreg", small)
     assert not (workspace / "pwned").exists()
 

@@ -17,5 +17,9 @@ class DataError(BplabError):
     """A raw or processed data file is missing, truncated or malformed."""
 
 
+class ModelFileError(BplabError):
+    """A saved model file is missing, unreadable, or refused because loading it could run code."""
+
+
 class TrackingUnavailable(BplabError):
     """The MLflow tracking server named by MLFLOW_TRACKING_URI cannot be reached."""

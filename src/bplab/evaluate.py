@@ -9,7 +9,6 @@ state_dict), checks they predict the same, logs into the variant's train run (fo
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,34 +103,24 @@ def pictures(task_kind: str, name: str, model: torch.nn.Module, x: torch.Tensor,
 
 
 def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Path):
-    """The state_dict in a freshly built model (``weights_only=True``) and the whole pickled model.
+    """The state_dict in a freshly built model, and the whole saved model; neither load can run code.
 
-    ``model.pt`` is unpickled (it can run code), which is safe only because it is this project's
-    own output of ``train@<variant>``. The MLflow-logged pt2 model is not loaded here: loading it
-    imports ``torch._dynamo`` and takes seconds per stage; the tests check that it predicts alike.
+    Both files may come from a DVC remote, so both load with ``weights_only=True`` (the whole
+    model with the allowlist of :data:`bplab.models.WHOLE_MODEL_CLASSES`). The MLflow-logged pt2
+    model is not loaded here: loading it imports ``torch._dynamo`` and takes seconds per stage;
+    the tests check that it predicts alike.
     """
-    import torch
+    from bplab.models import build_model, load_state_dict, load_whole_model
 
-    from bplab.models import build_model
-
-    variant = params.train[name]
+    variant = params.variant(name)
     fresh = build_model(variant.model, record["n_inputs"], record["n_outputs"])
     state_path = model_dir(name, root) / STATE_DICT_FILE
+    state = load_state_dict(state_path)
     try:
-        fresh.load_state_dict(torch.load(state_path, weights_only=True))
-    except FileNotFoundError:
-        raise DataError(f"{state_path}: missing; run train@{name} first") from None
-    except pickle.UnpicklingError as exc:  # weights_only=True refuses anything but tensors and containers
-        raise EvaluationError(f"{state_path}: refused: not a plain state_dict ({exc})") from None
+        fresh.load_state_dict(state)
     except RuntimeError as exc:  # keys or shapes differ from the model params.yaml describes
         raise EvaluationError(f"{state_path} does not fit model {variant.model.arch}: {exc}") from None
-    fresh.eval()
-    whole_path = model_dir(name, root) / WHOLE_MODEL_FILE
-    try:
-        whole = torch.load(whole_path, weights_only=False)  # our own train output, see above
-    except FileNotFoundError:
-        raise DataError(f"{whole_path}: missing; run train@{name} first") from None
-    return fresh, whole.eval()
+    return fresh.eval(), load_whole_model(model_dir(name, root) / WHOLE_MODEL_FILE)
 
 
 def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:

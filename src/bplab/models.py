@@ -7,11 +7,14 @@ the data (784 -> 10 for MNIST, 13 -> 1 for Boston, 2 -> 1 for the flower).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from bplab.config import ModelSpec
+from bplab.errors import ModelFileError
+from bplab.safe_load import load_without_code
 
 
 class LogisticRegression(nn.Module):
@@ -144,6 +147,41 @@ _BUILDERS: dict[str, Callable[[int, ModelSpec, int], nn.Module]] = {
 def build_model(spec: ModelSpec, n_in: int, n_out: int) -> nn.Module:
     """A freshly initialised network for ``spec`` (draws from torch's global RNG: seed it first)."""
     return _BUILDERS[spec.arch](n_in, spec, n_out)
+
+
+# Every class a whole model pickled by ``torch.save(model)`` may name: this module's networks and
+# the torch.nn layers they are built from. ``torch.load(weights_only=True)`` rebuilds these (and
+# tensors, numbers, strings, containers) and refuses any other global, so a tampered file cannot
+# run code. A new architecture that uses another layer type must add it here (a test checks).
+WHOLE_MODEL_CLASSES: tuple[type[nn.Module], ...] = (
+    LogisticRegression, TwoLayerNet, ModuleNet, BatchNet, MLPModel, MLPModel2, TestNet,
+    nn.Sequential, nn.Linear, nn.Tanh, nn.ReLU, nn.BatchNorm1d,
+)
+
+
+def load_whole_model(path: Path) -> nn.Module:
+    """The whole model that ``torch.save(model)`` wrote to ``path``, on the CPU, in eval mode.
+
+    Loaded with ``weights_only=True`` and :data:`WHOLE_MODEL_CLASSES` as the only allowed classes:
+    nothing in the file can run code. Raises :class:`ModelFileError` naming the file when it is
+    missing, refused or not a model.
+    """
+    model = load_without_code(path, "a model built from this project's classes", WHOLE_MODEL_CLASSES)
+    if not isinstance(model, WHOLE_MODEL_CLASSES):
+        raise ModelFileError(f"{path}: refused: holds a {type(model).__name__}, not one of this project's models")
+    return model.eval()
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict that ``torch.save(model.state_dict())`` wrote to ``path``, on the CPU.
+
+    Tensors and containers only (``weights_only=True``); raises :class:`ModelFileError` naming the
+    file when it is missing, refused or not a mapping of names to tensors.
+    """
+    state = load_without_code(path, "a plain state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: refused: not a mapping of parameter names to tensors")
+    return state
 
 
 def layer_names(model: nn.Module) -> list[str]:

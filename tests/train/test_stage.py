@@ -11,7 +11,7 @@ import torch
 from bplab.config import Params
 from bplab.data import processed
 from bplab.errors import ParamsError
-from bplab.models import build_model
+from bplab.models import build_model, load_whole_model
 from bplab.paths import history_file
 from bplab.train import stage
 from conftest import mlflow_client as client
@@ -53,7 +53,7 @@ def test_outputs_and_logged_model_agree(workspace: Path, params: Params) -> None
     assert record["model_uri"].startswith("models:/")
 
     x = torch.from_numpy(processed.load(workspace / "data/processed/flower").splits["test"][0])
-    whole = torch.load(out / "model.pt", weights_only=False)  # our own output
+    whole = load_whole_model(out / "model.pt")
     fresh = build_model(params.train["flower_sequential"].model, 2, 1)
     fresh.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
     logged = mlflow.pytorch.load_model(record["model_uri"])

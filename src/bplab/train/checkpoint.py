@@ -14,14 +14,15 @@ import hashlib
 import io
 import json
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bplab.errors import ModelFileError
 from bplab.outputs import write_bytes_atomic
+from bplab.safe_load import load_without_code
 from bplab.train.loop import EpochRecord
 
 
@@ -90,9 +91,11 @@ def load_resumable(path: Path, expected_fingerprint: str, epochs: int) -> tuple[
     if not path.exists():
         return None, "no checkpoint"
     try:
-        payload = torch.load(path, weights_only=True)
+        payload = load_without_code(path, "a training checkpoint")
         checkpoint = Checkpoint(**{**payload, "history": _history_records(payload["history"])})
-    except (pickle.UnpicklingError, RuntimeError, EOFError, TypeError, KeyError, AttributeError) as exc:
+    except ModelFileError as exc:
+        return None, f"unreadable checkpoint ignored: {exc}"
+    except (TypeError, KeyError, AttributeError) as exc:
         return None, f"unreadable checkpoint {path} ignored ({exc})"
     if checkpoint.fingerprint != expected_fingerprint:
         return None, f"checkpoint {path} is from other params; starting afresh"

@@ -2,9 +2,9 @@
 
 Outputs, written only after training and logging succeeded (staged, then renamed into place):
 
-- ``models/<variant>/model.pt``: the whole model, pickled by ``torch.save`` (load it only from
-  this project's own outputs: unpickling runs code);
-- ``models/<variant>/state_dict.pt``: the weights, for ``torch.load(..., weights_only=True)``;
+- ``models/<variant>/model.pt``: the whole model, saved by ``torch.save`` as in the tutorials
+  (load it with :func:`bplab.models.load_whole_model`, which runs no code from the file);
+- ``models/<variant>/state_dict.pt``: the weights (:func:`bplab.models.load_state_dict`);
 - ``models/<variant>/run.json``: the MLflow run id and the logged model's URI;
 - ``history/<variant>.csv``: per-epoch metrics, a DVC plots file.
 """
