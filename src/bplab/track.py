@@ -12,13 +12,17 @@ import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bplab.errors import TrackingUnavailable
 
 if TYPE_CHECKING:
     import mlflow
+    import torch
+    from mlflow.models.model import Model, ModelInfo
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 _EXPS_TMP = (".dvc", "tmp", "exps")
@@ -185,3 +189,59 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+# The pyfunc flavor's device. mlflow.pytorch writes ``config: {device: null}``, and its pyfunc
+# loader then picks CUDA whenever a GPU is present; but a torch.export (pt2) program keeps the
+# device it was exported on, so on a GPU machine ``mlflow.pyfunc.load_model`` and ``mlflow models
+# serve`` refused the CPU-exported model (MLflow 3.17, measured on an H100). The networks are
+# small and always exported on the CPU, so they are served there, on any machine.
+SERVING_DEVICE = "cpu"
+
+
+def _save_pytorch_served_on_cpu(path: str, mlflow_model: Model, **kwargs: Any) -> None:
+    """``mlflow.pytorch.save_model``, then the pyfunc flavor's device set to :data:`SERVING_DEVICE`.
+
+    It runs inside ``Model.log`` before the input example is validated through pyfunc, so that
+    validation loads the model the way serving will.
+    """
+    import mlflow.pytorch
+    from mlflow.models.model import MLMODEL_FILE_NAME, MODEL_CONFIG
+    from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
+
+    mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+    mlflow_model.flavors[PYFUNC][MODEL_CONFIG] = {"device": SERVING_DEVICE}
+    mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+
+# A flavor for Model.log is anything with a save_model(path, mlflow_model, **kwargs); the name is
+# the one MLflow records for the logged model, which stays a plain mlflow.pytorch model.
+_PYTORCH_SERVED_ON_CPU = SimpleNamespace(__name__="mlflow.pytorch", save_model=_save_pytorch_served_on_cpu)
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor) -> ModelInfo:
+    """Log ``model`` (on the CPU) as the run's MLflow model ``model``.
+
+    The format is ``pt2`` (torch.export), which loads without unpickling code; the signature and
+    the example of several rows leave the batch dimension free. ``mlflow.pytorch.load_model``
+    returns an ``nn.Module``; ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` predict on
+    the CPU whether or not the machine has a GPU. Pip requirements are given, not inferred
+    (inference costs seconds).
+    """
+    import torch
+    from mlflow.models import infer_signature
+    from mlflow.models.model import Model
+
+    model.eval()
+    with torch.no_grad():
+        output = model(example)
+    return Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=_PYTORCH_SERVED_ON_CPU,
+        pytorch_model=model,
+        signature=infer_signature(example.numpy(), output.numpy()),
+        input_example=example.numpy(),
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={version('torch')}", f"mlflow=={version('mlflow')}"],
+    )

@@ -22,7 +22,6 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,26 +181,6 @@ def _dataset(data: processed.Prepared, source: Path, dataset: str):
                                       digest=content_digest(x, y))
 
 
-def _log_model(model: torch.nn.Module, example: torch.Tensor):
-    """Log the model in MLflow's safe ``pt2`` format with a batch-size-free signature."""
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
-
-    model.eval()
-    with torch.no_grad():
-        output = model(example)
-    signature = infer_signature(example.cpu().numpy(), output.cpu().numpy())
-    return mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example.cpu().numpy(),
-        serialization_format="pt2",  # torch.export: loads without unpickling code
-        pip_requirements=[f"torch=={version('torch')}", f"mlflow=={version('mlflow')}"],
-    )
-
-
 def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] | None:
     """Train variant ``name`` per params.yaml, log it to MLflow, and write its DVC outputs.
 
@@ -322,7 +301,7 @@ def _train(name: str, params: Params, variant: VariantParams, placement: Placeme
             with clock.phase("mlflow"):
                 mlflow.log_artifacts(pictures, "plots")
         with clock.phase("mlflow_model"):
-            model_info = _log_model(model, test_xy[0][:8].cpu())
+            model_info = track.log_model(model, test_xy[0][:8].cpu())
             mlflow.pytorch.log_state_dict(model.state_dict(), artifact_path="state_dict")
         with clock.phase("mlflow_metrics"):
             sink.wait()

@@ -1,0 +1,161 @@
+"""The registered champion loads with mlflow.pyfunc and serves with `mlflow models serve`, on any machine.
+
+Answers are compared with the evaluate stage's own predictions: the state_dict loaded into a
+freshly built network, on the processed test rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bplab import track
+from bplab.config import Params
+from bplab.data import processed
+from bplab.evaluate import evaluate, predict
+from bplab.models import build_model, load_state_dict
+from bplab.paths import model_dir, processed_dir
+from bplab.train.stage import train
+from conftest import tiny
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SAME_AS_EVALUATE = 1e-5
+# One small variant per dataset, each the only (so the champion) version of its registered model.
+CHAMPIONS = {"flower": ("flower_module", {"epochs": 30}), "boston": ("boston_module", {"epochs": 3}),
+             "mnist": ("mnist_batchnet", {"epochs": 1})}
+
+
+def _test_rows(dataset: str) -> np.ndarray:
+    return processed.load(processed_dir(dataset), ("test",)).splits["test"][0]
+
+
+def _evaluate_stage_outputs(variant: str, params: Params, rows: np.ndarray) -> np.ndarray:
+    """What evaluate@variant predicts: the saved state_dict in a freshly built network."""
+    record = json.loads((model_dir(variant) / "run.json").read_text())
+    network = build_model(params.variant(variant).model, record["n_inputs"], record["n_outputs"])
+    network.load_state_dict(load_state_dict(model_dir(variant) / "state_dict.pt"))
+    return predict(network.eval(), torch.from_numpy(rows), None).numpy()
+
+
+def test_pyfunc_picks_the_cpu_even_where_cuda_is_available(workspace: Path, params: Params,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    """Pins the GPU decision without a GPU: MLflow's loader would pick CUDA here and refuse the model.
+
+    Training (on the CPU) logs the model while MLflow believes a GPU is present, as on a GPU
+    machine: log_model's own check of the input example loads it through pyfunc and must pass.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what mlflow.pytorch asks
+    small = tiny(params, "boston_module", epochs=2, batch_size=16).model_copy(update={"device": "cpu"})
+    record = train("boston_module", small)
+    output = capfd.readouterr()
+    assert "Failed to validate serving input" not in output.out + output.err
+    flavor = Model.load(record["model_uri"]).flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pytorch" and flavor["config"] == {"device": track.SERVING_DEVICE}
+
+    rows = _test_rows("boston")
+    answers = mlflow.pyfunc.load_model(record["model_uri"]).predict(rows)
+    np.testing.assert_allclose(answers, _evaluate_stage_outputs("boston_module", small, rows),
+                               rtol=0, atol=SAME_AS_EVALUATE)
+    module = mlflow.pytorch.load_model(record["model_uri"])  # the flavor itself still gives a module
+    assert isinstance(module, torch.nn.Module)
+    assert module(torch.from_numpy(rows[:5])).shape == (5, 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert process.poll() is None, f"mlflow models serve exited {process.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"mlflow models serve did not answer in {timeout_s} s:\n{log.read_text()}"
+        time.sleep(0.5)
+
+
+def _invoke(url: str, rows: np.ndarray) -> np.ndarray:
+    body = json.dumps({"inputs": rows.tolist()}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
+
+
+@pytest.fixture
+def champions(workspace: Path, params: Params) -> dict[str, tuple[str, Params]]:
+    """Train and evaluate one tiny variant per dataset: each becomes ``models:/<dataset>@champion``."""
+    trained = {}
+    for dataset, (variant, changes) in CHAMPIONS.items():
+        small = tiny(params, variant, **changes)
+        train(variant, small)
+        assert evaluate(variant, small)["promoted"]
+        trained[dataset] = (variant, small)
+    return trained
+
+
+@pytest.fixture
+def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterator[dict[str, str]]:
+    """`mlflow models serve -m models:/<dataset>@champion --env-manager local`, one per dataset, at once."""
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(), "PATH":
+           f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
+    started = {}
+    try:
+        for dataset in champions:
+            port = _free_port()
+            log = workspace / f"serve-{dataset}.log"
+            process = subprocess.Popen(
+                [str(mlflow_cli), "models", "serve", "-m", f"models:/{dataset}@champion", "--env-manager", "local",
+                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=workspace)
+            started[dataset] = (f"http://127.0.0.1:{port}", process, log)
+        for url, process, log in started.values():
+            _wait_until_serving(url, process, log)
+        yield {dataset: url for dataset, (url, _, _) in started.items()}
+    finally:
+        for _, process, _ in started.values():
+            process.terminate()
+        for _, process, _ in started.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.mark.e2e
+def test_each_champion_serves_the_evaluate_stage_predictions_over_http(
+        champions: dict[str, tuple[str, Params]], servers: dict[str, str]) -> None:
+    import mlflow
+
+    for dataset, (variant, small) in champions.items():
+        rows = _test_rows(dataset)[:25]  # real processed test rows, several at once
+        expected = _evaluate_stage_outputs(variant, small, rows)
+        served = _invoke(servers[dataset], rows)
+        assert served.shape == expected.shape, dataset
+        np.testing.assert_allclose(served, expected, rtol=0, atol=SAME_AS_EVALUATE, err_msg=dataset)
+        loaded = mlflow.pyfunc.load_model(f"models:/{dataset}@champion").predict(rows)
+        np.testing.assert_allclose(loaded, expected, rtol=0, atol=SAME_AS_EVALUATE, err_msg=dataset)
