@@ -105,21 +105,25 @@ def _invoke(url: str, rows: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def champions(workspace: Path, params: Params) -> dict[str, tuple[str, Params]]:
-    """Train and evaluate one tiny variant per dataset: each becomes ``models:/<dataset>@champion``."""
+def champions(workspace: Path, params: Params, capfd: pytest.CaptureFixture[str]) -> dict[str, tuple[str, Params]]:
+    """Train and evaluate one tiny variant per dataset: each becomes ``models:/<dataset>@champion``.
+
+    Trained on the machine's own device (``device: auto``: CUDA where there is a GPU).
+    """
     trained = {}
     for dataset, (variant, changes) in CHAMPIONS.items():
         small = tiny(params, variant, **changes)
         train(variant, small)
         assert evaluate(variant, small)["promoted"]
         trained[dataset] = (variant, small)
+    output = capfd.readouterr()
+    assert "Failed to validate serving input" not in output.out + output.err
     return trained
 
 
 @pytest.fixture
 def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterator[dict[str, str]]:
     """`mlflow models serve -m models:/<dataset>@champion --env-manager local`, one per dataset, at once."""
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
     env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(), "PATH":
            f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
@@ -129,7 +133,7 @@ def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterat
             port = _free_port()
             log = workspace / f"serve-{dataset}.log"
             process = subprocess.Popen(
-                [str(mlflow_cli), "models", "serve", "-m", f"models:/{dataset}@champion", "--env-manager", "local",
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{dataset}@champion", "--env-manager", "local",
                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                 stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=workspace)
             started[dataset] = (f"http://127.0.0.1:{port}", process, log)
@@ -159,3 +163,8 @@ def test_each_champion_serves_the_evaluate_stage_predictions_over_http(
         np.testing.assert_allclose(served, expected, rtol=0, atol=SAME_AS_EVALUATE, err_msg=dataset)
         loaded = mlflow.pyfunc.load_model(f"models:/{dataset}@champion").predict(rows)
         np.testing.assert_allclose(loaded, expected, rtol=0, atol=SAME_AS_EVALUATE, err_msg=dataset)
+        trained_on = mlflow.get_run(json.loads((model_dir(variant) / "run.json").read_text())["run_id"]).data.params
+        print(f"{dataset}@champion ({variant}, trained on {trained_on['device']}, served on "
+              f"{'a GPU machine' if torch.cuda.is_available() else 'a CPU-only machine'}): {len(rows)} rows, "
+              f"max |served - evaluate| {np.abs(served - expected).max():.2g}, "
+              f"max |pyfunc - evaluate| {np.abs(loaded - expected).max():.2g}")
