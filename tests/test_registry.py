@@ -1,13 +1,23 @@
-"""The champion alias moves to a new version only when its test metric strictly improves."""
+"""The champion alias: the best version on the current test split, under concurrency and errors."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bplab import registry
-from conftest import mlflow_client
+from bplab import registry, track
+from bplab.config import Params
+from bplab.paths import metrics_file
+from bplab.registry import Score
+from conftest import REPO, mlflow_client, run, stage_env, tiny
+
+SPLIT = "split-a"
 
 
 @pytest.fixture
@@ -16,13 +26,15 @@ def model_uri(mlflow_repo: Path) -> str:
     import mlflow
     import torch
 
-    from bplab import track
-
     mlflow.set_tracking_uri(track.tracking_uri())
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", serialization_format="pickle",
                                         pip_requirements=["torch"])
     return info.model_uri
+
+
+def champion_version(name: str = "toy") -> str:
+    return str(mlflow_client().get_model_version_by_alias(name, registry.CHAMPION).version)
 
 
 @pytest.mark.parametrize(("higher_is_better", "values", "promoted"), [
@@ -33,7 +45,8 @@ def test_champion_moves_only_on_strict_improvement(model_uri: str, higher_is_bet
                                                     values: list[float], promoted: list[bool]) -> None:
     champions = []
     for i, value in enumerate(values):
-        result = registry.register(model_uri, "toy", f"variant_{i}", "run", "metric", value, higher_is_better)
+        score = Score("metric", value, higher_is_better, SPLIT)
+        result = registry.register(model_uri, "toy", f"variant_{i}", "run", score)
         assert result.version == str(i + 1)
         assert result.promoted is promoted[i]
         champions.append(result.champion_version)
@@ -45,3 +58,90 @@ def test_champion_moves_only_on_strict_improvement(model_uri: str, higher_is_bet
     alias = mlflow_client().get_model_version_by_alias("toy", registry.CHAMPION)
     assert str(alias.version) == expected[-1]
     assert alias.tags["variant"] == f"variant_{int(expected[-1]) - 1}"
+    assert alias.tags[registry.TEST_DIGEST_TAG] == SPLIT
+
+
+def test_champion_is_the_best_version_scored_on_the_current_test_split(model_uri: str) -> None:
+    # `dvc exp run -S data.mnist.preprocess.test_limit=100` scores a model on another test split:
+    # it may beat everything there, but it says nothing about the full split.
+    assert registry.register(model_uri, "toy", "full", "run", Score("test_acc", 0.90, True, "full")).promoted
+    small = registry.register(model_uri, "toy", "small", "run", Score("test_acc", 0.99, True, "first-100"))
+    assert small.promoted and small.champion_version == "2"  # the best, and only, version on that split
+    back = registry.register(model_uri, "toy", "full-again", "run", Score("test_acc", 0.80, True, "full"))
+    assert (back.champion_version, back.promoted, back.champion_value) == ("1", False, 0.90)
+    assert champion_version() == "1"
+
+
+def test_a_version_without_its_metric_is_never_champion(model_uri: str) -> None:
+    import mlflow
+
+    client = mlflow_client()
+    # Versions registered by hand (the UI, another tool) with no metric, or one that is not a number.
+    for tags in ({registry.TEST_DIGEST_TAG: SPLIT}, {registry.TEST_DIGEST_TAG: SPLIT, "test_acc": "n/a"},
+                 {registry.TEST_DIGEST_TAG: SPLIT, "test_acc": "nan"}):
+        mlflow.register_model(model_uri, "toy", tags=tags)
+    client.set_registered_model_alias("toy", registry.CHAMPION, "1")
+    result = registry.register(model_uri, "toy", "scored", "run", Score("test_acc", 0.10, True, SPLIT))
+    assert (result.version, result.champion_version, result.promoted) == ("4", "4", True)
+    assert champion_version() == "4"
+
+
+def test_registry_failure_fails_the_stage_and_moves_nothing(workspace: Path, params: Params) -> None:
+    from bplab.evaluate import evaluate
+    from bplab.train.stage import train
+
+    first = tiny(params, "flower_logreg", epochs=5)
+    train("flower_logreg", first)
+    evaluate("flower_logreg", first)
+    record = train("flower_module", tiny(params, "flower_module", epochs=5))
+    with sqlite3.connect(workspace / "mlflow.db") as db:  # the store refuses new versions, as a broken server would
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON model_versions "
+                   "BEGIN SELECT RAISE(ABORT, 'registry is read-only'); END")
+
+    result = run([sys.executable, str(REPO / "stages/evaluate.py"), "flower_module", "--params",
+                  str(REPO / "params.yaml")], cwd=workspace, env=stage_env(), check=False)
+
+    assert result.returncode == 2, result.stderr
+    assert "evaluate@flower_module: error: registered model 'flower' in sqlite:///" in result.stderr
+    assert "the alias 'champion' was not moved" in result.stderr and "Traceback" not in result.stderr
+    assert mlflow_client().get_run(record["run_id"]).info.status == "FAILED"
+    assert not metrics_file("flower_module").exists()
+    assert champion_version("flower") == "1"
+
+
+def test_concurrent_evaluations_leave_the_alias_on_the_best_version(model_uri: str, mlflow_repo: Path) -> None:
+    """Two processes register at the same moment, ten rounds; each round both beat the champion so far."""
+    rounds = 12
+    values = {"a": [], "b": []}
+    for r in range(rounds):
+        base = 0.3 + 0.05 * r  # both beat the previous round's best (base - 0.03)
+        better, worse = ("a", "b") if r % 2 else ("b", "a")
+        values[better].append(base + 0.02)
+        values[worse].append(base + 0.01)
+    signals = mlflow_repo / "rounds"
+    signals.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(), "PYTHONPATH": str(REPO / "src")}
+    workers = [subprocess.Popen([sys.executable, str(REPO / "tests/helpers/registry_worker.py"), model_uri, "toy",
+                                 worker, str(signals), *map(repr, values[worker])], env=env, cwd=mlflow_repo,
+                                stderr=subprocess.PIPE, text=True)
+               for worker in values]
+    finished = False
+    try:
+        for r in range(rounds):
+            (signals / f"go-{r}").touch()
+            deadline = time.monotonic() + 120
+            while not all((signals / f"done-{w}-{r}").exists() for w in values):
+                assert all(p.poll() is None for p in workers), [p.stderr.read() for p in workers if p.poll()]
+                assert time.monotonic() < deadline, f"round {r} did not finish"
+                time.sleep(0.01)
+            best = max(values, key=lambda w: values[w][r])
+            expected = (signals / f"done-{best}-{r}").read_text()
+            assert champion_version() == expected, f"round {r}: champion is not {best}'s version {expected}"
+        finished = True
+    finally:
+        for process in workers:
+            if not finished:  # they would wait for the next round for ever
+                process.kill()
+            process.wait(timeout=60)
+    assert [p.returncode for p in workers] == [0, 0]
+    assert len(mlflow_client().search_model_versions("name = 'toy'")) == 2 * rounds

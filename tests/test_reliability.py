@@ -142,12 +142,13 @@ def test_unreachable_tracking_server_fails_fast_naming_it(stage_dir: Path) -> No
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://alice:s3cret@127.0.0.1:{port}/?token=t0ken"
     started = time.monotonic()
     result = stage(stage_dir, "stages/download.py", "flower", env=stage_env(MLFLOW_TRACKING_URI=uri), timeout=60)
     assert time.monotonic() - started < 30
     assert result.returncode == 2
-    assert f"cannot reach the MLflow tracking server at {uri}" in result.stderr
+    assert f"cannot reach the MLflow tracking server at http://***@127.0.0.1:{port}/" in result.stderr
+    assert "s3cret" not in result.stderr and "t0ken" not in result.stderr and "alice" not in result.stderr
     assert not (stage_dir / "data/raw/flower").exists()
 
 

@@ -133,8 +133,8 @@ def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterat
             port = _free_port()
             log = workspace / f"serve-{dataset}.log"
             process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{dataset}@champion", "--env-manager", "local",
-                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{dataset}@champion",
+                 "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                 stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=workspace)
             started[dataset] = (f"http://127.0.0.1:{port}", process, log)
         for url, process, log in started.values():

@@ -65,3 +65,14 @@ def test_sigterm_ends_the_run_as_killed(mlflow_repo: Path) -> None:
 
 def test_flatten() -> None:
     assert track.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("http://alice:s3cret@tracking.example:5000/api?token=abc", "http://***@tracking.example:5000/api"),
+    ("https://tracking.example/?sig=xyz", "https://tracking.example/"),
+    ("postgresql+psycopg://mlflow:pw@db:5432/mlflow", "postgresql+psycopg://***@db:5432/mlflow"),
+    ("sqlite:////repo/mlflow.db", "sqlite:////repo/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+])
+def test_redact_hides_credentials_and_query_strings(uri: str, shown: str) -> None:
+    assert track.redact(uri) == shown

@@ -9,6 +9,7 @@ state_dict), checks they predict the same, logs into the variant's train run (fo
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,8 +134,10 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
     import mlflow
     import torch
 
-    x, y = (torch.from_numpy(a) for a in processed.load(processed_dir(variant.dataset, root), ("test",)).splits["test"])
-    with track.stage_run(variant.dataset, name, {}, run_id=record["run_id"]):
+    test_split = processed.load(processed_dir(variant.dataset, root), ("test",)).splits["test"]
+    test_digest = processed.content_digest(*test_split)
+    x, y = (torch.from_numpy(a) for a in test_split)
+    with track.stage_run(variant.dataset, name, {registry.TEST_DIGEST_TAG: test_digest}, run_id=record["run_id"]):
         fresh, whole = _load_both_forms(record, params, name, root)
         outputs = predict(fresh, x, variant.eval_batch_size)
         disagreement = float((predict(whole, x, variant.eval_batch_size) - outputs).abs().max())
@@ -154,9 +157,12 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
         mlflow.log_artifacts(str(out), "plots")
 
         metric, higher_is_better = SELECTION[record["task"]]
-        registration = registry.register(record["model_uri"], variant.dataset, name, record["run_id"],
-                                         metric, metrics[metric], higher_is_better)
+        score = registry.Score(metric, metrics[metric], higher_is_better, test_digest)
+        registration = registry.register(record["model_uri"], variant.dataset, name, record["run_id"], score)
         mlflow.set_tags({"registered_model": registration.name, "registered_version": registration.version,
                          "champion_version": registration.champion_version})
+        print(f"evaluate@{name}: {metric} {score.value:.6g}; registered {registration.name} version "
+              f"{registration.version}; {registry.CHAMPION}: version {registration.champion_version} "
+              f"({metric} {registration.champion_value:.6g} on test split {test_digest})", file=sys.stderr)
         write_text_atomic(metrics_file(name, root), json.dumps(metrics, indent=2) + "\n")
     return metrics | {"registered_version": registration.version, "promoted": registration.promoted}

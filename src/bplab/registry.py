@@ -1,10 +1,43 @@
-"""The MLflow model registry: one registered model per dataset, alias ``champion`` on the best version."""
+"""The MLflow model registry: one registered model per dataset, alias ``champion`` on the best version.
+
+Each version carries what it was scored with: the test metric's value and the digest of the test
+split. The champion is recomputed from all versions, not compared with the previous champion
+alone, so it is always the best version among those scored on the same test split as the version
+just registered; a version without a readable metric is never champion, and ties keep the earlier
+version. The choice and the move of the alias happen under a lock shared by every process on
+this machine that uses the same tracking store, so concurrent evaluate stages (``dvc queue start
+-j N``) cannot leave the alias on a worse version. Processes on other machines sharing one tracking
+server are not covered by that lock: the next evaluate of the dataset corrects a stale alias.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bplab.errors import BplabError
 
 CHAMPION = "champion"
+TEST_DIGEST_TAG = "test_digest"
+LOCK_TIMEOUT_S = 300
+
+
+class RegistryError(BplabError):
+    """The model registry failed or could not be locked; no alias was moved."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """A test metric of a model, and the test split it was measured on."""
+
+    metric: str
+    value: float
+    higher_is_better: bool
+    test_digest: str
 
 
 @dataclass(frozen=True)
@@ -14,36 +47,84 @@ class Registration:
     name: str
     version: str
     champion_version: str
+    champion_value: float
     promoted: bool
 
 
-def _better(value: float, than: float | None, higher_is_better: bool) -> bool:
-    if than is None:
-        return True
-    return value > than if higher_is_better else value < than
+def _metric_value(tags: dict[str, str], metric: str) -> float | None:
+    try:
+        value = float(tags[metric])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
-def register(model_uri: str, dataset: str, variant: str, run_id: str, metric: str, value: float,
-             higher_is_better: bool) -> Registration:
-    """Register ``model_uri`` as a new version of model ``dataset``; move ``champion`` if it is better.
+def best_version(versions: list[Any], score: Score) -> tuple[str, float] | None:
+    """The version (number, value) with the best ``score.metric`` among ``versions`` scored on
+    ``score.test_digest``; the lowest version number among equals. None if no version qualifies."""
+    candidates = []
+    for version in versions:
+        if version.tags.get(TEST_DIGEST_TAG) != score.test_digest:
+            continue
+        value = _metric_value(version.tags, score.metric)
+        if value is not None:
+            candidates.append((value if score.higher_is_better else -value, -int(version.version), value))
+    if not candidates:
+        return None
+    _, negative_version, value = max(candidates)
+    return str(-negative_version), value
 
-    The version carries tags ``variant``, ``run_id`` and ``<metric>``, so the comparison needs no
-    run lookups. The alias moves only on a strict improvement over the current champion's metric.
+
+def _all_versions(client: Any, name: str) -> list[Any]:
+    versions, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=token)
+        versions += list(page)
+        token = page.token
+        if not token:
+            return versions
+
+
+def _lock_file(tracking_uri: str, name: str) -> Path:
+    """One lock per (tracking store, registered model), in the machine's temporary directory: the
+    same for every process here, queued DVC experiments in their own copies included."""
+    key = hashlib.sha256(f"{tracking_uri}\n{name}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"bplab-registry-{key}.lock"
+
+
+def register(model_uri: str, name: str, variant: str, run_id: str, score: Score) -> Registration:
+    """Register ``model_uri`` as a new version of model ``name``, then put ``champion`` on the best version.
+
+    The version is tagged ``variant``, ``run_id``, ``<metric>`` and ``test_digest``. Raises
+    :class:`RegistryError` if the registry fails at any point, so the stage fails rather than
+    leave a wrong champion behind.
     """
     import mlflow
+    from filelock import FileLock, Timeout
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from bplab.track import redact
+
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, dataset,
-                                    tags={"variant": variant, "run_id": run_id, metric: repr(value)})
+    store = redact(mlflow.get_tracking_uri())
+    lock = FileLock(str(_lock_file(mlflow.get_tracking_uri(), name)), timeout=LOCK_TIMEOUT_S)
     try:
-        champion = client.get_model_version_by_alias(dataset, CHAMPION)
-        current = float(champion.tags[metric]) if metric in champion.tags else None
-    except MlflowException:  # no champion yet
-        champion, current = None, None
-    new = str(version.version)  # the API returns str or int depending on the call
-    if _better(value, current, higher_is_better):
-        client.set_registered_model_alias(dataset, CHAMPION, new)
-        return Registration(dataset, new, new, True)
-    return Registration(dataset, new, str(champion.version), False)
+        version = str(mlflow.register_model(
+            model_uri, name, tags={"variant": variant, "run_id": run_id, score.metric: repr(score.value),
+                                   TEST_DIGEST_TAG: score.test_digest}).version)
+        with lock:
+            best = best_version(_all_versions(client, name), score)
+            if best is None:  # the version just registered has its tags: only a broken store gets here
+                raise RegistryError(f"registered model {name!r} in {store}: version {version} lost its "
+                                    f"{score.metric} or {TEST_DIGEST_TAG} tag; no champion chosen")
+            champion, value = best
+            if client.get_registered_model(name).aliases.get(CHAMPION) != champion:
+                client.set_registered_model_alias(name, CHAMPION, champion)
+    except MlflowException as exc:
+        raise RegistryError(f"registered model {name!r} in {store}: {exc.message}; "
+                            f"the alias {CHAMPION!r} was not moved") from None
+    except Timeout:
+        raise RegistryError(f"registered model {name!r}: another process held {lock.lock_file} "
+                            f"for over {LOCK_TIMEOUT_S} s; the alias {CHAMPION!r} was not moved") from None
+    return Registration(name, version, champion, value, promoted=champion == version)

@@ -63,6 +63,17 @@ def _artifact_location(experiment: str) -> str | None:
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
+def redact(uri: str) -> str:
+    """``uri`` without credentials or query string, fit to print (``http://***@host:5000/path``)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if not parsed.netloc and not parsed.query:
+        return uri
+    netloc = parsed.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, naming ``uri``, when an HTTP tracking server does not accept connections.
 
@@ -76,7 +87,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
     except OSError as exc:
         raise TrackingUnavailable(
-            f"cannot reach the MLflow tracking server at {uri} ({TRACKING_ENV}): {exc.strerror or exc}. "
+            f"cannot reach the MLflow tracking server at {redact(uri)} ({TRACKING_ENV}): {exc.strerror or exc}. "
             f"Start the server, or unset {TRACKING_ENV} to use the local store {default_tracking_uri()}"
         ) from None
 

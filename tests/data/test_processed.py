@@ -66,3 +66,15 @@ def test_truncated_array_file_names_the_file(tmp_path: Path) -> None:
 def test_missing_output_says_which_stage_to_run(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="transform.json: missing; run the preprocess stage first"):
         processed.load(tmp_path)
+
+
+def test_dataset_digest_covers_every_value_and_the_shape() -> None:
+    x = np.arange(30000, dtype=np.float32).reshape(1000, 30)
+    y = np.zeros(1000, dtype=np.int64)
+    base = processed.content_digest(x, y)
+    assert base == processed.content_digest(x.copy(), y.copy()) and len(base) == 16
+    late = x.copy()
+    late[-1, -1] += 1  # past the first 10000 values MLflow's own digest looks at
+    assert processed.content_digest(late, y) != base
+    assert processed.content_digest(x.reshape(500, 60), y) != base
+    assert processed.content_digest(x.astype(np.float64), y) != base

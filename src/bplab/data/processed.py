@@ -8,6 +8,7 @@ and ``torch.from_numpy`` turns them into tensors without a copy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,3 +90,17 @@ def load(processed_dir: Path, splits: tuple[str, ...] = SPLITS) -> Prepared:
         _check(split, pair[0], pair[1], str(processed_dir))
         arrays[split] = (pair[0], pair[1])
     return Prepared(arrays, meta.get("transform", {}))
+
+
+def content_digest(*arrays: np.ndarray) -> str:
+    """SHA-256 (first 16 hex digits) of the arrays' shapes, dtypes and every byte, without copies.
+
+    MLflow's own dataset digest copies the whole array (``flatten()``) to hash its first 10000
+    values: 188 MB more at the peak of the MNIST stage, slower, and blind to later rows.
+    """
+    digest = hashlib.sha256()
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{contiguous.dtype.str}{contiguous.shape};".encode())
+        digest.update(memoryview(contiguous).cast("B"))
+    return digest.hexdigest()[:16]

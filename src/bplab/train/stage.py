@@ -12,7 +12,6 @@ Outputs, written only after training and logging succeeded (staged, then renamed
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -155,20 +154,6 @@ def _weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters() if p.dim() >= 2}
 
 
-def content_digest(*arrays: np.ndarray) -> str:
-    """SHA-256 (first 16 hex digits) of the arrays' shapes, dtypes and every byte, without copies.
-
-    MLflow's own dataset digest copies the whole array (``flatten()``) to hash its first 10000
-    values: 188 MB more at the peak of the MNIST stage, slower, and blind to later rows.
-    """
-    digest = hashlib.sha256()
-    for array in arrays:
-        contiguous = np.ascontiguousarray(array)
-        digest.update(f"{contiguous.dtype.str}{contiguous.shape};".encode())
-        digest.update(memoryview(contiguous).cast("B"))
-    return digest.hexdigest()[:16]
-
-
 def _dataset(data: processed.Prepared, source: Path, dataset: str):
     """The training split as an MLflow dataset (name, digest, schema, source path)."""
     import mlflow
@@ -178,7 +163,7 @@ def _dataset(data: processed.Prepared, source: Path, dataset: str):
         # MLflow registers its local-file source for two URI schemes and warns it is ambiguous.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         return mlflow.data.from_numpy(x, targets=y, source=str(source.resolve()), name=f"{dataset}-train",
-                                      digest=content_digest(x, y))
+                                      digest=processed.content_digest(x, y))
 
 
 def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] | None:
