@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, data_mirror, run, stage_env
+from conftest import NO_MIRROR, REPO, data_mirror, run, stage_env, unavailable
 
 pytestmark = pytest.mark.e2e
 
 
 def test_quick_benchmark_measures_everything_and_writes_its_report(tmp_path: Path) -> None:
     if data_mirror() is None:
-        pytest.skip("no data mirror: set BPLAB_DATA_MIRROR (CI uses ../shared/data)")
+        unavailable(NO_MIRROR)
     out = tmp_path / "results"
     result = run([sys.executable, "bench/run.py", "--quick", "--out", str(out)], REPO, env=stage_env(), timeout=600)
     results = json.loads((out / "results.json").read_text())

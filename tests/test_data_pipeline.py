@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bplab.data import processed
-from conftest import copy_repo, run
+from conftest import NO_MIRROR, copy_repo, run, unavailable
 
 pytestmark = pytest.mark.e2e
 DATASETS = ("mnist", "boston", "flower")
@@ -20,7 +20,7 @@ def repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     from conftest import data_mirror
 
     if data_mirror() is None:
-        pytest.skip("no data mirror: set BPLAB_DATA_MIRROR (CI uses ../shared/data)")
+        unavailable(NO_MIRROR)
     repo = copy_repo(tmp_path_factory.mktemp("data-pipeline") / "repo")
     result = run(["dvc", "repro", *(f"preprocess@{d}" for d in DATASETS)], repo)
     return repo, result.stdout

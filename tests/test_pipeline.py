@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bplab.config import load_params
-from conftest import REPO, copy_repo, data_mirror, run, set_params
+from conftest import NO_MIRROR, REPO, copy_repo, data_mirror, run, set_params, unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     if data_mirror() is None:
-        pytest.skip("no data mirror: set BPLAB_DATA_MIRROR (CI uses ../shared/data)")
+        unavailable(NO_MIRROR)
     repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     set_params(repo, TINY)
     result = run(["dvc", "repro"], repo)

@@ -20,7 +20,7 @@ from bplab.config import BostonDownload, BostonSource
 from bplab.data import boston
 from bplab.data.fetch import MIRROR_ENV
 from bplab.errors import DataError, DownloadError
-from conftest import data_mirror
+from conftest import data_mirror, unavailable
 
 COLUMNS = list(boston.COLUMNS)
 
@@ -99,7 +99,7 @@ def table(request) -> tuple[list[list[str]], bytes]:
         rows = synthetic_rows()
         return rows, boston.render_csv(rows)
     if MIRROR_CSV is None or not MIRROR_CSV.is_file():
-        pytest.skip("no offline data mirror with boston/boston.csv")
+        unavailable("no offline data mirror with boston/boston.csv")
     canonical = MIRROR_CSV.read_bytes()
     assert sha256(canonical) == boston.SHA256
     return mirror_rows(), canonical
@@ -150,7 +150,7 @@ def _no_local_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_mirror_csv_is_already_canonical():
     if MIRROR_CSV is None or not MIRROR_CSV.is_file():
-        pytest.skip("no offline data mirror with boston/boston.csv")
+        unavailable("no offline data mirror with boston/boston.csv")
 
     rendered = boston.from_csv(MIRROR_CSV.read_bytes())
 
@@ -257,7 +257,7 @@ def test_download_statlib_source_writes_the_canonical_csv(table, http_server, tm
 
 def test_download_default_checksum_accepts_the_real_table(http_server, tmp_path):
     if MIRROR_CSV is None or not MIRROR_CSV.is_file():
-        pytest.skip("no offline data mirror with boston/boston.csv")
+        unavailable("no offline data mirror with boston/boston.csv")
     url = http_server.put("datasets/boston", statlib_text(mirror_rows()))
 
     boston.download(tmp_path, boston_params((url, "statlib")))

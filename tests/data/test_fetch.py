@@ -19,7 +19,7 @@ from bplab.config import FetchPolicy, MnistDownload
 from bplab.data import mnist
 from bplab.data.fetch import MIRROR_ENV, Candidate, FetchedFile, fetch_file, gunzip
 from bplab.errors import DownloadError
-from conftest import data_mirror
+from conftest import data_mirror, unavailable
 
 # Read before any test's monkeypatch clears BPLAB_DATA_MIRROR: the real offline mirror, if any.
 REAL_MIRROR = data_mirror()
@@ -459,7 +459,7 @@ def test_real_mirror_label_files_match_the_official_checksums(http_server, raw_d
     labels = ["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"]
     mirror = REAL_MIRROR
     if mirror is None or not all((mirror / "mnist" / f"{n}.gz").is_file() for n in labels):
-        pytest.skip("no offline data mirror with the MNIST label files")
+        unavailable("no offline data mirror with the MNIST label files")
     monkeypatch.setenv(MIRROR_ENV, str(mirror))
 
     fetched = mnist.download(raw_dir, mnist_params(http_server.url("unused/")),
