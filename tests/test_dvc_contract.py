@@ -1,0 +1,169 @@
+"""dvc.yaml declares the code each stage runs, and the committed dvc.lock is what that code produced.
+
+DVC re-runs a stage only when a declared dependency changes, so an undeclared module is a stage
+that silently keeps stale outputs after an edit. The first tests derive each stage's in-project
+imports from its entry point (every import, function-local ones included) and check them against
+the stage's declared deps. The last one asks DVC itself whether ``dvc.lock`` matches the working
+tree's code and params, so a code change committed without a fresh ``make repro`` fails CI.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from bplab.config import DATASETS, load_params
+from conftest import REPO, run
+
+SRC = REPO / "src"
+EVERY_STAGE = frozenset({"download", "preprocess", "train", "evaluate"})
+
+# Modules a stage imports that cannot change what it writes to its DVC outputs, by stage kind.
+# Keep this short: anything that shapes an output belongs in dvc.yaml.
+NO_EFFECT_ON_OUTPUTS = {
+    "src/bplab/errors.py": EVERY_STAGE,  # exception types: what a failure says, not what succeeds
+    "src/bplab/cli.py": EVERY_STAGE,  # prints errors, sets exit codes
+    "src/bplab/timings.py": EVERY_STAGE,  # how long each phase took (stderr, $BPLAB_TIMINGS)
+    # MLflow conventions: where runs go, their tags, how the model is logged. The run id and model
+    # URI that train writes to models/V/run.json differ on every run anyway.
+    "src/bplab/track.py": EVERY_STAGE,
+    # Pictures logged to MLflow. evaluate also writes them to plots/V, a DVC output: a dep there.
+    "src/bplab/plots.py": frozenset({"download", "preprocess", "train"}),
+}
+
+
+def _module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_package_marker(path: Path) -> bool:
+    """An ``__init__.py`` holding only a docstring and ``__version__``: importing it runs nothing."""
+    body = ast.parse(path.read_text()).body
+    docstring = body[:1] if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else []
+    rest = body[len(docstring):]
+    return all(isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__version__"]
+               for node in rest)
+
+
+@cache
+def _direct_imports(path: Path) -> frozenset[str]:
+    """Modules of ``bplab`` that ``path`` imports anywhere, except under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(inner) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+                   for inner in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "bplab"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bplab":
+            found.add(node.module)  # `from bplab.data import mnist` imports the module bplab.data.mnist too
+            found |= {f"{node.module}.{alias.name}" for alias in node.names
+                      if _module_file(f"{node.module}.{alias.name}") is not None}
+    return frozenset(found)
+
+
+def imported_modules(script: Path) -> set[str]:
+    """Repository-relative files of every ``bplab`` module ``script`` imports, transitively."""
+    seen: set[str] = set()
+    pending = list(_direct_imports(script))
+    while pending:
+        parts = pending.pop().split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
+            name = ".".join(parts[:depth])
+            path = _module_file(name)
+            if name in seen or path is None:
+                continue
+            seen.add(name)
+            pending += _direct_imports(path)
+    files = {_module_file(name) for name in seen}
+    return {str(f.relative_to(REPO)) for f in files if f is not None and not _is_package_marker(f)}
+
+
+@cache
+def stages() -> dict[str, tuple[str, str, str, frozenset[str]]]:
+    """Per resolved stage (DVC's own resolution of dvc.yaml): kind, script, dataset and declared deps."""
+    from dvc.repo import Repo
+
+    variants = load_params(REPO / "params.yaml").train
+    resolved = {}
+    with Repo(str(REPO)) as repo:
+        for stage in repo.index.stages:
+            _, script, argument = stage.cmd.split()
+            kind = Path(script).stem
+            dataset = argument if kind in {"download", "preprocess"} else variants[argument].dataset
+            declared = frozenset(str(dep.def_path) for dep in stage.deps if str(dep.def_path) != "params.yaml")
+            resolved[stage.addressing] = (kind, script, dataset, declared)
+    return resolved
+
+
+def _covered(path: str, declared: frozenset[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in declared)
+
+
+def test_every_stage_kind_and_variant_is_checked() -> None:
+    kinds = {kind for kind, *_ in stages().values()}
+    assert kinds == EVERY_STAGE
+    assert len(stages()) == 2 * len(DATASETS) + 2 * len(load_params(REPO / "params.yaml").train)
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_each_imported_module_is_a_declared_dependency(name: str) -> None:
+    kind, script, dataset, declared = stages()[name]
+    assert script in declared, f"{name}: its own entry point {script} is not a dependency"
+    other_datasets = {f"src/bplab/data/{d}.py" for d in DATASETS if d != dataset}  # dispatched by name
+    missing = sorted(path for path in imported_modules(REPO / script)
+                     if not _covered(path, declared) and kind not in NO_EFFECT_ON_OUTPUTS.get(path, ())
+                     and path not in other_datasets)
+    assert missing == [], f"{name} imports modules that dvc.yaml does not list as its deps"
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_each_declared_code_dependency_is_imported(name: str) -> None:
+    kind, script, _, declared = stages()[name]
+    imported = imported_modules(REPO / script) | {script}
+    stale = sorted(dep for dep in declared if dep.startswith(("src/", "stages/"))
+                   and not any(_covered(path, frozenset({dep})) for path in imported))
+    assert stale == [], f"{name} depends on code it never imports"
+
+
+def test_the_import_scan_sees_function_local_imports() -> None:
+    # stages import the library inside main(); train imports the loop inside a function
+    assert "src/bplab/train/loop.py" in imported_modules(REPO / "stages/train.py")
+    assert "src/bplab/registry.py" in imported_modules(REPO / "stages/evaluate.py")
+    assert "src/bplab/config.py" in imported_modules(REPO / "stages/evaluate.py")
+
+
+def test_dvc_lock_matches_the_code_and_params() -> None:
+    """What `dvc status` reports, minus what a fresh clone lacks (the data and models DVC caches)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        outputs = {str(out.def_path) for stage in repo.index.stages for out in stage.outs}
+    report = json.loads(run(["dvc", "status", "--json"], REPO).stdout)
+    stale = []
+    for stage, changes in report.items():
+        for change in changes:
+            if not isinstance(change, dict):  # "changed command", "always changed"
+                stale.append(f"{stage}: {change}")
+                continue
+            for dep, state in change.get("changed deps", {}).items():
+                if isinstance(state, dict):  # params: {"train.mnist_mlp.lr": "modified"}
+                    stale += [f"{stage}: {dep}:{key} {value}" for key, value in state.items()]
+                elif not (dep in outputs and state == "deleted"):
+                    stale.append(f"{stage}: dep {dep} {state}")
+            for out, state in change.get("changed outs", {}).items():
+                # a fresh clone has no cached outputs; metrics (cache: false, in git) must match
+                if out.startswith("metrics/") or state not in {"not in cache", "deleted"}:
+                    stale.append(f"{stage}: out {out} {state}")
+    assert stale == [], "dvc.lock lags the working tree: run `make repro` and commit dvc.lock and metrics/"
