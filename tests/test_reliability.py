@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from bplab.data import processed
 from bplab.data.processed import Prepared
-from conftest import REPO, mlflow_client, set_params, stage_env
+from conftest import REPO, free_port, mlflow_client, set_params, stage_env
 
 
 @pytest.fixture
@@ -139,9 +138,7 @@ def test_diverging_loss_fails_the_run_naming_epoch_and_step(stage_dir: Path) -> 
 
 
 def test_unreachable_tracking_server_fails_fast_naming_it(stage_dir: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     uri = f"http://alice:s3cret@127.0.0.1:{port}/?token=t0ken"
     started = time.monotonic()
     result = stage(stage_dir, "stages/download.py", "flower", env=stage_env(MLFLOW_TRACKING_URI=uri), timeout=60)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from bplab.evaluate import evaluate, predict
 from bplab.models import build_model, load_state_dict
 from bplab.paths import model_dir, processed_dir
 from bplab.train.stage import train
-from conftest import tiny
+from conftest import free_port, tiny, wait_for_http
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -77,26 +75,6 @@ def test_pyfunc_picks_the_cpu_even_where_cuda_is_available(workspace: Path, para
     assert module(torch.from_numpy(rows[:5])).shape == (5, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert process.poll() is None, f"mlflow models serve exited {process.returncode}:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"mlflow models serve did not answer in {timeout_s} s:\n{log.read_text()}"
-        time.sleep(0.5)
-
-
 def _invoke(url: str, rows: np.ndarray) -> np.ndarray:
     body = json.dumps({"inputs": rows.tolist()}).encode()
     request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
@@ -130,7 +108,7 @@ def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterat
     started = {}
     try:
         for dataset in champions:
-            port = _free_port()
+            port = free_port()
             log = workspace / f"serve-{dataset}.log"
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{dataset}@champion",
@@ -138,7 +116,7 @@ def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterat
                 stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=workspace)
             started[dataset] = (f"http://127.0.0.1:{port}", process, log)
         for url, process, log in started.values():
-            _wait_until_serving(url, process, log)
+            wait_for_http(f"{url}/ping", process, log)
         yield {dataset: url for dataset, (url, _, _) in started.items()}
     finally:
         for _, process, _ in started.values():

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import torch
 from bplab.config import Params
 from bplab.evaluate import evaluate
 from bplab.train.stage import train
-from conftest import tiny
+from conftest import free_port, tiny, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -25,9 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server` with a sqlite backend and a proxied artifact store, on a free port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
@@ -36,17 +31,7 @@ def server(tmp_path: Path) -> Iterator[str]:
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert process.poll() is None, (tmp_path / "server.log").read_text()
-        assert time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.3)
+    wait_for_http(f"{uri}/health", process, tmp_path / "server.log", timeout_s=120)
     try:
         yield uri
     finally:

@@ -4,7 +4,6 @@ one process with the same global batch, and logs exactly one MLflow run."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from bplab.errors import ParamsError
 from bplab.train.distributed import Placement, resolve_device
-from conftest import REPO, mlflow_client, set_params, stage_env
+from conftest import REPO, free_port, mlflow_client, set_params, stage_env
 
 
 def test_shards_cover_each_batch_once() -> None:
@@ -30,12 +29,6 @@ def test_device_auto_is_cpu_and_cuda_without_a_gpu_is_a_params_error() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ParamsError, match="device: 'cuda' was asked for but no CUDA device is available"):
         resolve_device("cuda")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.e2e
