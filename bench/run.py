@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bplab import scratch as bplab_scratch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -67,19 +68,10 @@ EDITED_PARAM = "train.boston_module.lr"
 
 
 def mirror() -> Path:
-    value = os.environ.get("BPLAB_DATA_MIRROR") or str(REPO.parent / "shared" / "data")
-    path = Path(value) if Path(value).is_absolute() else (REPO / value)
-    if not (path / "mnist").is_dir():
-        sys.exit(f"bench: no data mirror at {path}; set BPLAB_DATA_MIRROR to a directory with mnist/ and boston/")
-    return path.resolve()
-
-
-def env_for_stages(**extra: str) -> dict[str, str]:
-    """This venv's python first on PATH (DVC stages call ``python``), the mirror, the default store."""
-    env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "DVC_EXP_NAME"}}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["BPLAB_DATA_MIRROR"] = str(mirror())
-    return env | extra
+    found = bplab_scratch.data_mirror(REPO)
+    if found is None:
+        sys.exit("bench: no data mirror; set BPLAB_DATA_MIRROR to a directory with mnist/ and boston/")
+    return found
 
 
 # --- the machine's limit ---------------------------------------------------------------------
@@ -147,8 +139,9 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     import torch
     import tutorial
 
-    from bplab.config import MnistPreprocess, load_params
+    from bplab.config import load_params
     from bplab.data import mnist
+    from bplab.data.mnist import MnistPreprocess
     from bplab.models import build_model
     from bplab.train.loop import Schedule, Task, fit
     from bplab.train.optim import build_optimizer
@@ -179,7 +172,7 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     shapes_bound = flops / (matmul["epoch_shapes_gflops"] * 1e9)
     return {
         "rows": [n_train, n_test], "gflop_per_epoch": flops / 1e9,
-        "bplab_s": bplab_s, "bplab_epochs_s": bplab_epochs, "bplab_eval_acc": records[-1].eval_acc,
+        "bplab_s": bplab_s, "bplab_epochs_s": bplab_epochs, "bplab_eval_acc": records[-1].metrics["eval_acc"],
         "tutorial_s": tutorial_s, "tutorial_epochs_s": seed_run["epoch_seconds"],
         "tutorial_eval_acc": seed_run["eval_acc"],
         "speedup": tutorial_s / bplab_s,
@@ -192,8 +185,7 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
 def flower_points():
     import torch
 
-    from bplab.config import FlowerDownload
-    from bplab.data.flower import generate
+    from bplab.data.flower import FlowerDownload, generate
 
     spec = FlowerDownload()
     train = generate(spec.n_points, spec.petals, spec.noise, spec.seed)
@@ -226,7 +218,7 @@ def flower_steps(sizes: Sizes) -> dict[str, Any]:
     torch.manual_seed(0)
     tutorial_s = tutorial.flower_net("seq_net", x, y, steps)
     return {"steps": steps, "bplab_s": bplab_s, "tutorial_s": tutorial_s, "speedup": tutorial_s / bplab_s,
-            "bplab_eval_acc": records[-1].eval_acc,
+            "bplab_eval_acc": records[-1].metrics["eval_acc"],
             "note": "bplab also evaluates on the 400 test points and counts accuracy every step"}
 
 
@@ -267,35 +259,6 @@ def tutorial_loops(sizes: Sizes, raw: Path) -> dict[str, float]:
 
 # --- the pipeline -----------------------------------------------------------------------------
 
-def scratch_copy(dest: Path, overrides: dict[str, Any]) -> Path:
-    """The working tree's tracked and unignored files in a new git repository, nothing run yet."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    (dest / "dvc.lock").unlink(missing_ok=True)
-    if overrides:
-        edit_params(dest, overrides)
-    git = ["git", "-c", "user.name=bplab-bench", "-c", "user.email=bench@bplab.invalid"]
-    for command in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "bench copy"]):
-        subprocess.run(command, cwd=dest, check=True, capture_output=True)
-    return dest
-
-
-def edit_params(repo: Path, overrides: dict[str, Any]) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def timed_repro(repo: Path, targets: list[str], env: dict[str, str]) -> dict[str, Any]:
     """``dvc repro``, timing each stage from its "Running stage" line to the next (DVC's own work included)."""
     started = time.perf_counter()
@@ -323,14 +286,15 @@ def timed_repro(repo: Path, targets: list[str], env: dict[str, str]) -> dict[str
 
 def pipeline(sizes: Sizes, scratch: Path) -> dict[str, Any]:
     """Cold repro (empty cache and store), no-op repro, and one params edit, in a scratch copy."""
-    repo = scratch_copy(scratch / "repo", sizes.pipeline_overrides)
+    repo = bplab_scratch.copy_repository(scratch / "repo", sizes.pipeline_overrides)
     timings = scratch / "stage-timings.jsonl"
-    env = env_for_stages(BPLAB_TIMINGS=str(timings))
+    mirror()
+    env = bplab_scratch.stage_env(repo, BPLAB_TIMINGS=str(timings))
     cold = timed_repro(repo, sizes.pipeline_targets, env)
     train_stages = [t for t in map(json.loads, timings.read_text().splitlines()) if t["stage"].startswith("train@")]
     noop = timed_repro(repo, sizes.pipeline_targets, env)
     old = yaml.safe_load((repo / "params.yaml").read_text())["train"]["boston_module"]["lr"]
-    edit_params(repo, {EDITED_PARAM: old * 2})
+    bplab_scratch.set_params(repo, {EDITED_PARAM: old * 2})
     edited = timed_repro(repo, sizes.pipeline_targets, env)
     return {"cold": cold, "noop": noop, "edit": edited | {"param": f"{EDITED_PARAM}: {old} -> {old * 2}"},
             "train_stages": train_stages,

@@ -2,7 +2,7 @@
 
 import argparse
 
-from bplab.cli import user_errors
+from bplab.cli import stage_process
 from bplab.config import load_params
 
 
@@ -11,7 +11,7 @@ def main() -> None:
     parser.add_argument("variant", help="a key under train: in params.yaml, e.g. mnist_mlp")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args = parser.parse_args()
-    with user_errors(f"evaluate@{args.variant}"):
+    with stage_process(f"evaluate@{args.variant}"):
         params = load_params(args.params)
         from bplab.evaluate import evaluate
 

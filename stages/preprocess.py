@@ -2,16 +2,16 @@
 
 import argparse
 
-from bplab.cli import user_errors
-from bplab.config import DATASETS, load_params
+from bplab.cli import stage_process
+from bplab.config import load_params
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("dataset", help="one of the datasets listed in params.yaml, e.g. mnist")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args = parser.parse_args()
-    with user_errors(f"preprocess@{args.dataset}"):
+    with stage_process(f"preprocess@{args.dataset}"):
         params = load_params(args.params)
         from bplab.data.stage import preprocess
 

@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def data_mirror() -> Path | None:
-    """``BPLAB_DATA_MIRROR`` if set, else ``../shared/data`` beside the repository, if present."""
-    value = os.environ.get("BPLAB_DATA_MIRROR")
-    candidate = Path(value) if value else REPO.parent / "shared" / "data"
-    candidate = candidate if candidate.is_absolute() else (REPO / candidate)
-    return candidate.resolve() if (candidate / "mnist").is_dir() else None
-
-
-def stage_env(**extra: str) -> dict[str, str]:
-    """Environment for stage subprocesses: this venv's python first on PATH, the default MLflow store."""
-    env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "DVC_EXP_NAME"}}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    mirror = data_mirror()
-    if mirror is not None:
-        env["BPLAB_DATA_MIRROR"] = str(mirror)
-    env.update(extra)
-    return env
+from bplab.scratch import REPO, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
         timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run a command, returning its output; on an unexpected exit status fail with its output."""
-    result = subprocess.run(cmd, cwd=cwd, env=env or stage_env(), capture_output=True, text=True, timeout=timeout)
+    """Run a command, returning its output; on an unexpected exit status fail with its output.
+
+    By default in :func:`stage_env` of ``cwd``: in a repository copy, the copy's own code runs.
+    """
+    result = subprocess.run(cmd, cwd=cwd, env=env or stage_env(cwd), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n"
                     f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
@@ -68,36 +48,6 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: flo
         assert process.poll() is None, f"{process.args[:4]} exited {process.returncode}:\n{log.read_text()}"
         assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s} s:\n{log.read_text()}"
         time.sleep(0.3)
-
-
-def copy_repo(dest: Path) -> Path:
-    """Copy the working tree's tracked and unignored files to ``dest`` as a fresh git repository."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    (dest / "dvc.lock").unlink(missing_ok=True)  # the copy starts with nothing run
-    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "test copy"], cwd=dest, check=True)
-    return dest
-
-
-def set_params(repo: Path, overrides: dict[str, Any]) -> None:
-    """Apply dotted-key overrides (``{"data.mnist.preprocess.train_limit": 512}``) to params.yaml."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture
@@ -176,7 +126,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Iterator[Path]:
     """A throwaway copy of the repository (git and DVC initialised, nothing run yet)."""
-    yield copy_repo(tmp_path / "repo")
+    yield copy_repository(tmp_path / "repo")
 
 
 def unavailable(reason: str) -> None:

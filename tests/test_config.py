@@ -12,7 +12,7 @@ import yaml
 
 from bplab.config import Params, load_params, parse_params
 from bplab.errors import ParamsError
-from conftest import REPO, run, set_params, stage_env
+from conftest import REPO, run, set_params
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -152,10 +152,43 @@ def test_unreadable_or_malformed_files_are_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("stage", ["download", "preprocess"])
 def test_stage_stops_before_any_work_or_mlflow_run(repo_copy: Path, stage: str) -> None:
     set_params(repo_copy, {"train.mnist_mlp.lrr": 0.1})
-    result = run([sys.executable, f"stages/{stage}.py", "flower"], repo_copy, stage_env(), check=False)
+    result = run([sys.executable, f"stages/{stage}.py", "flower"], repo_copy, check=False)
     assert result.returncode == 2
     assert f"{stage}@flower: error: params.yaml is invalid" in result.stderr
     assert "train.mnist_mlp.lrr: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (repo_copy / "mlflow.db").exists()
     assert not (repo_copy / "data" / "raw" / "flower").exists()
+
+
+@pytest.mark.parametrize(("datasets", "expected"), [
+    (["mnist", "boston", "flower", "cifar"],
+     "datasets: no dataset 'cifar': src/bplab/data/cifar.py does not exist (a dataset is one module there"),
+    (["mnist", "boston", "flower", "fetch"], "datasets: src/bplab/data/fetch.py is not a dataset module"),
+    (["mnist", "boston", "flower", "Wine!"], "datasets: 'Wine!' is not a dataset name"),
+    ([], "datasets: List should have at least 1 item"),
+])
+def test_datasets_must_name_dataset_modules(datasets: list[str], expected: str) -> None:
+    assert expected in error_for(edited("datasets", datasets))
+
+
+def test_a_dataset_section_needs_its_dataset_listed_and_vice_versa() -> None:
+    without_mnist = edited("datasets", ["boston", "flower"])
+    assert "data.mnist: unknown key; allowed keys: boston, flower" in error_for(without_mnist)
+    assert "datasets: required key is missing" in error_for(edited("datasets", None, delete=True))
+    params = edited("datasets", ["boston", "flower", "mnist"])
+    del params["data"]["mnist"]
+    assert "data.mnist: required key is missing" in error_for(params)  # mnist has no default mirrors
+
+
+def test_a_dataset_whose_params_all_have_defaults_may_leave_its_section_out() -> None:
+    params = copy.deepcopy(RAW)
+    del params["data"]["flower"]
+    assert parse_params(params).data.flower.download.n_points == 400
+
+
+def test_a_data_stage_for_an_unlisted_dataset_stops_naming_the_list(repo_copy: Path) -> None:
+    result = run([sys.executable, "stages/download.py", "wine"], repo_copy, check=False)
+    assert result.returncode == 2
+    assert ("download@wine: error: datasets: 'wine' is not listed in params.yaml; listed: mnist, boston, flower"
+            in result.stderr)

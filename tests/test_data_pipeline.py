@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bplab.data import processed
-from conftest import NO_MIRROR, copy_repo, run, unavailable
+from conftest import NO_MIRROR, copy_repository, run, unavailable
 
 pytestmark = pytest.mark.e2e
 DATASETS = ("mnist", "boston", "flower")
@@ -21,7 +21,7 @@ def repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     if data_mirror() is None:
         unavailable(NO_MIRROR)
-    repo = copy_repo(tmp_path_factory.mktemp("data-pipeline") / "repo")
+    repo = copy_repository(tmp_path_factory.mktemp("data-pipeline") / "repo")
     result = run(["dvc", "repro", *(f"preprocess@{d}" for d in DATASETS)], repo)
     return repo, result.stdout
 

@@ -19,17 +19,13 @@ from torch import nn
 
 from bplab.config import ModelSpec, VariantParams, load_params
 from bplab.models import (
-    BatchNet,
-    LogisticRegression,
-    ModuleNet,
-    TestNet,
-    TwoLayerNet,
     build_model,
     initialize,
     layer_names,
     layer_parameters,
-    load_whole_model,
 )
+from bplab.networks import BatchNet, LogisticRegression, ModuleNet, TestNet, TwoLayerNet
+from bplab.safe_load import load_whole_model
 from conftest import REPO
 
 PARAMS = load_params(REPO / "params.yaml")

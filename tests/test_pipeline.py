@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bplab.config import load_params
-from conftest import NO_MIRROR, REPO, copy_repo, data_mirror, run, set_params, unavailable
+from conftest import NO_MIRROR, REPO, copy_repository, data_mirror, run, set_params, unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ TINY = {
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     if data_mirror() is None:
         unavailable(NO_MIRROR)
-    repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    repo = copy_repository(tmp_path_factory.mktemp("pipeline") / "repo")
     set_params(repo, TINY)
     result = run(["dvc", "repro"], repo)
     git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]

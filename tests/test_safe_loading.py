@@ -83,7 +83,8 @@ def test_training_ignores_a_checkpoint_that_would_run_code(workspace: Path) -> N
 
 
 def test_every_architecture_loads_back_through_the_allowlist(tmp_path: Path, params: Params) -> None:
-    from bplab.models import build_model, load_whole_model
+    from bplab.models import build_model
+    from bplab.safe_load import load_whole_model
 
     widths = {"mnist": (784, 10), "boston": (13, 1), "flower": (2, 1)}
     for name, variant in params.train.items():
@@ -100,7 +101,7 @@ def test_every_architecture_loads_back_through_the_allowlist(tmp_path: Path, par
 
 def test_a_file_holding_no_model_is_refused_naming_it(tmp_path: Path) -> None:
     from bplab.errors import ModelFileError
-    from bplab.models import load_state_dict, load_whole_model
+    from bplab.safe_load import load_state_dict, load_whole_model
 
     path = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(2)}, path)

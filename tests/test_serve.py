@@ -22,8 +22,10 @@ from bplab import track
 from bplab.config import Params
 from bplab.data import processed
 from bplab.evaluate import evaluate, predict
-from bplab.models import build_model, load_state_dict
+from bplab.models import build_model
 from bplab.paths import model_dir, processed_dir
+from bplab.recorder import SERVING_DEVICE
+from bplab.safe_load import load_state_dict
 from bplab.train.stage import train
 from conftest import free_port, tiny, wait_for_http
 
@@ -64,7 +66,7 @@ def test_pyfunc_picks_the_cpu_even_where_cuda_is_available(workspace: Path, para
     output = capfd.readouterr()
     assert "Failed to validate serving input" not in output.out + output.err
     flavor = Model.load(record["model_uri"]).flavors["python_function"]
-    assert flavor["loader_module"] == "mlflow.pytorch" and flavor["config"] == {"device": track.SERVING_DEVICE}
+    assert flavor["loader_module"] == "mlflow.pytorch" and flavor["config"] == {"device": SERVING_DEVICE}
 
     rows = _test_rows("boston")
     answers = mlflow.pyfunc.load_model(record["model_uri"]).predict(rows)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -32,35 +29,6 @@ def test_run_tags_include_dvc_exp_when_set(mlflow_repo: Path, monkeypatch: pytes
     tags = track.run_tags(dataset="mnist", stage="train", variant="mnist_mlp")
     assert tags["dvc_exp"] == "lively-lark"
     assert (tags["dataset"], tags["stage"], tags["variant"]) == ("mnist", "train", "mnist_mlp")
-
-
-@pytest.mark.parametrize(("error", "status"), [
-    (None, "FINISHED"), (RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
-def test_stage_run_always_ends_with_a_status(mlflow_repo: Path, error: BaseException | None, status: str) -> None:
-    from mlflow import MlflowClient
-
-    holder = {}
-    with pytest.raises(type(error)) if error else nullcontext():
-        with track.stage_run("toy", "step", {"stage": "step"}) as run:
-            holder["id"] = run.info.run_id
-            if error:
-                raise error
-    client = MlflowClient(track.tracking_uri())
-    assert client.get_run(holder["id"]).info.status == status
-    assert client.get_experiment_by_name("toy").artifact_location == (mlflow_repo / "mlartifacts" / "toy").as_uri()
-
-
-def test_sigterm_ends_the_run_as_killed(mlflow_repo: Path) -> None:
-    from mlflow import MlflowClient
-
-    holder = {}
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        with track.stage_run("toy", "step", {}) as run:
-            holder["id"] = run.info.run_id
-            os.kill(os.getpid(), signal.SIGTERM)
-    assert MlflowClient(track.tracking_uri()).get_run(holder["id"]).info.status == "KILLED"
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_flatten() -> None:

@@ -13,11 +13,12 @@ from bplab.track import Terminated
 
 
 @contextmanager
-def user_errors(stage: str) -> Iterator[None]:
-    """Print a :class:`BplabError` as ``<stage>: error: <message>`` and exit 2, without a traceback.
+def stage_process(stage: str) -> Iterator[None]:
+    """The body of a stage's process: how it ends, on an error, an interrupt, or success.
 
-    An interrupt (Ctrl-C, or SIGTERM turned into one by :func:`bplab.track.stage_run`) exits
-    130 or 143, the shell's codes for those signals.
+    A :class:`BplabError` prints as ``<stage>: error: <message>`` and exits 2, without a
+    traceback. An interrupt (Ctrl-C, or SIGTERM turned into one by
+    :meth:`bplab.recorder.Recorder.run`) exits 130 or 143, the shell's codes for those signals.
 
     When the stage's work is done, the objects alive are frozen out of the garbage collector:
     the interpreter's final collection then skips the millions that torch, MLflow and SQLAlchemy

@@ -12,14 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from bplab import registry, track
+from bplab.data import catalog
 
-DATASETS = ("flower", "mnist", "boston")
 PARAMS = ("model.arch", "model.hidden", "optimizer", "lr", "batch_size", "epochs", "init")
-METRICS = {
-    "flower": ("test_acc", "test_loss", "train_acc"),
-    "mnist": ("test_acc", "test_loss", "train_acc"),
-    "boston": ("test_rmse", "test_mae", "test_r2", "train_loss"),
-}
 
 
 def _champion_run(client: Any, dataset: str) -> str | None:
@@ -31,10 +26,27 @@ def _champion_run(client: Any, dataset: str) -> str | None:
         return None
 
 
-def study(client: Any, datasets: tuple[str, ...] = DATASETS, every_run: bool = False) -> dict[str, list[dict]]:
-    """Rows per dataset: variant, params, metrics, champion flag, run id and ``dvc_exp`` tag."""
+def _datasets_in_store(client: Any) -> tuple[str, ...]:
+    """The store's experiments that are datasets (a module ``bplab/data/<name>.py``), by name."""
+    from bplab.errors import ParamsError
+
+    found = []
+    for experiment in client.search_experiments():
+        try:
+            catalog.dataset(experiment.name)
+        except ParamsError:
+            continue
+        found.append(experiment.name)
+    return tuple(sorted(found))
+
+
+def study(client: Any, datasets: tuple[str, ...] | None = None, every_run: bool = False) -> dict[str, list[dict]]:
+    """Rows per dataset: variant, params, metrics, champion flag, run id and ``dvc_exp`` tag.
+
+    ``datasets`` defaults to every dataset with an experiment in the store.
+    """
     tables: dict[str, list[dict]] = {}
-    for dataset in datasets:
+    for dataset in datasets or _datasets_in_store(client):
         experiment = client.get_experiment_by_name(dataset)
         if experiment is None:
             continue
@@ -50,7 +62,7 @@ def study(client: Any, datasets: tuple[str, ...] = DATASETS, every_run: bool = F
             seen.add(variant)
             row: dict[str, Any] = {"variant": variant}
             row |= {p: run.data.params.get(p, "") for p in PARAMS}
-            row |= {m: run.data.metrics.get(m) for m in METRICS[dataset]}
+            row |= {m: run.data.metrics.get(m) for m in catalog.dataset(dataset).compare_columns}
             row["champion"] = "★" if run.info.run_id == champion else ""
             row["dvc_exp"] = run.data.tags.get("dvc_exp", "")
             row["run_id"] = run.info.run_id[:8]
@@ -75,15 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bplab.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("compare.md"), help="Markdown file (default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="every finished run, not only each variant's latest")
-    parser.add_argument("--dataset", action="append", choices=DATASETS, help="only these datasets (repeatable)")
+    parser.add_argument("--dataset", action="append", help="only these datasets (repeatable; default: all)")
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
     uri = track.tracking_uri()
-    tables = study(MlflowClient(uri), tuple(args.dataset or DATASETS), args.all)
-    print(f"MLflow store: {uri}\n")
+    tables = study(MlflowClient(uri), tuple(args.dataset or ()), args.all)
+    print(f"MLflow store: {track.redact(uri)}\n")
     print(render(tables, "simple"))
-    markdown = f"# bplab: variants compared\n\nFrom the MLflow store `{uri}`.\n\n{render(tables, 'github')}"
+    markdown = (f"# bplab: variants compared\n\nFrom the MLflow store `{track.redact(uri)}`.\n\n"
+                f"{render(tables, 'github')}")
     args.out.write_text(markdown)
     print(f"Written to {args.out}")
     return 0

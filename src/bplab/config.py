@@ -9,30 +9,27 @@ full dotted key (``train.mnist_mlp.lrr``) and what is allowed.
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AnyUrl,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from bplab.errors import ParamsError
+from bplab.models import ARCHITECTURES
 
-DATASETS = ("mnist", "boston", "flower")
-Dataset = Literal["mnist", "boston", "flower"]
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 InitName = Literal["default", "normal", "uniform", "constant", "xavier", "kaiming"]
-ArchName = Literal[
-    "logreg", "twolayer", "seq_net", "module_net", "mnist_net", "batch_net",
-    "mlp_model", "mlp_model2", "test_net",
-]
+ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -40,131 +37,15 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     """Base for every params section: unknown keys are errors, no silent type coercion."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# --- data -----------------------------------------------------------------------------------
-
-class FetchPolicy(_Strict):
-    """How hard a download tries each source before moving to the next."""
-
-    retries: PositiveInt = 3
-    backoff_s: NonNegativeFloat = 1.0
-    timeout_s: PositiveFloat = 30.0
-
-
-class MnistDownload(FetchPolicy):
-    mirrors: list[AnyUrl] = Field(min_length=1)
-
-    @field_validator("mirrors", mode="before")
-    @classmethod
-    def _urls_from_strings(cls, value: Any) -> Any:
-        # strict mode would refuse plain YAML strings for AnyUrl; parse them explicitly.
-        if isinstance(value, list):
-            return [AnyUrl(v) if isinstance(v, str) else v for v in value]
-        return value
-
-
-class MnistPreprocess(_Strict):
-    mean: float = 0.5
-    std: PositiveFloat = 0.5
-    train_limit: PositiveInt | None = None
-    test_limit: PositiveInt | None = None
-
-
-class MnistData(_Strict):
-    download: MnistDownload
-    preprocess: MnistPreprocess = MnistPreprocess()
-
-
-class BostonSource(_Strict):
-    """One place to get the Boston table, and the layout its bytes come in."""
-
-    url: str = Field(min_length=1)
-    format: Literal["statlib", "csv"]
-
-
-BOSTON_FEATURES = (
-    "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
-)
-BOSTON_TARGET = "MEDV"
-
-
-class BostonDownload(FetchPolicy):
-    sources: list[BostonSource] = Field(min_length=1)
-
-
-class BostonPreprocess(_Strict):
-    test_size: Fraction = 0.2
-    split_seed: int = 42
-    drop_features: list[Literal[BOSTON_FEATURES]] = []  # type: ignore[valid-type]
-
-    @field_validator("drop_features")
-    @classmethod
-    def _keep_at_least_one(cls, value: list[str]) -> list[str]:
-        if len(set(value)) >= len(BOSTON_FEATURES):
-            raise ValueError("cannot drop every feature")
-        return value
-
-
-class BostonData(_Strict):
-    download: BostonDownload
-    preprocess: BostonPreprocess = BostonPreprocess()
-
-
-class FlowerDownload(_Strict):
-    """Parameters of the tutorial's two-class flower generator."""
-
-    n_points: PositiveInt = 400
-    petals: PositiveInt = 4
-    noise: NonNegativeFloat = 0.2
-    seed: int = 1
-    test_points: PositiveInt = 400
-    test_seed: int = 2
-
-    @model_validator(mode="after")
-    def _distinct_seeds(self) -> FlowerDownload:
-        if self.seed == self.test_seed:
-            raise ValueError("test_seed must differ from seed, or the test points repeat the training points")
-        return self
-
-    @field_validator("n_points", "test_points")
-    @classmethod
-    def _even(cls, value: int) -> int:
-        if value % 2:
-            raise ValueError("must be even: the flower has two classes of equal size")
-        return value
-
-
-class FlowerPreprocess(_Strict):
-    standardize: bool = False
-
-
-class FlowerData(_Strict):
-    download: FlowerDownload = FlowerDownload()
-    preprocess: FlowerPreprocess = FlowerPreprocess()
-
-
-class DataParams(_Strict):
-    mnist: MnistData
-    boston: BostonData
-    flower: FlowerData = FlowerData()
-
-
 # --- training --------------------------------------------------------------------------------
 
-# How many hidden widths each architecture takes: (at least, at most); None = no upper bound.
-HIDDEN_LAYERS: dict[str, tuple[int, int | None]] = {
-    "logreg": (0, 0), "twolayer": (1, 1), "seq_net": (1, None), "module_net": (1, 1),
-    "mnist_net": (1, None), "batch_net": (2, 2), "mlp_model": (2, 2), "mlp_model2": (1, None),
-    "test_net": (1, 1),
-}
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """Which tutorial network to build and its sizes; input/output widths come from the data."""
 
     arch: ArchName
@@ -173,17 +54,18 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _hidden_fits_arch(self) -> ModelSpec:
-        least, most = HIDDEN_LAYERS[self.arch]
+        architecture = ARCHITECTURES[self.arch]
+        least, most = architecture.least_hidden, architecture.most_hidden
         if len(self.hidden) < least or (most is not None and len(self.hidden) > most):
             wanted = f"exactly {least}" if least == most else f"at least {least}"
             raise ValueError(f"hidden: {self.arch} takes {wanted} hidden width(s), got {self.hidden}")
         return self
 
 
-class VariantParams(_Strict):
+class VariantParams(Strict):
     """One model variant of the tutorials: model, loss (from the dataset), optimizer, schedule."""
 
-    dataset: Dataset
+    dataset: str  # one of params.yaml's datasets: (each load narrows this to them, see params_model)
     model: ModelSpec
     epochs: PositiveInt
     batch_size: PositiveInt | None = None
@@ -197,7 +79,7 @@ class VariantParams(_Strict):
     param_groups: dict[str, PositiveFloat] = {}
 
 
-class TrackingParams(_Strict):
+class TrackingParams(Strict):
     """How much of a training run MLflow records (``history/<variant>.csv`` keeps every epoch)."""
 
     # Longer runs log every k-th epoch (plus the first and last) so that at most this many points
@@ -206,13 +88,15 @@ class TrackingParams(_Strict):
     max_epoch_points: PositiveInt | None = 1000
 
 
-class Params(_Strict):
-    """The whole of params.yaml."""
+class Params(Strict):
+    """The whole of params.yaml. ``data`` holds one section per dataset, each validated by the
+    params model its module declares (see :func:`params_model`)."""
 
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tracking: TrackingParams = TrackingParams()
-    data: DataParams
+    datasets: list[str] = Field(min_length=1)
+    data: BaseModel
     train: dict[str, VariantParams] = {}
 
     @field_validator("train")
@@ -229,6 +113,32 @@ class Params(_Strict):
             return self.train[name]
         except KeyError:
             raise ParamsError(f"train.{name}: no such variant in params.yaml; known: {', '.join(self.train)}") from None
+
+
+class _DatasetList(BaseModel):
+    """The ``datasets:`` key alone, validated first: it decides how the rest is validated."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    datasets: list[str] = Field(min_length=1)
+
+
+@cache
+def params_model(datasets: tuple[str, ...]) -> type[Params]:
+    """:class:`Params` for these datasets: ``data.<name>`` validated by each dataset's own params
+    model, and a variant's ``dataset`` one of them."""
+    from bplab.data.catalog import dataset
+
+    sections: dict[str, Any] = {}
+    for name in datasets:
+        section = dataset(name).params
+        try:
+            sections[name] = (section, section())  # every key has a default: the section may be left out
+        except ValidationError:
+            sections[name] = (section, ...)
+    data = create_model("DataParams", __base__=Strict, **sections)
+    variant = create_model("VariantParams", __base__=VariantParams,
+                           dataset=(Literal[datasets], ...))  # type: ignore[valid-type]
+    return create_model("Params", __base__=Params, data=(data, ...), train=(dict[str, variant], {}))
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -282,15 +192,24 @@ def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     return f"{key}: {error['msg']}{shown}"
 
 
+def _validated(model: type[BaseModel], raw: dict[str, Any], source: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = sorted({_describe(err, model) for err in exc.errors()})
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  {line}" for line in lines)) from None
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate an already-parsed params mapping; raise :class:`ParamsError` naming each bad key."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    names = tuple(_validated(_DatasetList, raw, source).datasets)
     try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        lines = sorted({_describe(err, Params) for err in exc.errors()})
-        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  {line}" for line in lines)) from None
+        model = params_model(names)
+    except ParamsError as exc:
+        raise ParamsError(f"{source} is invalid:\n  {exc}") from None
+    return _validated(model, raw, source)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

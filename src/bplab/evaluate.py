@@ -15,22 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bplab import plots, registry, track
+from bplab import plots, registry
 from bplab.config import Params
-from bplab.data import processed
+from bplab.data import catalog, processed
 from bplab.errors import BplabError, DataError
 from bplab.outputs import publish_directory, write_text_atomic
 from bplab.paths import RUN_FILE, STATE_DICT_FILE, WHOLE_MODEL_FILE, metrics_file, model_dir, plots_dir, processed_dir
+from bplab.recorder import Recorder
 
 if TYPE_CHECKING:
     import torch
-    from matplotlib.figure import Figure
 
-# The test metric that picks the registry champion per task, and whether higher is better.
-SELECTION = {"multiclass": ("test_acc", True), "binary": ("test_acc", True), "regression": ("test_rmse", False)}
 # Both forms hold the same weights; any difference beyond rounding means a file was altered.
 AGREEMENT_ATOL = 1e-4
-MISCLASSIFIED_SHOWN = 40
 
 
 class EvaluationError(BplabError):
@@ -75,43 +72,28 @@ def compute_test_metrics(task_kind: str, outputs: torch.Tensor, target: torch.Te
             "test_r2": 1.0 - residual_ss / total_ss}
 
 
-def pictures(task_kind: str, name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-             outputs: torch.Tensor) -> dict[str, Figure]:
-    """The pictures people look at for this kind of model, by file name."""
+def evaluation_of(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     outputs: torch.Tensor) -> catalog.Evaluation:
+    """The test split's rows, targets and outputs as NumPy arrays, for a dataset's pictures."""
     import torch
 
-    if task_kind == "binary":
-        def classify(grid: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return (model(torch.from_numpy(grid)) > 0).numpy()
+    def on_rows(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(rows)).numpy()
 
-        return {"decision_boundary.png": plots.decision_boundary(
-            classify, x.numpy(), y.numpy(), title=f"{name}: decision boundary on the test points")}
-    if task_kind == "multiclass":
-        predicted = outputs.argmax(dim=1).numpy()
-        actual = y.numpy()
-        classes = outputs.shape[1]
-        matrix = np.bincount(actual * classes + predicted, minlength=classes * classes).reshape(classes, classes)
-        wrong = np.flatnonzero(predicted != actual)[:MISCLASSIFIED_SHOWN]
-        return {
-            "confusion_matrix.png": plots.confusion_matrix(matrix, f"{name}: test confusion matrix"),
-            "misclassified.png": plots.digit_grid(
-                x.numpy()[wrong], [f"{actual[i]}→{predicted[i]}" for i in wrong],
-                title=f"{name}: first {len(wrong)} misclassified test digits (true→predicted)"),
-        }
-    return {"predicted_vs_actual.png": plots.regression_diagnostics(
-        y.numpy(), outputs.numpy(), f"{name}: test split")}
+    return catalog.Evaluation(name, x.numpy(), y.numpy(), outputs.numpy(), on_rows)
 
 
 def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Path):
     """The state_dict in a freshly built model, and the whole saved model; neither load can run code.
 
     Both files may come from a DVC remote, so both load with ``weights_only=True`` (the whole
-    model with the allowlist of :data:`bplab.models.WHOLE_MODEL_CLASSES`). The MLflow-logged pt2
+    model with the allowlist of :data:`bplab.networks.WHOLE_MODEL_CLASSES`). The MLflow-logged pt2
     model is not loaded here: loading it imports ``torch._dynamo`` and takes seconds per stage;
     the tests check that it predicts alike.
     """
-    from bplab.models import build_model, load_state_dict, load_whole_model
+    from bplab.models import build_model
+    from bplab.safe_load import load_state_dict, load_whole_model
 
     variant = params.variant(name)
     fresh = build_model(variant.model, record["n_inputs"], record["n_outputs"])
@@ -124,20 +106,32 @@ def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Pa
     return fresh.eval(), load_whole_model(model_dir(name, root) / WHOLE_MODEL_FILE)
 
 
+def _register(record: dict[str, Any], name: str, dataset: str, score: registry.Score,
+              recorder: Recorder) -> registry.Registration:
+    registration = registry.register(record["model_uri"], dataset, name, record["run_id"], score)
+    recorder.set_tags({"registered_model": registration.name, "registered_version": registration.version,
+                       "champion_version": registration.champion_version})
+    print(f"evaluate@{name}: {score.metric} {score.value:.6g}; registered {registration.name} version "
+          f"{registration.version}; {registry.CHAMPION}: version {registration.champion_version} "
+          f"({score.metric} {registration.champion_value:.6g} on test split {score.test_digest})", file=sys.stderr)
+    return registration
+
+
 def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Evaluate variant ``name`` on the test split, log into its train run, register the model.
 
     Returns the metrics with the registry outcome.
     """
     variant = params.variant(name)
+    dataset = catalog.dataset(variant.dataset)
     record = load_run_record(name, root)
-    import mlflow
     import torch
 
     test_split = processed.load(processed_dir(variant.dataset, root), ("test",)).splits["test"]
     test_digest = processed.content_digest(*test_split)
     x, y = (torch.from_numpy(a) for a in test_split)
-    with track.stage_run(variant.dataset, name, {registry.TEST_DIGEST_TAG: test_digest}, run_id=record["run_id"]):
+    with Recorder.run(variant.dataset, name, {registry.TEST_DIGEST_TAG: test_digest},
+                      run_id=record["run_id"]) as recorder:
         fresh, whole = _load_both_forms(record, params, name, root)
         outputs = predict(fresh, x, variant.eval_batch_size)
         disagreement = float((predict(whole, x, variant.eval_batch_size) - outputs).abs().max())
@@ -146,23 +140,17 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
                 f"{name}: models/{name}/model.pt and models/{name}/state_dict.pt predict "
                 f"differently on the test split (max |difference| {disagreement:.3g} > {AGREEMENT_ATOL})")
         metrics = compute_test_metrics(record["task"], outputs, y)
-        mlflow.log_metrics(metrics | {"saved_forms_max_abs_diff": disagreement})
+        recorder.log_metrics(metrics | {"saved_forms_max_abs_diff": disagreement})
 
         def draw(staging: Path) -> None:
-            for file_name, figure in pictures(record["task"], name, fresh, x, y, outputs).items():
+            for file_name, figure in dataset.evaluation_pictures(evaluation_of(name, fresh, x, y, outputs)).items():
                 plots.save(figure, staging / file_name)
 
         out = plots_dir(name, root)
         publish_directory(out, draw)
-        mlflow.log_artifacts(str(out), "plots")
-
-        metric, higher_is_better = SELECTION[record["task"]]
-        score = registry.Score(metric, metrics[metric], higher_is_better, test_digest)
-        registration = registry.register(record["model_uri"], variant.dataset, name, record["run_id"], score)
-        mlflow.set_tags({"registered_model": registration.name, "registered_version": registration.version,
-                         "champion_version": registration.champion_version})
-        print(f"evaluate@{name}: {metric} {score.value:.6g}; registered {registration.name} version "
-              f"{registration.version}; {registry.CHAMPION}: version {registration.champion_version} "
-              f"({metric} {registration.champion_value:.6g} on test split {test_digest})", file=sys.stderr)
+        recorder.log_directory(out, "plots")
+        score = registry.Score(dataset.champion.metric, metrics[dataset.champion.metric],
+                               dataset.champion.higher_is_better, test_digest)
+        registration = _register(record, name, variant.dataset, score, recorder)
         write_text_atomic(metrics_file(name, root), json.dumps(metrics, indent=2) + "\n")
     return metrics | {"registered_version": registration.version, "promoted": registration.promoted}

@@ -73,29 +73,37 @@ def flower_scatter(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     return fig
 
 
-def learning_curves(history: dict[str, list[float]], title: str = "", step_losses: list[float] | None = None) -> Figure:
-    """The tutorial's four curves in one figure: loss and accuracy, train and eval, per epoch.
+_PANEL_NAMES = {"loss": "loss", "acc": "accuracy"}
+_LINE_NAMES = {"train": "train", "eval": "eval (test split)"}
 
-    ``history`` maps ``epoch``, ``train_loss``, ``eval_loss`` and optionally ``train_acc``,
-    ``eval_acc`` to lists. ``step_losses`` adds the per-iteration training loss (seed 004 §3.6).
+
+def learning_curves(epochs: Sequence[int], metrics: dict[str, Sequence[float]], title: str = "",
+                    step_losses: Sequence[float] | None = None) -> Figure:
+    """The tutorial's curves per epoch: a panel per metric, its train and eval values together.
+
+    ``metrics`` maps names such as ``train_loss``, ``eval_loss``, ``train_acc`` to one value per
+    epoch; ``train_x`` and ``eval_x`` share panel ``x``, any other name has a panel of its own.
+    ``step_losses`` adds the per-iteration training loss (seed 004 §3.6).
     """
-    panels = ["loss"] + (["accuracy"] if "train_acc" in history else []) + (["steps"] if step_losses else [])
-    fig = Figure(figsize=(5 * len(panels), 3.8))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    epochs = history["epoch"]
-    for ax, panel in zip(axes.flat, panels):
-        if panel == "steps":
-            ax.plot(range(1, len(step_losses) + 1), step_losses, "r-", linewidth=0.8)
-            ax.set(title="train loss per iteration", xlabel="iteration", ylabel="loss")
-            continue
-        key = "loss" if panel == "loss" else "acc"
-        ax.plot(epochs, history[f"train_{key}"], label="train")
-        ax.plot(epochs, history[f"eval_{key}"], label="eval (test split)")
-        ax.set(title=f"{panel} per epoch", xlabel="epoch", ylabel=panel)
-        if panel == "loss" and min(history["train_loss"] + history["eval_loss"]) > 0:
+    panels: dict[str, list[str]] = {}
+    for name in metrics:
+        split, _, rest = name.partition("_")
+        panels.setdefault(rest if split in _LINE_NAMES and rest else name, []).append(name)
+    count = len(panels) + (1 if step_losses else 0)
+    fig = Figure(figsize=(5 * count, 3.8))
+    axes = list(fig.subplots(1, count, squeeze=False).flat)
+    for ax, (panel, names) in zip(axes, panels.items()):
+        label = _PANEL_NAMES.get(panel, panel)
+        for name in names:
+            ax.plot(epochs, metrics[name], label=_LINE_NAMES.get(name.partition("_")[0], name))
+        ax.set(title=f"{label} per epoch", xlabel="epoch", ylabel=label)
+        if panel == "loss" and min(v for name in names for v in metrics[name]) > 0:
             ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)
+    if step_losses:
+        axes[-1].plot(range(1, len(step_losses) + 1), step_losses, "r-", linewidth=0.8)
+        axes[-1].set(title="train loss per iteration", xlabel="iteration", ylabel="loss")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -145,6 +153,12 @@ def decision_boundary(predict, x: np.ndarray, y: np.ndarray, title: str = "", st
     ax.set(xlabel="x1", ylabel="x2", title=title)
     fig.tight_layout()
     return fig
+
+
+def confusion_counts(actual: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """(classes, classes) counts of true class (rows) against predicted class (columns)."""
+    actual, predicted = np.asarray(actual).ravel(), np.asarray(predicted).ravel()
+    return np.bincount(actual * classes + predicted, minlength=classes * classes).reshape(classes, classes)
 
 
 def confusion_matrix(matrix: np.ndarray, title: str = "") -> Figure:

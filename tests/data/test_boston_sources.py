@@ -16,8 +16,8 @@ import random
 
 import pytest
 
-from bplab.config import BostonDownload, BostonSource
 from bplab.data import boston
+from bplab.data.boston import BostonDownload, BostonSource
 from bplab.data.fetch import MIRROR_ENV
 from bplab.errors import DataError, DownloadError
 from conftest import data_mirror, unavailable

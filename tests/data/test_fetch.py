@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bplab.config import FetchPolicy, MnistDownload
 from bplab.data import mnist
-from bplab.data.fetch import MIRROR_ENV, Candidate, FetchedFile, fetch_file, gunzip
+from bplab.data.fetch import MIRROR_ENV, Candidate, FetchedFile, FetchPolicy, fetch_file, gunzip
+from bplab.data.mnist import MnistDownload
 from bplab.errors import DownloadError
 from conftest import data_mirror, unavailable
 

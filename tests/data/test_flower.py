@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bplab.config import FlowerDownload, FlowerPreprocess
 from bplab.data import flower
+from bplab.data.flower import FlowerDownload, FlowerPreprocess
 from bplab.errors import DataError
 
 

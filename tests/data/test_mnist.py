@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bplab.config import MnistPreprocess
 from bplab.data import mnist
+from bplab.data.mnist import MnistPreprocess
 from bplab.errors import DataError
 
 

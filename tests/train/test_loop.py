@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from bplab.config import VariantParams, load_params
-from bplab.data import flower
+from bplab.data import catalog, flower
 from bplab.models import build_model, initialize
 from bplab.train.loop import (
-    TASK_OF_DATASET,
     BatchSizeError,
     EpochRecord,
     Schedule,
@@ -56,7 +55,7 @@ def make_data(dataset: str, n: int | None = None, seed: int = 1234) -> tuple[tor
 
 def setup(v: VariantParams, seed: int, n_in: int):
     """Model, optimizer and generator exactly as the train stage builds them."""
-    task = Task(TASK_OF_DATASET[v.dataset])
+    task = Task(catalog.dataset(v.dataset).task)
     n_out = 10 if task.kind == "multiclass" else 1
     torch.manual_seed(seed)
     model = initialize(build_model(v.model, n_in, n_out), v.init)
@@ -102,15 +101,15 @@ def test_every_variant_learns(name: str) -> None:
     assert after < 0.97 * before, (before, after)
     records = flat(calls)
     assert [r.epoch for r in records] == list(range(1, epochs + 1))
-    assert records[-1].train_loss < records[0].train_loss
+    assert records[-1].metrics["train_loss"] < records[0].metrics["train_loss"]
     steps = math.ceil(len(x) / (v.batch_size or len(x)))
     assert all(len(r.step_losses) == steps for r in records)
     for r in records:
         if task.kind == "regression":
-            assert r.train_acc is None and r.eval_acc is None
+            assert "train_acc" not in r.metrics and "eval_acc" not in r.metrics
         else:
-            assert 0.0 <= r.train_acc <= 1.0 and 0.0 <= r.eval_acc <= 1.0
-        assert math.isfinite(r.train_loss) and math.isfinite(r.eval_loss) and r.seconds >= 0
+            assert 0.0 <= r.metrics["train_acc"] <= 1.0 and 0.0 <= r.metrics["eval_acc"] <= 1.0
+        assert math.isfinite(r.metrics["train_loss"]) and math.isfinite(r.metrics["eval_loss"]) and r.seconds >= 0
 
 
 def test_records_cover_each_epoch_once_with_partial_last_batch() -> None:
@@ -123,7 +122,7 @@ def test_records_cover_each_epoch_once_with_partial_last_batch() -> None:
     # train_loss is the row-weighted mean of the step losses (the last batch has 22 rows).
     for r in records:
         weighted = (64 * r.step_losses[0] + 64 * r.step_losses[1] + 22 * r.step_losses[2]) / 150
-        assert r.train_loss == pytest.approx(weighted, rel=1e-6)
+        assert r.metrics["train_loss"] == pytest.approx(weighted, rel=1e-6)
 
 
 def test_full_batch_has_one_step_per_epoch() -> None:
@@ -133,8 +132,8 @@ def test_full_batch_has_one_step_per_epoch() -> None:
     records = flat(calls)
     assert [len(r.step_losses) for r in records] == [1, 1, 1, 1]
     for r in records:
-        assert r.train_loss == pytest.approx(r.step_losses[0], rel=1e-6)
-        assert 0.0 <= r.train_acc <= 1.0
+        assert r.metrics["train_loss"] == pytest.approx(r.step_losses[0], rel=1e-6)
+        assert 0.0 <= r.metrics["train_acc"] <= 1.0
 
 
 def test_regression_has_no_accuracy() -> None:
@@ -142,7 +141,7 @@ def test_regression_has_no_accuracy() -> None:
     x, y = make_data("boston")
     _, calls = run_fit(v, (x, y), epochs=2, batch_size=50)
     for r in flat(calls):
-        assert r.train_acc is None and r.eval_acc is None
+        assert "train_acc" not in r.metrics and "eval_acc" not in r.metrics
         assert len(r.step_losses) == 3  # ceil(128 / 50)
 
 
@@ -228,7 +227,7 @@ def test_divergence_stops_training_naming_epoch_and_step(how: str) -> None:
     assert "epoch" in message and "step" in message
     assert "lower the learning rate" in message
     # Epochs reported before the failing one were all finite.
-    assert all(math.isfinite(r.train_loss) for r in flat(calls))
+    assert all(math.isfinite(r.metrics["train_loss"]) for r in flat(calls))
 
 
 def test_divergence_message_names_the_first_bad_step() -> None:

@@ -161,3 +161,12 @@ def test_unknown_param_group_layer_is_a_params_error_naming_the_key() -> None:
 def test_repository_param_groups_are_valid() -> None:
     for name, v in PARAMS.train.items():
         check_param_groups(model_for(v), v, f"train.{name}")  # raises if any names a missing layer
+
+
+def test_params_yaml_accepts_exactly_the_optimizers_there_are() -> None:
+    from typing import get_args
+
+    from bplab.config import OptimizerName
+    from bplab.train.optim import OPTIMIZERS
+
+    assert set(get_args(OptimizerName)) == set(OPTIMIZERS)

@@ -11,8 +11,9 @@ import torch
 from bplab.config import Params
 from bplab.data import processed
 from bplab.errors import ParamsError
-from bplab.models import build_model, load_whole_model
+from bplab.models import build_model
 from bplab.paths import history_file
+from bplab.safe_load import load_whole_model
 from bplab.train import stage
 from conftest import mlflow_client as client
 from conftest import tiny

@@ -9,19 +9,60 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from bplab.config import BOSTON_FEATURES, BOSTON_TARGET, BostonDownload, BostonPreprocess
-from bplab.data.fetch import Candidate, FetchedFile, fetch_file, mirror_dir
+from bplab import plots
+from bplab.config import Fraction, Strict
+from bplab.data.catalog import Champion, Dataset, Evaluation
+from bplab.data.fetch import Candidate, FetchedFile, FetchPolicy, fetch_file, mirror_dir
 from bplab.data.processed import Prepared
 from bplab.errors import DataError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 FILE_NAME = "boston.csv"
 SHA256 = "79ac716620024011b03c0c44d2bf99069b8173649181926d9109c25475a3804c"
-COLUMNS = (*BOSTON_FEATURES, BOSTON_TARGET)
+FEATURES = (
+    "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
+)
+TARGET = "MEDV"
+COLUMNS = (*FEATURES, TARGET)
 N_ROWS = 506
+
+
+class BostonSource(Strict):
+    """One place to get the Boston table, and the layout its bytes come in."""
+
+    url: str = Field(min_length=1)
+    format: Literal["statlib", "csv"]
+
+
+class BostonDownload(FetchPolicy):
+    sources: list[BostonSource] = Field(min_length=1)
+
+
+class BostonPreprocess(Strict):
+    test_size: Fraction = 0.2
+    split_seed: int = 42
+    drop_features: list[Literal[FEATURES]] = []  # type: ignore[valid-type]
+
+    @field_validator("drop_features")
+    @classmethod
+    def _keep_at_least_one(cls, value: list[str]) -> list[str]:
+        if len(set(value)) >= len(FEATURES):
+            raise ValueError("cannot drop every feature")
+        return value
+
+
+class BostonData(Strict):
+    download: BostonDownload
+    preprocess: BostonPreprocess = BostonPreprocess()
 
 
 def _number(text: str) -> str:
@@ -143,13 +184,13 @@ def preprocess(raw_dir: Path, params: BostonPreprocess) -> Prepared:
     from sklearn.preprocessing import StandardScaler
 
     features, target = read_table(raw_dir / FILE_NAME)
-    keep = [i for i, name in enumerate(BOSTON_FEATURES) if name not in params.drop_features]
+    keep = [i for i, name in enumerate(FEATURES) if name not in params.drop_features]
     features = features[:, keep]
     x_train, x_test, y_train, y_test = train_test_split(
         features, target, test_size=params.test_size, random_state=params.split_seed
     )
     scaler = StandardScaler().fit(x_train)
-    names = [BOSTON_FEATURES[i] for i in keep]
+    names = [FEATURES[i] for i in keep]
     transform = {
         "features": names,
         "scaler_mean": dict(zip(names, scaler.mean_.tolist())),
@@ -162,3 +203,28 @@ def preprocess(raw_dir: Path, params: BostonPreprocess) -> Prepared:
         return scaler.transform(x).astype(np.float32), y.astype(np.float32).reshape(-1, 1)
 
     return Prepared({"train": prepared(x_train, y_train), "test": prepared(x_test, y_test)}, transform)
+
+
+def preview(prepared: Prepared, raw_dir: Path) -> Figure:
+    """A histogram of each raw column, the features and the target."""
+    features, target = read_table(raw_dir / FILE_NAME)
+    return plots.histograms(np.column_stack([features, target]), COLUMNS,
+                            title=f"Boston features and target {TARGET} (raw)")
+
+
+def evaluation_pictures(result: Evaluation) -> Mapping[str, Figure]:
+    """Predicted against actual prices, and the residuals."""
+    return {"predicted_vs_actual.png": plots.regression_diagnostics(result.y, result.outputs,
+                                                                    f"{result.variant}: test split")}
+
+
+DATASET = Dataset(
+    task="regression",
+    params=BostonData,
+    download=download,
+    preprocess=preprocess,
+    preview=preview,
+    evaluation_pictures=evaluation_pictures,
+    champion=Champion("test_rmse", higher_is_better=False),
+    compare_columns=("test_rmse", "test_mae", "test_r2", "train_loss"),
+)

@@ -21,9 +21,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bplab.config import FetchPolicy
+from bplab.config import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
 from bplab.errors import DownloadError
 from bplab.outputs import write_bytes_atomic
+
+
+class FetchPolicy(Strict):
+    """How hard a download tries each source before moving to the next (``data.<name>.download``)."""
+
+    retries: PositiveInt = 3
+    backoff_s: NonNegativeFloat = 1.0
+    timeout_s: PositiveFloat = 30.0
 
 MIRROR_ENV = "BPLAB_DATA_MIRROR"
 _CHUNK = 1 << 20

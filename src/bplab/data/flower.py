@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import field_validator, model_validator
 
-from bplab.config import FlowerDownload, FlowerPreprocess
+from bplab import plots
+from bplab.config import NonNegativeFloat, PositiveInt, Strict
+from bplab.data.catalog import Champion, Dataset, Evaluation
+from bplab.data.fetch import FetchedFile
 from bplab.data.processed import Prepared
 from bplab.errors import DataError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 SPLIT_FILES = {"train": "train.csv", "test": "test.csv"}
+
+
+class FlowerDownload(Strict):
+    """Parameters of the tutorial's two-class flower generator."""
+
+    n_points: PositiveInt = 400
+    petals: PositiveInt = 4
+    noise: NonNegativeFloat = 0.2
+    seed: int = 1
+    test_points: PositiveInt = 400
+    test_seed: int = 2
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> FlowerDownload:
+        if self.seed == self.test_seed:
+            raise ValueError("test_seed must differ from seed, or the test points repeat the training points")
+        return self
+
+    @field_validator("n_points", "test_points")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even: the flower has two classes of equal size")
+        return value
+
+
+class FlowerPreprocess(Strict):
+    standardize: bool = False
+
+
+class FlowerData(Strict):
+    download: FlowerDownload = FlowerDownload()
+    preprocess: FlowerPreprocess = FlowerPreprocess()
 
 
 def generate(n_points: int, petals: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,3 +118,34 @@ def preprocess(raw_dir: Path, params: FlowerPreprocess) -> Prepared:
         transform |= {"mean": mean.tolist(), "std": std.tolist()}
     arrays = {split: (x.astype(np.float32), y.astype(np.float32)) for split, (x, y) in splits.items()}
     return Prepared(arrays, transform)
+
+
+def download(raw_dir: Path, params: FlowerDownload) -> list[FetchedFile]:
+    """The download stage's work for a generated dataset: write the points, report their digests."""
+    return [FetchedFile(path.name, path, "generated from params", hashlib.sha256(path.read_bytes()).hexdigest(),
+                        path.stat().st_size)
+            for path in write_raw(raw_dir, params).values()]
+
+
+def preview(prepared: Prepared, raw_dir: Path) -> Figure:
+    """Both splits' points, coloured by class."""
+    return plots.flower_scatter(prepared.splits)
+
+
+def evaluation_pictures(result: Evaluation) -> Mapping[str, Figure]:
+    """The tutorial's decision boundary, over the test points."""
+    return {"decision_boundary.png": plots.decision_boundary(
+        lambda grid: result.predict(grid) > 0, result.x, result.y,
+        title=f"{result.variant}: decision boundary on the test points")}
+
+
+DATASET = Dataset(
+    task="binary",
+    params=FlowerData,
+    download=download,
+    preprocess=preprocess,
+    preview=preview,
+    evaluation_pictures=evaluation_pictures,
+    champion=Champion("test_acc", higher_is_better=True),
+    compare_columns=("test_acc", "test_loss", "train_acc"),
+)

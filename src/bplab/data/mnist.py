@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import AnyUrl, Field, field_validator
 
-from bplab.config import MnistDownload, MnistPreprocess
-from bplab.data.fetch import Candidate, FetchedFile, fetch_file, gunzip, mirror_dir
+from bplab import plots
+from bplab.config import PositiveFloat, PositiveInt, Strict
+from bplab.data.catalog import Champion, Dataset, Evaluation
+from bplab.data.fetch import Candidate, FetchedFile, FetchPolicy, fetch_file, gunzip, mirror_dir
 from bplab.data.processed import Prepared
 from bplab.errors import DataError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # SHA-256 of the decompressed IDX bytes (the .gz bytes differ between mirrors).
 FILES: dict[str, str] = {
@@ -20,6 +28,31 @@ FILES: dict[str, str] = {
 }
 SPLITS = {"train": "train", "test": "t10k"}
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+MISCLASSIFIED_SHOWN = 40
+
+
+class MnistDownload(FetchPolicy):
+    mirrors: list[AnyUrl] = Field(min_length=1)
+
+    @field_validator("mirrors", mode="before")
+    @classmethod
+    def _urls_from_strings(cls, value: Any) -> Any:
+        # strict mode would refuse plain YAML strings for AnyUrl; parse them explicitly.
+        if isinstance(value, list):
+            return [AnyUrl(v) if isinstance(v, str) else v for v in value]
+        return value
+
+
+class MnistPreprocess(Strict):
+    mean: float = 0.5
+    std: PositiveFloat = 0.5
+    train_limit: PositiveInt | None = None
+    test_limit: PositiveInt | None = None
+
+
+class MnistData(Strict):
+    download: MnistDownload
+    preprocess: MnistPreprocess = MnistPreprocess()
 
 
 def candidates(name: str, params: MnistDownload) -> list[Candidate]:
@@ -84,3 +117,35 @@ def preprocess(raw_dir: Path, params: MnistPreprocess) -> Prepared:
         result[split] = (normalize(images[:keep], params), labels[:keep].astype(np.int64))
     transform = {"divide_by": 255, "mean": params.mean, "std": params.std, "flattened_to": 28 * 28}
     return Prepared(result, transform)
+
+
+def preview(prepared: Prepared, raw_dir: Path) -> Figure:
+    """The first 64 training digits, as the model sees them, with their labels."""
+    x, y = prepared.splits["train"]
+    return plots.digit_grid(x[:64], y[:64], title="First 64 training digits (normalised) and labels")
+
+
+def evaluation_pictures(result: Evaluation) -> Mapping[str, Figure]:
+    """The confusion matrix, and the first misclassified test digits with true and predicted labels."""
+    predicted = result.outputs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != result.y)[:MISCLASSIFIED_SHOWN]
+    return {
+        "confusion_matrix.png": plots.confusion_matrix(
+            plots.confusion_counts(result.y, predicted, result.outputs.shape[1]),
+            f"{result.variant}: test confusion matrix"),
+        "misclassified.png": plots.digit_grid(
+            result.x[wrong], [f"{result.y[i]}→{predicted[i]}" for i in wrong],
+            title=f"{result.variant}: first {len(wrong)} misclassified test digits (true→predicted)"),
+    }
+
+
+DATASET = Dataset(
+    task="multiclass",
+    params=MnistData,
+    download=download,
+    preprocess=preprocess,
+    preview=preview,
+    evaluation_pictures=evaluation_pictures,
+    champion=Champion("test_acc", higher_is_better=True),
+    compare_columns=("test_acc", "test_loss", "train_acc"),
+)

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from bplab.errors import ModelFileError
 from bplab.outputs import write_bytes_atomic
 from bplab.safe_load import load_without_code
-from bplab.train.loop import EpochRecord
+from bplab.train.loop import EPOCH_METRICS, SECONDS, EpochRecord, history_columns
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -47,41 +46,31 @@ class Checkpoint:
     def save(self, path: Path) -> None:
         """Write atomically: an interrupt during the write keeps the previous checkpoint."""
         payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        payload["history"] = _history_columns(self.history)
+        payload["history"] = _history_tensors(self.history)
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         write_bytes_atomic(path, buffer.getvalue())
 
 
-def _history_columns(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
+def _history_tensors(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
     """The history as a few tensors: pickling one dict per epoch, at every report, would grow
     quadratically with 10000-epoch full-batch runs."""
-    def column(values: list[float | None]) -> torch.Tensor:
-        return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
-
-    return {
-        "epoch": torch.tensor([r.epoch for r in history], dtype=torch.int64),
-        "train_loss": column([r.train_loss for r in history]),
-        "eval_loss": column([r.eval_loss for r in history]),
-        "train_acc": column([r.train_acc for r in history]),
-        "eval_acc": column([r.eval_acc for r in history]),
-        "seconds": column([r.seconds for r in history]),
-        "steps": torch.tensor([len(r.step_losses) for r in history], dtype=torch.int64),
-        "step_losses": column([v for r in history for v in r.step_losses]),
-    }
+    columns = {name: torch.tensor(values, dtype=torch.int64 if name == "epoch" else torch.float64)
+               for name, values in history_columns(history).items()}
+    columns["steps"] = torch.tensor([len(r.step_losses) for r in history], dtype=torch.int64)
+    columns["step_losses"] = torch.tensor([v for r in history for v in r.step_losses], dtype=torch.float64)
+    return columns
 
 
 def _history_records(columns: dict[str, torch.Tensor]) -> list[EpochRecord]:
-    """The inverse of :func:`_history_columns`."""
+    """The inverse of :func:`_history_tensors`."""
     values = {k: v.tolist() for k, v in columns.items()}
-    has_accuracy = not all(math.isnan(v) for v in values["train_acc"])
+    names = [name for name in EPOCH_METRICS if name in values]
     records, offset = [], 0
     for i, epoch in enumerate(values["epoch"]):
         count = values["steps"][i]
-        records.append(EpochRecord(
-            epoch, values["train_loss"][i], values["eval_loss"][i],
-            values["train_acc"][i] if has_accuracy else None, values["eval_acc"][i] if has_accuracy else None,
-            values["step_losses"][offset: offset + count], values["seconds"][i]))
+        records.append(EpochRecord(epoch, {name: values[name][i] for name in names},
+                                   values["step_losses"][offset: offset + count], values[SECONDS][i]))
         offset += count
     return records
 

@@ -11,18 +11,21 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bplab.data.catalog import TaskKind
 from bplab.errors import BplabError
 from bplab.train.distributed import Placement, all_sum
 
-TaskKind = Literal["multiclass", "binary", "regression"]
 SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
-TASK_OF_DATASET: dict[str, TaskKind] = {"mnist": "multiclass", "flower": "binary", "boston": "regression"}
+# The per-epoch metrics, in the column order of history/<variant>.csv (accuracies: classification
+# only). Whatever records epochs iterates over these: MLflow, the CSV, checkpoints, the progress
+# bar, run.json's final values and the learning curves. A new one is computed in _materialize.
+EPOCH_METRICS = ("train_loss", "eval_loss", "train_acc", "eval_acc")
+SECONDS = "epoch_seconds"  # each epoch's wall time: logged and kept beside the metrics
 
 
 class TrainingDiverged(BplabError):
@@ -70,15 +73,24 @@ class Schedule:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's results as plain numbers (accuracies are None for regression)."""
+    """One epoch's results as plain numbers: its :data:`EPOCH_METRICS` (those of the task), each
+    step's training loss, and its wall time."""
 
     epoch: int
-    train_loss: float
-    eval_loss: float
-    train_acc: float | None
-    eval_acc: float | None
+    metrics: dict[str, float]
     step_losses: list[float]
     seconds: float
+
+    def logged(self) -> dict[str, float]:
+        """What MLflow records of the epoch: its metrics and its wall time."""
+        return self.metrics | {SECONDS: self.seconds}
+
+
+def history_columns(history: list[EpochRecord]) -> dict[str, list[float]]:
+    """The history as columns: ``epoch``, each metric the records have, and :data:`SECONDS`."""
+    names = [name for name in EPOCH_METRICS if history and name in history[0].metrics]
+    return {"epoch": [r.epoch for r in history], **{name: [r.metrics[name] for r in history] for name in names},
+            SECONDS: [r.seconds for r in history]}
 
 
 @dataclass(slots=True)
@@ -123,13 +135,13 @@ def _materialize(pending: list[_Pending], n_train: int, n_eval: int,
                 f"training diverged: loss is {step_losses[bad]} at epoch {p.epoch}, step {bad + 1} of "
                 f"{count}; lower the learning rate or check the inputs"
             )
-        train_acc = eval_acc = None
+        metrics = {"train_loss": train_loss, "eval_loss": eval_losses[i]}
         if has_accuracy:
-            train_acc = sum(correct[correct_offset: correct_offset + len(p.correct)]) / n_train
-            eval_acc = eval_correct[i] / n_eval
+            metrics["train_acc"] = sum(correct[correct_offset: correct_offset + len(p.correct)]) / n_train
+            metrics["eval_acc"] = eval_correct[i] / n_eval
         offset += count
         correct_offset += len(p.correct)
-        records.append(EpochRecord(p.epoch, train_loss, eval_losses[i], train_acc, eval_acc, step_losses, p.seconds))
+        records.append(EpochRecord(p.epoch, metrics, step_losses, p.seconds))
     return records, None
 
 
@@ -221,50 +233,60 @@ def fit(
     check_schedule(model, n, schedule)
     shuffle = schedule.shuffle and (schedule.batch_size or n) < n
     mode_dependent = has_mode_dependent_layers(model)
-    has_accuracy = task.has_accuracy
     pending: list[_Pending] = []
     last_report = time.perf_counter()
     model.train()
     for epoch in range(first_epoch, schedule.epochs + 1):
         started = time.perf_counter()
         order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-        step_losses: list[torch.Tensor] = []
-        correct: list[torch.Tensor] = []
-        batch_sizes: list[int] = []
-        for start, index, size in _batches(n, schedule.batch_size, order):
-            offset, rows = placement.shard(0, size)
-            if index is None:
-                xb, yb = x[start + offset: start + offset + rows], y[start + offset: start + offset + rows]
-            else:
-                part = index[offset: offset + rows]
-                xb, yb = x.index_select(0, part), y.index_select(0, part)
-            out = model(xb)
-            loss = task.loss(out, yb)
-            optimizer.zero_grad(set_to_none=True)
-            if placement.world > 1:
-                # DDP averages gradients over ranks; weighting by this rank's share of the batch
-                # makes that average the gradient of the whole batch's mean loss.
-                (loss * (rows * placement.world / size)).backward()
-            else:
-                loss.backward()
-            optimizer.step()
-            step_losses.append(loss.detach())
-            batch_sizes.append(size)
-            if has_accuracy:
-                correct.append(task.correct(out.detach(), yb))
-        if placement.world > 1:
-            step_losses, correct = _global_sums(step_losses, correct, batch_sizes, placement)
+        step_losses, correct, batch_sizes = _train_epoch(model, optimizer, task, train, schedule.batch_size, order,
+                                                         placement)
         eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size, mode_dependent)
         pending.append(_Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct,
                                 time.perf_counter() - started))
         now = time.perf_counter()
         if now - last_report >= report_every_s or epoch == schedule.epochs:
-            records, diverged = _materialize(pending, n, len(test[0]), has_accuracy)
+            records, diverged = _materialize(pending, n, len(test[0]), task.has_accuracy)
             if records:
                 on_epochs(records)  # the finite epochs before a divergence are kept too
             if diverged is not None:
                 raise diverged
             pending, last_report = [], now
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+                 train: tuple[torch.Tensor, torch.Tensor], batch_size: int | None, order: torch.Tensor | None,
+                 placement: Placement) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """One pass over the training split: each step's loss and right predictions (on the device), and
+    each global batch's size."""
+    x, y = train
+    step_losses: list[torch.Tensor] = []
+    correct: list[torch.Tensor] = []
+    batch_sizes: list[int] = []
+    for start, index, size in _batches(len(x), batch_size, order):
+        offset, rows = placement.shard(0, size)
+        if index is None:
+            xb, yb = x[start + offset: start + offset + rows], y[start + offset: start + offset + rows]
+        else:
+            part = index[offset: offset + rows]
+            xb, yb = x.index_select(0, part), y.index_select(0, part)
+        out = model(xb)
+        loss = task.loss(out, yb)
+        optimizer.zero_grad(set_to_none=True)
+        if placement.world > 1:
+            # DDP averages gradients over ranks; weighting by this rank's share of the batch
+            # makes that average the gradient of the whole batch's mean loss.
+            (loss * (rows * placement.world / size)).backward()
+        else:
+            loss.backward()
+        optimizer.step()
+        step_losses.append(loss.detach())
+        batch_sizes.append(size)
+        if task.has_accuracy:
+            correct.append(task.correct(out.detach(), yb))
+    if placement.world > 1:
+        step_losses, correct = _global_sums(step_losses, correct, batch_sizes, placement)
+    return step_losses, correct, batch_sizes
 
 
 def _global_sums(step_losses: list[torch.Tensor], correct: list[torch.Tensor], batch_sizes: list[int],

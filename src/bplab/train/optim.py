@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from bplab.config import VariantParams
 from bplab.errors import ParamsError
 from bplab.models import layer_names, layer_parameters
+
+# params.yaml's optimizer names (config.OptimizerName lists the same) and how each is built from
+# the parameter groups and the variant's settings.
+OPTIMIZERS: dict[str, Callable[[list[dict], VariantParams], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, v: torch.optim.SGD(groups, lr=v.lr, momentum=v.momentum, weight_decay=v.weight_decay),
+    "rmsprop": lambda groups, v: torch.optim.RMSprop(groups, lr=v.lr, momentum=v.momentum,
+                                                     weight_decay=v.weight_decay),
+    "adam": lambda groups, v: torch.optim.Adam(groups, lr=v.lr, weight_decay=v.weight_decay),
+    "adamw": lambda groups, v: torch.optim.AdamW(groups, lr=v.lr, weight_decay=v.weight_decay),
+}
 
 
 def check_param_groups(model: nn.Module, variant: VariantParams, key: str) -> None:
@@ -32,11 +44,4 @@ def build_optimizer(model: nn.Module, variant: VariantParams) -> torch.optim.Opt
     rest = [p for p in model.parameters() if id(p) not in taken]
     if rest:
         grouped.append({"params": rest})
-    common = {"lr": variant.lr, "weight_decay": variant.weight_decay}
-    if variant.optimizer == "sgd":
-        return torch.optim.SGD(grouped, momentum=variant.momentum, **common)
-    if variant.optimizer == "rmsprop":
-        return torch.optim.RMSprop(grouped, momentum=variant.momentum, **common)
-    if variant.optimizer == "adam":
-        return torch.optim.Adam(grouped, **common)
-    return torch.optim.AdamW(grouped, **common)
+    return OPTIMIZERS[variant.optimizer](grouped, variant)

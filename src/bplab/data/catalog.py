@@ -1,0 +1,102 @@
+"""The datasets the pipeline knows: each is one module ``bplab/data/<name>.py`` defining ``DATASET``.
+
+params.yaml's ``datasets:`` list names them; the data stages iterate over it (DVC ``foreach``),
+config validation reads each one's params model, training reads its task, evaluate its pictures
+and champion metric, and ``compare`` its columns. Adding a dataset is adding a module here and its
+entries in params.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from bplab.errors import ParamsError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+    from pydantic import BaseModel
+
+    from bplab.data.fetch import FetchedFile
+    from bplab.data.processed import Prepared
+
+TaskKind = Literal["multiclass", "binary", "regression"]
+# What evaluate computes on the test split, per kind of task (bplab.evaluate.compute_test_metrics).
+TEST_METRICS: dict[str, tuple[str, ...]] = {
+    "multiclass": ("test_loss", "test_acc"),
+    "binary": ("test_loss", "test_acc"),
+    "regression": ("test_mse", "test_rmse", "test_mae", "test_r2"),
+}
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The test metric that picks the registry's ``champion``, and whether higher is better."""
+
+    metric: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A trained model's outputs on the test split, as NumPy arrays, for a dataset's pictures."""
+
+    variant: str
+    x: np.ndarray
+    y: np.ndarray
+    outputs: np.ndarray
+    predict: Callable[[np.ndarray], np.ndarray]  # the model on any rows (float32), for decision maps
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What the pipeline needs to know about one dataset.
+
+    ``params`` validates ``data.<name>`` of params.yaml and has two sections, ``download`` and
+    ``preprocess``, passed to the functions of the same names. ``preview`` draws the picture
+    logged by the preprocess stage; ``evaluation_pictures`` those evaluate writes to ``plots/<variant>``.
+    """
+
+    task: TaskKind
+    params: type[BaseModel]
+    download: Callable[[Path, Any], list[FetchedFile]]
+    preprocess: Callable[[Path, Any], Prepared]
+    preview: Callable[[Prepared, Path], Figure]
+    evaluation_pictures: Callable[[Evaluation], Mapping[str, Figure]]
+    champion: Champion
+    compare_columns: tuple[str, ...]  # what `bplab.compare` shows of each run, besides params
+
+    def __post_init__(self) -> None:
+        if self.champion.metric not in self.test_metrics:
+            raise ValueError(f"champion metric {self.champion.metric!r} is not one of {self.test_metrics}")
+
+    @property
+    def test_metrics(self) -> tuple[str, ...]:
+        """The final metrics evaluate logs for this dataset's kind of task."""
+        return TEST_METRICS[self.task]
+
+
+@cache
+def dataset(name: str) -> Dataset:
+    """The :class:`Dataset` that module ``bplab.data.<name>`` defines, or a :class:`ParamsError`."""
+    where = f"src/bplab/data/{name}.py"
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ParamsError(f"datasets: {name!r} is not a dataset name (lower-case letters, digits and _)")
+    try:
+        module = importlib.import_module(f"bplab.data.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"bplab.data.{name}":
+            raise
+        raise ParamsError(f"datasets: no dataset {name!r}: {where} does not exist "
+                          "(a dataset is one module there that defines DATASET)") from None
+    found = getattr(module, "DATASET", None)
+    if not isinstance(found, Dataset):
+        raise ParamsError(f"datasets: {where} is not a dataset module: it defines no DATASET")
+    return found

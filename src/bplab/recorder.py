@@ -1,0 +1,285 @@
+"""The pipeline's one owner of MLflow: a :class:`Recorder` opens (or resumes) a stage's run, logs
+into it, and ends it with a status. Stages and training call only it; the registry and ``compare``
+read (and the registry registers) on their own.
+
+``import mlflow`` costs seconds, so it happens inside the methods that need it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from bplab import plots, track
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from matplotlib.figure import Figure
+    from mlflow.models.model import Model, ModelInfo
+
+    from bplab.train.loop import EpochRecord
+
+METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+# The pyfunc flavor's device. mlflow.pytorch writes ``config: {device: null}``, and its pyfunc
+# loader then picks CUDA whenever a GPU is present; but a torch.export (pt2) program keeps the
+# device it was exported on, so on a GPU machine ``mlflow.pyfunc.load_model`` and ``mlflow models
+# serve`` refused the CPU-exported model (MLflow 3.17, measured on an H100). The networks are
+# small and always exported on the CPU, so they are served there, on any machine.
+SERVING_DEVICE = "cpu"
+
+
+def _experiment_id(name: str) -> str:
+    """The id of experiment ``name``, creating it if needed (safe when processes race to create it)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = track.tracking_uri()
+    track.check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    with track.store_setup_lock(uri):
+        found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=track.artifact_location(name))
+    except MlflowException:
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise track.Terminated(f"received signal {signum}")
+
+
+class Recorder:
+    """One MLflow run of a stage, and everything logged into it."""
+
+    def __init__(self, run_id: str, experiment_id: str) -> None:
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.ended = False
+
+    @classmethod
+    @contextmanager
+    def run(cls, experiment: str, run_name: str, tags: Mapping[str, str],
+            run_id: str | None = None) -> Iterator[Recorder]:
+        """A run that always ends: FINISHED, FAILED on an exception, KILLED on SIGINT/SIGTERM.
+
+        With ``run_id``, that existing run is resumed (evaluate logs into its train run).
+        """
+        import mlflow
+
+        experiment_id = _experiment_id(experiment)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        if run_id is None:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+        else:
+            run = mlflow.start_run(run_id=run_id)
+            if tags:
+                mlflow.set_tags(dict(tags))
+        recorder = cls(run.info.run_id, run.info.experiment_id)
+        try:
+            yield recorder
+        except KeyboardInterrupt:
+            recorder._end("KILLED")
+            raise
+        except BaseException:
+            recorder._end("FAILED")
+            raise
+        else:
+            recorder.end()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _end(self, status: str) -> None:
+        import mlflow
+
+        if not self.ended:
+            self.ended = True
+            mlflow.end_run(status)
+
+    def end(self) -> None:
+        """End the run as FINISHED now (the context does it at its end otherwise)."""
+        self._end("FINISHED")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params; nested mappings become dotted names (``model.arch``)."""
+        import mlflow
+
+        mlflow.log_params(track.flatten(dict(params)))
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Log final (step-less) metric values."""
+        import mlflow
+
+        mlflow.log_metrics(dict(metrics))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags on the run."""
+        import mlflow
+
+        mlflow.set_tags(dict(tags))
+
+    def log_dict(self, values: Mapping[str, Any], file_name: str) -> None:
+        """Log ``values`` as a JSON or YAML artifact named ``file_name``."""
+        import mlflow
+
+        mlflow.log_dict(dict(values), file_name)
+
+    def log_directory(self, directory: Path, folder: str) -> None:
+        """Log every file under ``directory`` as artifacts under ``folder``."""
+        import mlflow
+
+        mlflow.log_artifacts(str(directory), folder)
+
+    def log_figures(self, figures: Mapping[str, Figure], folder: str = "plots") -> None:
+        """Log pictures as PNG artifacts under ``folder``, one per file name."""
+        with tempfile.TemporaryDirectory() as staging:
+            for file_name, figure in figures.items():
+                plots.save(figure, Path(staging, file_name))
+            self.log_directory(Path(staging), folder)
+
+    def log_training_data(self, x: np.ndarray, y: np.ndarray, source: Path, name: str, digest: str) -> None:
+        """The training split as the run's input dataset (name, digest, schema, source path)."""
+        import mlflow
+
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source for two URI schemes and warns it is ambiguous.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_numpy(x, targets=y, source=str(source.resolve()), name=name, digest=digest)
+        mlflow.log_input(dataset, context="training")
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> ModelInfo:
+        """Log ``model`` (on the CPU) as the run's MLflow model ``model``.
+
+        The format is ``pt2`` (torch.export), which loads without unpickling code; the signature
+        and the example of several rows leave the batch dimension free. ``mlflow.pytorch.load_model``
+        returns an ``nn.Module``; ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` predict
+        on the CPU whether or not the machine has a GPU. Pip requirements are given, not inferred
+        (inference costs seconds).
+        """
+        import torch
+        from mlflow.models import infer_signature
+        from mlflow.models.model import Model
+
+        model.eval()
+        with torch.no_grad():
+            output = model(example)
+        return Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=_PYTORCH_SERVED_ON_CPU,
+            pytorch_model=model,
+            signature=infer_signature(example.numpy(), output.numpy()),
+            input_example=example.numpy(),
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={version('torch')}", f"mlflow=={version('mlflow')}"],
+        )
+
+    def log_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Log the weights as the run's ``state_dict`` artifact."""
+        import mlflow.pytorch
+
+        mlflow.pytorch.log_state_dict(state_dict, artifact_path="state_dict")
+
+    def epoch_logger(self, epochs: int, max_points: int | None, record_steps: bool,
+                     steps_done: int = 0) -> EpochLogger:
+        """An :class:`EpochLogger` for this run (see there)."""
+        return EpochLogger(self.run_id, epochs, max_points, record_steps, steps_done)
+
+
+class EpochLogger:
+    """Sends epoch records to the run in batches, in order, on a worker thread.
+
+    Each record's metrics and its wall time go at step = epoch; with ``record_steps`` each step's
+    training loss goes as ``train_loss_step`` too. With ``max_points`` set, a run longer than that
+    logs every k-th epoch (and step), plus the first and the last, so a metric gets at most about
+    ``max_points`` points.
+    """
+
+    def __init__(self, run_id: str, epochs: int, max_points: int | None, record_steps: bool,
+                 steps_done: int = 0) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient()
+        # One worker calling the synchronous log_batch. MLflow's own asynchronous mode would do
+        # too, but ending a run joins its queue thread, which polls with a one-second timeout:
+        # about 2 s added to every training stage.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bplab-metrics")
+        self._operations: list[Future] = []
+        self.run_id = run_id
+        self.epochs = epochs
+        self.max_points = max_points
+        self.record_steps = record_steps
+        self.steps_done = steps_done
+
+    def _logged(self, index: int, count: int) -> bool:
+        """Whether point ``index`` (1-based) of ``count`` is logged: the first, the last, every k-th."""
+        stride = 1 if self.max_points is None else math.ceil(count / self.max_points)
+        return index == 1 or index % stride == 0 or index == count
+
+    def __call__(self, records: list[EpochRecord]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics: list[Metric] = []
+        for r in records:
+            if self._logged(r.epoch, self.epochs):
+                metrics += [Metric(k, v, now, r.epoch) for k, v in r.logged().items()]
+            if self.record_steps:
+                total_steps = self.epochs * len(r.step_losses)
+                metrics += [Metric("train_loss_step", v, now, step)
+                            for step, v in enumerate(r.step_losses, start=self.steps_done + 1)
+                            if self._logged(step, total_steps)]
+            self.steps_done += len(r.step_losses)
+        for i in range(0, len(metrics), METRICS_PER_BATCH):
+            self._operations.append(
+                self._writer.submit(self.client.log_batch, self.run_id, metrics[i: i + METRICS_PER_BATCH]))
+
+    def wait(self) -> None:
+        """Block until every batch has been written (raises if one failed)."""
+        try:
+            for operation in self._operations:
+                operation.result()
+        finally:
+            self._operations.clear()
+            self._writer.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Let pending writes finish, without raising: for a run ending on an error (its first
+        epochs are kept), where the error in flight is the one to report."""
+        self._writer.shutdown(wait=True)
+
+
+def _save_pytorch_served_on_cpu(path: str, mlflow_model: Model, **kwargs: Any) -> None:
+    """``mlflow.pytorch.save_model``, then the pyfunc flavor's device set to :data:`SERVING_DEVICE`.
+
+    It runs inside ``Model.log`` before the input example is validated through pyfunc, so that
+    validation loads the model the way serving will.
+    """
+    import mlflow.pytorch
+    from mlflow.models.model import MLMODEL_FILE_NAME, MODEL_CONFIG
+    from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
+
+    mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+    mlflow_model.flavors[PYFUNC][MODEL_CONFIG] = {"device": SERVING_DEVICE}
+    mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+
+# A flavor for Model.log is anything with a save_model(path, mlflow_model, **kwargs); the name is
+# the one MLflow records for the logged model, which stays a plain mlflow.pytorch model.
+_PYTORCH_SERVED_ON_CPU = SimpleNamespace(__name__="mlflow.pytorch", save_model=_save_pytorch_served_on_cpu)
