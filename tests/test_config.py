@@ -192,3 +192,25 @@ def test_a_data_stage_for_an_unlisted_dataset_stops_naming_the_list(repo_copy: P
     assert result.returncode == 2
     assert ("download@wine: error: datasets: 'wine' is not listed in params.yaml; listed: mnist, boston, flower"
             in result.stderr)
+
+
+@pytest.mark.parametrize(("dotted", "value", "expected"), [
+    ("seed", -1, "greater than or equal to 0"),
+    ("data.flower.download.test_seed", -5, "greater than or equal to 0"),
+    ("data.boston.preprocess.split_seed", -42, "greater than or equal to 0"),
+    ("seed", 2**32, "less than 4294967296"),
+    ("data.mnist.download.backoff_s", float("inf"), "finite number"),
+    ("train.mnist_mlp.lr", float("nan"), "finite number"),
+    ("data.mnist.download.timeout_s", 1e300, "less than or equal to 3600"),
+    ("data.flower.download.n_points", 10**12, "less than or equal to 10000000"),
+    ("train.mnist_mlp.model.hidden", [400, 10**9, 100], "less than or equal to 65536"),
+])
+def test_known_bad_values_are_refused_naming_the_key(dotted: str, value: Any, expected: str) -> None:
+    message = error_for(edited(dotted, value))
+    assert dotted.split(".")[0] in message and expected in message, message
+
+
+def test_momentum_is_refused_for_an_optimizer_without_it() -> None:
+    params = edited("train.boston_adam.momentum", 0.9)
+    assert "train.boston_adam: Value error, momentum: adam has no momentum" in error_for(params)
+    assert parse_params(edited("train.boston_module.momentum", 0.9)).train["boston_module"].momentum == 0.9

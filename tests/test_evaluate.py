@@ -7,6 +7,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,3 +140,24 @@ def test_regression_metrics_match_sklearn() -> None:
     assert metrics["test_rmse"] == pytest.approx(mean_squared_error(actual, predicted) ** 0.5, rel=1e-6)
     assert metrics["test_mae"] == pytest.approx(mean_absolute_error(actual, predicted), rel=1e-6)
     assert metrics["test_r2"] == pytest.approx(r2_score(actual, predicted), rel=1e-6)
+
+
+def test_r2_of_a_test_split_whose_targets_are_all_equal_is_an_error_naming_it() -> None:
+    target = torch.full((1, 1), 21.5)
+    with pytest.raises(EvaluationError, match=r"test_r2 is undefined: the 1 test target\(s\) are all 21.5"):
+        compute_test_metrics("regression", target + 1, target)
+
+
+def test_a_train_limit_that_misses_the_highest_class_still_trains_and_evaluates(workspace: Path,
+                                                                               params: Params) -> None:
+    from bplab.data import processed
+
+    data = processed.load(workspace / "data/processed/mnist")
+    (x_train, y_train), test = data.splits["train"], data.splits["test"]
+    assert 9 in test[1]
+    y_train = np.where(y_train == 9, 8, y_train)  # as a small train_limit may leave class 9 out
+    processed.save(processed.Prepared({"train": (x_train, y_train), "test": test}), workspace / "data/processed/mnist")
+    small = tiny(params, "mnist_mlp", epochs=1)
+    record = train("mnist_mlp", small)
+    assert record["n_outputs"] == 10
+    assert 0 <= evaluate("mnist_mlp", small)["test_acc"] < 1

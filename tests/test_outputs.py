@@ -47,3 +47,60 @@ def test_publish_directory_failure_keeps_the_previous_output(tmp_path: Path, err
         publish_directory(out, half_then_fail)
     assert [p.name for p in out.iterdir()] == ["good.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["v"]
+
+
+def _killed_between_the_renames(out: Path) -> None:
+    """In a child process: publish a new ``out`` and SIGKILL it right after the first rename."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, pathlib
+        from bplab.outputs import publish_directory
+        real = pathlib.Path.rename
+        def rename_then_die(self, target):
+            result = real(self, target)
+            os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        pathlib.Path.rename = rename_then_die
+        publish_directory(pathlib.Path({str(out)!r}), lambda d: (d / "a.txt").write_text("new"))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -9, result.stderr
+
+
+def test_a_kill_between_the_renames_keeps_a_complete_version_and_the_next_publish_cleans_up(tmp_path: Path) -> None:
+    out = tmp_path / "models" / "v"
+    publish_directory(out, lambda d: (d / "a.txt").write_text("old"))
+    _killed_between_the_renames(out)
+    # Killed after the old version was renamed aside and before the new one was renamed in:
+    # both complete versions are on disk, the previous one intact.
+    left = {p.suffix: (p / "a.txt").read_text() for p in out.parent.iterdir()}
+    assert left == {".old": "old", ".tmp": "new"}
+    publish_directory(out, lambda d: (d / "a.txt").write_text("newest"))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v"]  # leftovers of the killed writer are gone
+    assert (out / "a.txt").read_text() == "newest"
+
+
+def test_leftover_part_files_of_a_killed_writer_are_removed_on_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pt"
+    (tmp_path / ".checkpoint.pt.abc123.part").write_bytes(b"half")
+    (tmp_path / ".other.pt.abc123.part").write_bytes(b"someone else's")
+    write_bytes_atomic(target, b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.part", "checkpoint.pt"]
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "folder_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_follow_the_umask(tmp_path: Path, umask: int, file_mode: int, folder_mode: int) -> None:
+    import subprocess
+    import sys
+
+    script = ("import pathlib; from bplab.outputs import publish_directory, write_text_atomic; "
+              f"root = pathlib.Path({str(tmp_path)!r}); write_text_atomic(root / 'f.json', '1'); "
+              "publish_directory(root / 'd', lambda d: (d / 'x.png').write_bytes(b'png'))")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60,
+                   preexec_fn=lambda: __import__("os").umask(umask))
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "d").stat().st_mode & 0o777 == folder_mode
+    assert (tmp_path / "d" / "x.png").stat().st_mode & 0o777 == file_mode

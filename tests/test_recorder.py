@@ -58,3 +58,57 @@ def test_only_the_recorder_registry_and_compare_reach_mlflow() -> None:
             if any(name.split(".")[0] == "mlflow" for name in names):
                 reaching.add(str(path.relative_to(REPO)))
     assert reaching == MLFLOW_OWNERS
+
+
+def _epochs(*numbers: int):
+    from bplab.train.loop import EpochRecord
+
+    return [EpochRecord(n, {"train_loss": 1.0 / n, "eval_loss": 2.0 / n}, [0.5, 0.25], 0.01) for n in numbers]
+
+
+def test_a_checkpoint_is_written_only_after_its_epochs_are_stored(mlflow_repo: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(track.tracking_uri())
+    with Recorder.run("toy", "step", {}) as recorder:
+        logger = recorder.epoch_logger(epochs=6, max_points=None, record_steps=True)
+        stored_when_written = []
+        logger(_epochs(1, 2, 3))
+        logger.after_stored(lambda: stored_when_written.append(
+            sorted(m.step for m in client.get_metric_history(recorder.run_id, "eval_loss"))))
+        logger.wait()
+    assert stored_when_written == [[1, 2, 3]]
+    assert client.get_run(recorder.run_id).data.tags["bplab.logged_through_epoch"] == "3"
+
+
+def test_a_resumed_run_logs_each_epoch_once(mlflow_repo: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(track.tracking_uri())
+    with Recorder.run("toy", "step", {}) as first:
+        logger = first.epoch_logger(epochs=6, max_points=None, record_steps=True)
+        logger(_epochs(1, 2, 3, 4))  # stored through epoch 4; say the last checkpoint was at epoch 2
+        logger.wait()
+    with Recorder.run("toy", "step", {}, run_id=first.run_id) as resumed:
+        logger = resumed.epoch_logger(epochs=6, max_points=None, record_steps=True, steps_done=4)
+        logger(_epochs(3, 4, 5, 6))  # re-trained from epoch 2's checkpoint
+        logger.wait()
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "eval_loss")) == [1, 2, 3, 4, 5, 6]
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "train_loss_step")) == list(range(1, 13))
+
+
+def test_after_a_failed_write_no_checkpoint_is_written_and_the_next_report_fails(mlflow_repo: Path) -> None:
+    from mlflow import MlflowClient
+
+    from bplab.errors import TrackingUnavailable
+
+    client = MlflowClient(track.tracking_uri())
+    written = []
+    with pytest.raises(TrackingUnavailable, match=r"writing to the MLflow tracking store sqlite:///.* failed"):
+        with Recorder.run("toy", "step", {}) as recorder:
+            logger = recorder.epoch_logger(epochs=6, max_points=None, record_steps=False)
+            client.delete_run(recorder.run_id)  # the store refuses further writes to this run
+            logger(_epochs(1))
+            logger.after_stored(lambda: written.append("checkpoint"))
+            logger.wait()
+    assert written == []

@@ -145,3 +145,17 @@ def test_concurrent_evaluations_leave_the_alias_on_the_best_version(model_uri: s
             process.wait(timeout=60)
     assert [p.returncode for p in workers] == [0, 0]
     assert len(mlflow_client().search_model_versions("name = 'toy'")) == 2 * rounds
+
+
+def test_evaluating_the_same_training_again_registers_no_second_version(workspace: Path, params: Params) -> None:
+    from bplab.evaluate import evaluate
+    from bplab.train.stage import train
+
+    small = tiny(params, "flower_logreg", epochs=5)
+    train("flower_logreg", small)
+    first = evaluate("flower_logreg", small)
+    again = evaluate("flower_logreg", small)  # a re-run after a kill, or `dvc repro -f evaluate@...`
+    assert (first["registered_version"], again["registered_version"]) == ("1", "1")
+    assert len(mlflow_client().search_model_versions("name = 'flower'")) == 1
+    run = mlflow_client().get_run(mlflow_client().get_model_version("flower", "1").run_id)
+    assert [m.value for m in mlflow_client().get_metric_history(run.info.run_id, "test_acc")] == [first["test_acc"]]

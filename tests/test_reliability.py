@@ -32,9 +32,15 @@ def stage(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: flo
                           text=True, timeout=timeout)
 
 
+def _as_from_a_terminal() -> None:
+    # A terminal's child gets the default SIGINT disposition; under `nohup make test &` the suite
+    # itself ignores SIGINT, and a child would inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, *args], cwd=cwd, env=stage_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal)
 
 
 def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -43,6 +49,28 @@ def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -
         assert process.poll() is None, f"process ended before {path} appeared: {process.communicate()}"
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
+
+
+def wait_for_epoch(checkpoint: Path, process: subprocess.Popen[str], epoch: int, timeout: float = 120) -> int:
+    """Wait until ``checkpoint`` holds at least ``epoch`` (it is written whole, by rename); its epoch."""
+    from bplab.safe_load import load_without_code
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if checkpoint.exists():
+            found = load_without_code(checkpoint, "a checkpoint")["epoch"]
+            if found >= epoch:
+                return found
+        assert process.poll() is None, f"process ended before epoch {epoch} was saved: {process.communicate()}"
+        assert time.monotonic() < deadline, f"{checkpoint} did not reach epoch {epoch}"
+        time.sleep(0.05)
+
+
+def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every per-epoch metric of a run as (step, value) pairs, wall times left out."""
+    client = mlflow_client()
+    names = [m for m in client.get_run(run_id).data.metrics if m != "epoch_seconds"]
+    return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
 
 
 def runs_of(experiment: str, variant: str):
@@ -177,7 +205,7 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_one(stage_dir: P
     checkpoint = stage_dir / "checkpoints/mnist_mlp.pt"
 
     process = start(stage_dir, "stages/train.py", "mnist_mlp")
-    wait_for(checkpoint, process)
+    wait_for_epoch(checkpoint, process, 1)
     process.kill()  # SIGKILL: no handler runs, the worst case
     process.communicate(timeout=60)
     assert not (stage_dir / "models/mnist_mlp").exists()
@@ -204,3 +232,82 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_one(stage_dir: P
 
     assert without_timing(interrupted_history) == without_timing((stage_dir / "history/mnist_mlp.csv").read_text())
     assert len(interrupted_history.splitlines()) == 61
+    # MLflow holds every epoch once, with the values of the uninterrupted run
+    resumed_run, straight_run = (r.info.run_id for r in runs_of("mnist", "mnist_mlp"))
+    expected = metric_histories(straight_run)
+    assert [step for step, _ in expected["eval_loss"]] == list(range(1, 61))
+    assert metric_histories(resumed_run) == expected
+
+
+# --- resume is right, or does not happen -----------------------------------------------------------
+
+KILL_AT = "BPLAB_KILL_AT"
+
+
+def killed_boston_training(stage_dir: Path) -> int:
+    """Train boston_module until its second progress report, then SIGKILL it; the saved epoch."""
+    set_params(stage_dir, {"train.boston_module.epochs": 3000, "train.boston_module.batch_size": 16})
+    killed = stage(stage_dir, "stages/train.py", "boston_module",
+                   env=stage_env(**{KILL_AT: "train@boston_module/checkpoints:2:end"}))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    from bplab.safe_load import load_without_code
+
+    return load_without_code(stage_dir / "checkpoints/boston_module.pt", "a checkpoint")["epoch"]
+
+
+def test_new_training_data_sets_an_unfinished_checkpoint_aside_and_starts_afresh(stage_dir: Path) -> None:
+    saved_epoch = killed_boston_training(stage_dir)
+    source = stage_dir / "data/processed/boston"
+    data = processed.load(source)
+    x, y = data.splits["train"]
+    order = np.random.default_rng(5).permutation(len(x))  # same shapes, other rows: another split_seed
+    processed.save(Prepared({"train": (x[order], y[order]), "test": data.splits["test"]}), source)
+
+    again = stage(stage_dir, "stages/train.py", "boston_module", timeout=300)
+
+    assert again.returncode == 0, again.stderr
+    assert (f"checkpoint checkpoints/boston_module.pt (epoch {saved_epoch} of 3000) was trained with other data; "
+            "kept as checkpoints/boston_module.pt.set-aside-") in again.stderr
+    [kept] = (stage_dir / "checkpoints").glob("boston_module.pt.set-aside-*")
+    from bplab.safe_load import load_without_code
+
+    assert load_without_code(kept, "a checkpoint")["epoch"] == saved_epoch
+    killed_run, new_run = runs_of("boston", "boston_module")
+    assert (killed_run.info.status, new_run.info.status) == ("KILLED", "FINISHED")  # none left RUNNING
+    assert "resumed_after_epoch" not in new_run.data.tags
+
+
+def test_a_checkpoint_whose_mlflow_run_was_deleted_is_set_aside(stage_dir: Path) -> None:
+    killed_boston_training(stage_dir)
+    [killed_run] = runs_of("boston", "boston_module")
+    mlflow_client().delete_run(killed_run.info.run_id)
+
+    again = stage(stage_dir, "stages/train.py", "boston_module", timeout=300)
+
+    assert again.returncode == 0, again.stderr
+    assert (f"belongs to MLflow run {killed_run.info.run_id}, which no longer exists; kept as "
+            "checkpoints/boston_module.pt.set-aside-") in again.stderr
+    [new_run] = runs_of("boston", "boston_module")
+    assert new_run.info.status == "FINISHED" and new_run.info.run_id != killed_run.info.run_id
+
+
+@pytest.mark.e2e
+def test_a_changed_network_sets_the_checkpoint_aside_instead_of_crashing(repo_copy: Path) -> None:
+    from conftest import run
+
+    set_params(repo_copy, {"train.flower_module.epochs": 20000})
+    killed = run(["dvc", "repro", "train@flower_module"], repo_copy, check=False,
+                 env=stage_env(repo_copy, **{KILL_AT: "train@flower_module/checkpoints:2:end"}))
+    assert killed.returncode != 0 and (repo_copy / "checkpoints/flower_module.pt").exists()
+    networks = repo_copy / "src/bplab/networks.py"  # the copy runs its own code: a real code change
+    source = networks.read_text()
+    changed = source.replace("self.layer3 = nn.Linear(num_hidden, num_output)",
+                             "self.layer3 = nn.Linear(num_hidden, num_output, bias=False)")
+    assert changed != source
+    networks.write_text(changed)  # the params stay those of the killed start
+
+    again = run(["dvc", "repro", "train@flower_module"], repo_copy, timeout=600)
+
+    printed = again.stderr + again.stdout
+    assert "was trained with other model; kept as checkpoints/flower_module.pt.set-aside-" in printed
+    assert "Traceback" not in printed

@@ -69,16 +69,17 @@ def test_training_ignores_a_checkpoint_that_would_run_code(workspace: Path) -> N
     crafted = checkpoint_file("flower_logreg")
     crafted.parent.mkdir(parents=True)
     torch.save({"fingerprint": _Payload(marker)}, crafted)
-    kept = workspace / "crafted-checkpoint.pt"  # training replaces the checkpoint with a real one
-    kept.write_bytes(crafted.read_bytes())
+    original = crafted.read_bytes()
 
     result = run([sys.executable, str(REPO / "stages/train.py"), "flower_logreg", "--params",
                   str(REPO / "params.yaml")], cwd=workspace, env=stage_env(), check=False)
 
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
-    assert (f"unreadable checkpoint ignored: {crafted}: refused: not a training checkpoint "
-            "(it names posix.system)") in result.stderr
+    assert (f"unreadable checkpoint: {crafted}: refused: not a training checkpoint "
+            "(it names posix.system); loading it could run code; kept as ") in result.stderr
+    [kept] = crafted.parent.glob("flower_logreg.pt.set-aside-*")  # set aside, not deleted: it is evidence
+    assert kept.read_bytes() == original
     _prove_it_runs_code(kept, marker)
 
 

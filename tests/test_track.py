@@ -44,3 +44,47 @@ def test_flatten() -> None:
 ])
 def test_redact_hides_credentials_and_query_strings(uri: str, shown: str) -> None:
     assert track.redact(uri) == shown
+
+
+@pytest.fixture
+def forward_proxy():
+    """A real HTTP forward proxy on 127.0.0.1 that answers every request itself, and the URLs it saw."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            seen.append(self.path)  # a proxy receives the absolute URL
+            self.send_response(200)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_reachability_check_goes_through_the_proxy_like_mlflow_does(forward_proxy, monkeypatch) -> None:
+    from bplab.errors import TrackingUnavailable
+
+    proxy, seen = forward_proxy
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    track.check_reachable("http://tracking.invalid:5000")  # only the proxy can reach this name
+    assert seen == ["http://tracking.invalid:5000/"]
+
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "tracking.invalid")
+    with pytest.raises(TrackingUnavailable, match=r"cannot reach the MLflow tracking server at http://tracking.invalid:5000"):
+        track.check_reachable("http://tracking.invalid:5000", timeout_s=2)
+    assert len(seen) == 1

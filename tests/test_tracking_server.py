@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,25 +21,44 @@ from conftest import free_port, tiny, wait_for_http
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 
 
+class TrackingServer:
+    """`mlflow server` with a sqlite backend and a proxied artifact store, on a fixed free port, that
+    can be stopped and started again over the same store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = self.root / "server.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "server-artifacts")],
+            stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_http(f"{self.uri}/health", self.process, log, timeout_s=120)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the server and its workers, as a crash would
+            self.process.wait(timeout=30)
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` with a sqlite backend and a proxied artifact store, on a free port."""
-    port = free_port()
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{uri}/health", process, tmp_path / "server.log", timeout_s=120)
+def tracking_server(tmp_path: Path) -> Iterator[TrackingServer]:
+    server = TrackingServer(tmp_path)
+    server.start()
     try:
-        yield uri
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        server.stop()
+
+
+@pytest.fixture
+def server(tracking_server: TrackingServer) -> str:
+    return tracking_server.uri
 
 
 def test_train_and_evaluate_against_a_tracking_server(workspace: Path, params: Params, server: str,
@@ -64,3 +85,75 @@ def test_train_and_evaluate_against_a_tracking_server(workspace: Path, params: P
     assert model(torch.randn(5, 2)).shape == (5, 1)
     assert not (workspace / "mlflow.db").exists()  # nothing went to the local default store
     assert os.environ["MLFLOW_TRACKING_URI"] == server
+
+
+def _stage_dir(workspace: Path, epochs: int) -> Path:
+    import shutil
+
+    from conftest import REPO, set_params
+
+    shutil.copytree(REPO / "stages", workspace / "stages")
+    shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
+    set_params(workspace, {"train.boston_module.epochs": epochs, "train.boston_module.batch_size": 16,
+                           "tracking.max_epoch_points": None})
+    return workspace
+
+
+def _start_training(workspace: Path, uri: str) -> subprocess.Popen[str]:
+    from conftest import stage_env
+
+    return subprocess.Popen([sys.executable, "stages/train.py", "boston_module"], cwd=workspace, text=True,
+                            env=stage_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_epoch(workspace: Path, process: subprocess.Popen[str], epoch: int) -> None:
+    from bplab.safe_load import load_without_code
+
+    checkpoint, deadline = workspace / "checkpoints/boston_module.pt", time.monotonic() + 120
+    while not (checkpoint.exists() and load_without_code(checkpoint, "a checkpoint")["epoch"] >= epoch):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_server_lost_mid_run_fails_the_stage_fast_and_the_next_run_completes_it(
+        workspace: Path, tracking_server: TrackingServer) -> None:
+    from mlflow import MlflowClient
+
+    from conftest import stage_env
+
+    _stage_dir(workspace, epochs=4000)
+    process = _start_training(workspace, tracking_server.uri)
+    _wait_for_epoch(workspace, process, 1)
+    tracking_server.stop()
+    lost_at = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - lost_at < 60  # MLflow's own retries would take about four minutes
+    assert process.returncode == 2, stderr
+    assert f"train@boston_module: error: writing to the MLflow tracking store {tracking_server.uri} failed" in stderr
+    assert "Traceback" not in stderr
+    assert not (workspace / "models").exists() and not (workspace / "history").exists()  # nothing half-done
+
+    tracking_server.start()
+    again = subprocess.run([sys.executable, "stages/train.py", "boston_module"], cwd=workspace, text=True,
+                           env=stage_env(MLFLOW_TRACKING_URI=tracking_server.uri), capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from checkpoints/boston_module.pt after epoch" in again.stderr
+    client = MlflowClient(tracking_server.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("boston").experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")]
+    assert sorted(steps) == list(range(1, 4001))  # every epoch once: none lost, none doubled
+
+
+def test_sigterm_does_not_hang_behind_a_dead_server(workspace: Path, tracking_server: TrackingServer) -> None:
+    _stage_dir(workspace, epochs=1_000_000)
+    process = _start_training(workspace, tracking_server.uri)
+    _wait_for_epoch(workspace, process, 1)
+    tracking_server.stop()
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - sent < 45, stderr
+    assert process.returncode == 143, stderr
+    assert "terminated" in stderr and "Traceback" not in stderr

@@ -35,12 +35,15 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what NumPy and scikit-learn accept as a seed
+Width = Annotated[int, Field(gt=0, le=65536)]  # a layer's units: beyond this, memory runs out first
 
 
 class Strict(BaseModel):
-    """Base for every params section: unknown keys are errors, no silent type coercion."""
+    """Base for every params section: unknown keys are errors, no silent type coercion, and no
+    NaN or infinite numbers (``.inf`` seconds, a NaN learning rate)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # --- training --------------------------------------------------------------------------------
@@ -49,7 +52,7 @@ class ModelSpec(Strict):
     """Which tutorial network to build and its sizes; input/output widths come from the data."""
 
     arch: ArchName
-    hidden: list[PositiveInt] = []
+    hidden: list[Width] = []
     init_scale: PositiveFloat = 0.01  # only twolayer: the tutorial's randn(...) * 0.01
 
     @model_validator(mode="after")
@@ -78,6 +81,13 @@ class VariantParams(Strict):
     init: InitName = "default"
     param_groups: dict[str, PositiveFloat] = {}
 
+    @model_validator(mode="after")
+    def _momentum_needs_an_optimizer_that_uses_it(self) -> VariantParams:
+        if self.momentum and self.optimizer in {"adam", "adamw"}:
+            raise ValueError(f"momentum: {self.optimizer} has no momentum (its betas play that role); "
+                             "remove momentum, or use sgd or rmsprop")
+        return self
+
 
 class TrackingParams(Strict):
     """How much of a training run MLflow records (``history/<variant>.csv`` keeps every epoch)."""
@@ -92,7 +102,7 @@ class Params(Strict):
     """The whole of params.yaml. ``data`` holds one section per dataset, each validated by the
     params model its module declares (see :func:`params_model`)."""
 
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tracking: TrackingParams = TrackingParams()
     datasets: list[str] = Field(min_length=1)

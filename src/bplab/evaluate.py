@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from bplab.errors import BplabError, DataError
 from bplab.outputs import publish_directory, write_text_atomic
 from bplab.paths import RUN_FILE, STATE_DICT_FILE, WHOLE_MODEL_FILE, metrics_file, model_dir, plots_dir, processed_dir
 from bplab.recorder import Recorder
+from bplab.timings import StageClock
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +69,9 @@ def compute_test_metrics(task_kind: str, outputs: torch.Tensor, target: torch.Te
     actual, predicted = target.double().ravel(), outputs.double().ravel()
     residual_ss = float(((actual - predicted) ** 2).sum())
     total_ss = float(((actual - actual.mean()) ** 2).sum())
+    if total_ss == 0:
+        raise EvaluationError(f"test_r2 is undefined: the {len(actual)} test target(s) are all {float(actual[0])}; "
+                              "use a larger test split")
     mse = residual_ss / len(actual)
     return {"test_mse": mse, "test_rmse": mse ** 0.5, "test_mae": float((actual - predicted).abs().mean()),
             "test_r2": 1.0 - residual_ss / total_ss}
@@ -127,30 +132,42 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
     record = load_run_record(name, root)
     import torch
 
+    clock = StageClock(f"evaluate@{name}")
     test_split = processed.load(processed_dir(variant.dataset, root), ("test",)).splits["test"]
     test_digest = processed.content_digest(*test_split)
     x, y = (torch.from_numpy(a) for a in test_split)
-    with Recorder.run(variant.dataset, name, {registry.TEST_DIGEST_TAG: test_digest},
-                      run_id=record["run_id"]) as recorder:
-        fresh, whole = _load_both_forms(record, params, name, root)
-        outputs = predict(fresh, x, variant.eval_batch_size)
-        disagreement = float((predict(whole, x, variant.eval_batch_size) - outputs).abs().max())
-        if disagreement > AGREEMENT_ATOL:
-            raise EvaluationError(
-                f"{name}: models/{name}/model.pt and models/{name}/state_dict.pt predict "
-                f"differently on the test split (max |difference| {disagreement:.3g} > {AGREEMENT_ATOL})")
-        metrics = compute_test_metrics(record["task"], outputs, y)
-        recorder.log_metrics(metrics | {"saved_forms_max_abs_diff": disagreement})
-
-        def draw(staging: Path) -> None:
-            for file_name, figure in dataset.evaluation_pictures(evaluation_of(name, fresh, x, y, outputs)).items():
-                plots.save(figure, staging / file_name)
-
-        out = plots_dir(name, root)
-        publish_directory(out, draw)
-        recorder.log_directory(out, "plots")
+    with ExitStack() as run:
+        with clock.phase("mlflow_setup"):
+            recorder = run.enter_context(Recorder.run(variant.dataset, name, {registry.TEST_DIGEST_TAG: test_digest},
+                                                      run_id=record["run_id"]))
+        with clock.phase("predict"):
+            fresh, whole = _load_both_forms(record, params, name, root)
+            outputs = predict(fresh, x, variant.eval_batch_size)
+            disagreement = float((predict(whole, x, variant.eval_batch_size) - outputs).abs().max())
+            if disagreement > AGREEMENT_ATOL:
+                raise EvaluationError(
+                    f"{name}: models/{name}/model.pt and models/{name}/state_dict.pt predict "
+                    f"differently on the test split (max |difference| {disagreement:.3g} > {AGREEMENT_ATOL})")
+            metrics = compute_test_metrics(record["task"], outputs, y)
+        with clock.phase("mlflow"):
+            recorder.log_metrics(metrics | {"saved_forms_max_abs_diff": disagreement})
+        with clock.phase("pictures"):
+            pictures = dataset.evaluation_pictures(evaluation_of(name, fresh, x, y, outputs))
+            publish_directory(plots_dir(name, root), lambda staging: _save_all(pictures, staging))
+        with clock.phase("mlflow"):
+            recorder.log_directory(plots_dir(name, root), "plots")
         score = registry.Score(dataset.champion.metric, metrics[dataset.champion.metric],
                                dataset.champion.higher_is_better, test_digest)
-        registration = _register(record, name, variant.dataset, score, recorder)
-        write_text_atomic(metrics_file(name, root), json.dumps(metrics, indent=2) + "\n")
+        with clock.phase("registry"):
+            registration = _register(record, name, variant.dataset, score, recorder)
+        with clock.phase("outputs"):
+            write_text_atomic(metrics_file(name, root), json.dumps(metrics, indent=2) + "\n")
+        with clock.phase("mlflow"):
+            recorder.end()
+    clock.finish()
     return metrics | {"registered_version": registration.version, "promoted": registration.promoted}
+
+
+def _save_all(figures, folder: Path) -> None:
+    for file_name, figure in figures.items():
+        plots.save(figure, folder / file_name)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -22,16 +24,27 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bplab import plots, track
+from bplab.errors import TrackingUnavailable
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from matplotlib.figure import Figure
+    from mlflow.entities import Metric
     from mlflow.models.model import Model, ModelInfo
 
     from bplab.train.loop import EpochRecord
 
 METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+# Tags the recorder keeps on its runs: which process holds the run (to find runs a kill -9 left
+# RUNNING), and the last epoch whose metrics are stored (to log each epoch once across a resume).
+HOST_TAG, PID_TAG, LOGGED_THROUGH_TAG = "bplab.host", "bplab.pid", "bplab.logged_through_epoch"
+# MLflow's HTTP client retries a dead server for about four minutes by default. A stage should
+# fail within seconds and resume on the next `dvc repro`: a few retries, short backoff.
+_RETRIES, _BOUNDED_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"
+for _name, _value in {_RETRIES: _BOUNDED_RETRIES, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}.items():
+    os.environ.setdefault(_name, _value)
 # The pyfunc flavor's device. mlflow.pytorch writes ``config: {device: null}``, and its pyfunc
 # loader then picks CUDA whenever a GPU is present; but a torch.export (pt2) program keeps the
 # device it was exported on, so on a GPU machine ``mlflow.pyfunc.load_model`` and ``mlflow models
@@ -61,8 +74,58 @@ def _experiment_id(name: str) -> str:
         return found.experiment_id
 
 
+def _reason(failure: BaseException) -> str:
+    """A store error in a few words: MLflow's HTTP errors repeat the whole request."""
+    text = str(getattr(failure, "message", failure))
+    return "connection refused" if "Connection refused" in text else text[:300]
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise track.Terminated(f"received signal {signum}")
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):  # not a pid, or another user's live process
+        return True
+    return True
+
+
+def _end_orphans(experiment_id: str, run_name: str) -> None:
+    """Mark KILLED the runs named ``run_name`` that a killed process of this host left RUNNING."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], f"attributes.run_name = '{run_name}' and "
+                                  f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"):
+        if not _alive(run.data.tags.get(PID_TAG, "")):
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+class RunGone(Exception):
+    """The MLflow run to resume was deleted, or is not in this tracking store."""
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether ``run_id`` is a live (not deleted) run of the tracking store."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    uri = track.tracking_uri()
+    track.check_reachable(uri)
+    try:
+        with track.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
+            run = MlflowClient(uri).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise
+    return run.info.lifecycle_stage != "deleted"
 
 
 class Recorder:
@@ -84,14 +147,17 @@ class Recorder:
         import mlflow
 
         experiment_id = _experiment_id(experiment)
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        holder = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if run_id is None:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+            _end_orphans(experiment_id, run_name)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags) | holder)
         else:
+            if not run_exists(run_id):
+                raise RunGone(f"MLflow run {run_id} no longer exists in {track.redact(track.tracking_uri())}")
             run = mlflow.start_run(run_id=run_id)
-            if tags:
-                mlflow.set_tags(dict(tags))
+            mlflow.set_tags(dict(tags) | holder)
         recorder = cls(run.info.run_id, run.info.experiment_id)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             yield recorder
         except KeyboardInterrupt:
@@ -107,26 +173,46 @@ class Recorder:
 
     def _end(self, status: str) -> None:
         import mlflow
+        from mlflow.exceptions import MlflowException
 
-        if not self.ended:
-            self.ended = True
+        if self.ended:
+            return
+        self.ended = True
+        if status == "FINISHED":
             mlflow.end_run(status)
+            return
+        # The stage is failing already, perhaps because the store is gone: one attempt, no retries
+        # (a Ctrl-C must not wait behind them), and its error is reported, not raised.
+        retries = os.environ.get(_RETRIES)
+        os.environ[_RETRIES] = "0"
+        try:
+            mlflow.end_run(status)
+        except MlflowException as exc:
+            print(f"could not mark MLflow run {self.run_id} {status} ({_reason(exc)})", file=sys.stderr)
+        finally:
+            os.environ[_RETRIES] = retries or _BOUNDED_RETRIES
 
     def end(self) -> None:
         """End the run as FINISHED now (the context does it at its end otherwise)."""
         self._end("FINISHED")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params; nested mappings become dotted names (``model.arch``)."""
+        """Log params; nested mappings become dotted names (``model.arch``). URLs lose their
+        credentials and query strings (presigned links carry secrets there)."""
         import mlflow
 
-        mlflow.log_params(track.flatten(dict(params)))
+        mlflow.log_params(track.flatten(track.redact_all(dict(params))))
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Log final (step-less) metric values."""
+        """Log final (step-less) values; a metric whose latest value is already this one is not
+        logged again (a stage re-run after a kill leaves one value, not two)."""
         import mlflow
+        from mlflow import MlflowClient
 
-        mlflow.log_metrics(dict(metrics))
+        latest = MlflowClient().get_run(self.run_id).data.metrics
+        changed = {key: value for key, value in metrics.items() if latest.get(key) != value}
+        if changed:
+            mlflow.log_metrics(changed)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags on the run."""
@@ -135,10 +221,10 @@ class Recorder:
         mlflow.set_tags(dict(tags))
 
     def log_dict(self, values: Mapping[str, Any], file_name: str) -> None:
-        """Log ``values`` as a JSON or YAML artifact named ``file_name``."""
+        """Log ``values`` as a JSON or YAML artifact named ``file_name`` (URLs redacted)."""
         import mlflow
 
-        mlflow.log_dict(dict(values), file_name)
+        mlflow.log_dict(track.redact_all(dict(values)), file_name)
 
     def log_directory(self, directory: Path, folder: str) -> None:
         """Log every file under ``directory`` as artifacts under ``folder``."""
@@ -198,8 +284,12 @@ class Recorder:
 
     def epoch_logger(self, epochs: int, max_points: int | None, record_steps: bool,
                      steps_done: int = 0) -> EpochLogger:
-        """An :class:`EpochLogger` for this run (see there)."""
-        return EpochLogger(self.run_id, epochs, max_points, record_steps, steps_done)
+        """An :class:`EpochLogger` for this run (see there), which skips the epochs the run has
+        stored already (a resumed run re-trains from its last checkpoint)."""
+        from mlflow import MlflowClient
+
+        stored = int(MlflowClient().get_run(self.run_id).data.tags.get(LOGGED_THROUGH_TAG, "0"))
+        return EpochLogger(self.run_id, epochs, max_points, record_steps, steps_done, stored)
 
 
 class EpochLogger:
@@ -209,10 +299,16 @@ class EpochLogger:
     training loss goes as ``train_loss_step`` too. With ``max_points`` set, a run longer than that
     logs every k-th epoch (and step), plus the first and the last, so a metric gets at most about
     ``max_points`` points.
+
+    An epoch's values go in one ``log_batch`` call, with the tag that says which epoch the run
+    has stored through, so a kill cannot store half an epoch or lose the count; epochs up to
+    ``stored_through`` are skipped, so a resumed run logs each epoch once. ``after_stored`` runs
+    work (the checkpoint) on the same thread once everything before it is stored. A failed write
+    is raised at the next call, naming the tracking store.
     """
 
     def __init__(self, run_id: str, epochs: int, max_points: int | None, record_steps: bool,
-                 steps_done: int = 0) -> None:
+                 steps_done: int = 0, stored_through: int = 0) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient()
@@ -226,43 +322,88 @@ class EpochLogger:
         self.max_points = max_points
         self.record_steps = record_steps
         self.steps_done = steps_done
+        self.stored_through = stored_through
+        self._failure: BaseException | None = None  # the first write that failed: later work is skipped
 
     def _logged(self, index: int, count: int) -> bool:
         """Whether point ``index`` (1-based) of ``count`` is logged: the first, the last, every k-th."""
         stride = 1 if self.max_points is None else math.ceil(count / self.max_points)
         return index == 1 or index % stride == 0 or index == count
 
-    def __call__(self, records: list[EpochRecord]) -> None:
+    def _epoch_metrics(self, r: EpochRecord, now: int) -> list[Metric]:
         from mlflow.entities import Metric
 
+        metrics = [Metric(k, v, now, r.epoch) for k, v in r.logged().items()] if self._logged(r.epoch, self.epochs) \
+            else []
+        if self.record_steps:
+            total_steps = self.epochs * len(r.step_losses)
+            metrics += [Metric("train_loss_step", v, now, step)
+                        for step, v in enumerate(r.step_losses, start=self.steps_done + 1)
+                        if self._logged(step, total_steps)]
+        return metrics
+
+    def __call__(self, records: list[EpochRecord]) -> None:
+        self._raise_failure()
         now = int(time.time() * 1000)
-        metrics: list[Metric] = []
+        batch: list[Metric] = []
+        through = None
         for r in records:
-            if self._logged(r.epoch, self.epochs):
-                metrics += [Metric(k, v, now, r.epoch) for k, v in r.logged().items()]
-            if self.record_steps:
-                total_steps = self.epochs * len(r.step_losses)
-                metrics += [Metric("train_loss_step", v, now, step)
-                            for step, v in enumerate(r.step_losses, start=self.steps_done + 1)
-                            if self._logged(step, total_steps)]
+            metrics = self._epoch_metrics(r, now) if r.epoch > self.stored_through else []
             self.steps_done += len(r.step_losses)
-        for i in range(0, len(metrics), METRICS_PER_BATCH):
-            self._operations.append(
-                self._writer.submit(self.client.log_batch, self.run_id, metrics[i: i + METRICS_PER_BATCH]))
+            if batch and len(batch) + len(metrics) > METRICS_PER_BATCH:
+                self._submit(batch, through)
+                batch = []
+            while len(metrics) > METRICS_PER_BATCH:  # one epoch alone over the limit: stored in parts
+                self._submit(metrics[:METRICS_PER_BATCH], r.epoch - 1)
+                metrics = metrics[METRICS_PER_BATCH:]
+            batch += metrics
+            through = r.epoch
+        if through is not None and through > self.stored_through:
+            self._submit(batch, through)
+
+    def _submit(self, batch: list[Metric], through: int) -> None:
+        from mlflow.entities import RunTag
+
+        tag = [RunTag(LOGGED_THROUGH_TAG, str(max(through, self.stored_through)))]
+        self._operations.append(self._writer.submit(self._unless_failed, self.client.log_batch, self.run_id, batch,
+                                                    tags=tag))
+
+    def after_stored(self, work) -> None:
+        """Run ``work()`` on the writer thread after every batch submitted so far is stored (not at
+        all once a batch has failed: a checkpoint must not claim epochs the run does not hold)."""
+        self._operations.append(self._writer.submit(self._unless_failed, work))
+
+    def _unless_failed(self, work, *args, **kwargs) -> None:
+        if self._failure is None:  # one dead server costs one round of retries, not one per batch
+            try:
+                work(*args, **kwargs)
+            except BaseException as exc:
+                self._failure = exc
+                raise
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise TrackingUnavailable(
+                f"writing to the MLflow tracking store {track.redact(track.tracking_uri())} failed "
+                f"({_reason(self._failure)}); "
+                "the run resumes from its last checkpoint on the next `dvc repro`")
+        self._operations = [op for op in self._operations if not op.done()]
 
     def wait(self) -> None:
         """Block until every batch has been written (raises if one failed)."""
         try:
             for operation in self._operations:
-                operation.result()
+                operation.exception()  # waits
+            self._raise_failure()
         finally:
             self._operations.clear()
             self._writer.shutdown(wait=True)
 
     def close(self) -> None:
-        """Let pending writes finish, without raising: for a run ending on an error (its first
-        epochs are kept), where the error in flight is the one to report."""
-        self._writer.shutdown(wait=True)
+        """Stop without raising: for a run ending on an error or a signal, where the error in
+        flight is the one to report. Queued batches are dropped (the checkpoint they precede is
+        not written either), so a dead server cannot hold the process."""
+        self._writer.shutdown(wait=True, cancel_futures=True)
 
 
 def _save_pytorch_served_on_cpu(path: str, mlflow_model: Model, **kwargs: Any) -> None:

@@ -85,6 +85,21 @@ def _all_versions(client: Any, name: str) -> list[Any]:
             return versions
 
 
+def _version_of(client: Any, name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
+    """The version of ``model_uri`` from run ``run_id``: the one registered before (an evaluate
+    re-run after a kill registers nothing twice; its tags are brought up to date), or a new one."""
+    import mlflow
+
+    for version in _all_versions(client, name):
+        if version.run_id == run_id and version.tags.get("variant") == tags["variant"] and \
+                version.tags.get(TEST_DIGEST_TAG) == tags[TEST_DIGEST_TAG]:
+            for key, value in tags.items():
+                if version.tags.get(key) != value:
+                    client.set_model_version_tag(name, version.version, key, value)
+            return str(version.version)
+    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
 def _lock_file(tracking_uri: str, name: str) -> Path:
     """One lock per (tracking store, registered model), in the machine's temporary directory: the
     same for every process here, queued DVC experiments in their own copies included."""
@@ -109,11 +124,10 @@ def register(model_uri: str, name: str, variant: str, run_id: str, score: Score)
     client = MlflowClient()
     store = redact(mlflow.get_tracking_uri())
     lock = FileLock(str(_lock_file(mlflow.get_tracking_uri(), name)), timeout=LOCK_TIMEOUT_S)
+    tags = {"variant": variant, "run_id": run_id, score.metric: repr(score.value), TEST_DIGEST_TAG: score.test_digest}
     try:
-        version = str(mlflow.register_model(
-            model_uri, name, tags={"variant": variant, "run_id": run_id, score.metric: repr(score.value),
-                                   TEST_DIGEST_TAG: score.test_digest}).version)
         with lock:
+            version = _version_of(client, name, run_id, model_uri, tags)
             best = best_version(_all_versions(client, name), score)
             if best is None:  # the version just registered has its tags: only a broken store gets here
                 raise RegistryError(f"registered model {name!r} in {store}: version {version} lost its "

@@ -8,6 +8,7 @@ containers and the classes a caller allows, and refuses any other global a pickl
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 from pathlib import Path
@@ -21,15 +22,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def load_without_code(path: Path, what: str, allowed: tuple[type, ...] = ()) -> Any:
+def load_without_code(path: Path, what: str, allowed: tuple[type, ...] = (), data: bytes | None = None) -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU, with ``allowed`` classes besides tensors.
 
-    Raises :class:`ModelFileError` naming ``path`` (and ``what`` it should have held) when the file
-    is missing, unreadable, or names a global outside the allowlist.
+    ``data``, when given, is the file's content already read (``path`` then only names it). The
+    CPU, because a file written on a GPU machine must load on any machine; callers move tensors
+    to their device. Raises :class:`ModelFileError` naming ``path`` (and ``what`` it should have
+    held) when the file is missing, unreadable, or names a global outside the allowlist.
     """
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, weights_only=True, map_location="cpu")
+            return torch.load(path if data is None else io.BytesIO(data), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise ModelFileError(f"{path}: missing") from None
     except pickle.UnpicklingError as exc:  # a global outside the allowlist, or not a pickle at all

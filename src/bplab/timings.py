@@ -3,6 +3,10 @@
 A stage keeps one :class:`StageClock`. At its end it prints a one-line summary to stderr and, when
 ``BPLAB_TIMINGS`` names a file, appends the numbers there as one JSON line (``bench/run.py`` sets
 it around ``dvc repro`` to break each stage down).
+
+The phases are also where the fault campaign (``bench/soak.py``) kills a stage: with
+``BPLAB_KILL_AT=<stage>/<phase>:<n>`` (or ``...:<n>:end``) the process sends itself SIGKILL on
+entering (or leaving) that phase for the n-th time, the way a power cut or the OOM killer would.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +23,18 @@ from pathlib import Path
 from typing import Any
 
 TIMINGS_ENV = "BPLAB_TIMINGS"
+KILL_ENV = "BPLAB_KILL_AT"
+
+
+def _kill_point() -> tuple[str, str, int, bool] | None:
+    """``BPLAB_KILL_AT`` as (stage, phase, n, at the end), or None when unset or not understood."""
+    value = os.environ.get(KILL_ENV, "")
+    stage, _, point = value.partition("/")
+    phase, _, rest = point.partition(":")
+    count, _, end = rest.partition(":")
+    if not (stage and phase and count.isdigit()) or end not in {"", "end"}:
+        return None
+    return stage, phase, int(count), end == "end"
 
 
 def process_start_time() -> float:
@@ -41,10 +58,19 @@ class StageClock:
         self.first_step: float | None = None
         self.last_step: float | None = None
         self._stack: list[tuple[str, float]] = []
+        self._entries: dict[str, int] = {}
+        self._kill_at = _kill_point()
+
+    def _maybe_killed(self, name: str, at_end: bool) -> None:
+        if self._kill_at == (self.stage, name, self._entries[name], at_end):
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Count the time spent inside the block as ``name`` (minus nested phases)."""
+        self._entries[name] = self._entries.get(name, 0) + 1
+        self._maybe_killed(name, at_end=False)
         now = time.perf_counter()
         if self._stack:
             outer, since = self._stack[-1]
@@ -52,6 +78,7 @@ class StageClock:
         self._stack.append((name, now))
         try:
             yield
+            self._maybe_killed(name, at_end=True)
         finally:
             now = time.perf_counter()
             _, since = self._stack.pop()

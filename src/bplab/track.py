@@ -6,7 +6,6 @@ Nothing here imports mlflow: :mod:`bplab.recorder` is the one module that writes
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import urllib.parse
 from contextlib import nullcontext
@@ -66,22 +65,44 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, naming ``uri``, when an HTTP tracking server does not accept connections.
+def redact_all(value: Any) -> Any:
+    """:func:`redact` applied to every string inside ``value`` (dicts, lists, tuples)."""
+    if isinstance(value, str):
+        return redact(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {key: redact_all(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_all(item) for item in value)
+    return value
 
-    MLflow's own client retries with backoff for minutes before giving up.
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming ``uri``, when an HTTP tracking server does not answer.
+
+    MLflow's own client retries with backoff for minutes before giving up. The check goes the way
+    MLflow's requests go (the ``requests`` library), so ``HTTP(S)_PROXY`` and ``NO_PROXY`` apply;
+    any HTTP answer, even an error status, means the server is there.
     """
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in {"http", "https"}:
+    if urllib.parse.urlparse(uri).scheme not in {"http", "https"}:
         return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    import requests
+
     try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
-    except OSError as exc:
+        requests.head(uri, timeout=timeout_s, allow_redirects=False).close()
+    except requests.RequestException as exc:
+        reason = exc.__class__.__name__ if isinstance(exc, requests.Timeout) else _root_cause(exc)
         raise TrackingUnavailable(
-            f"cannot reach the MLflow tracking server at {redact(uri)} ({TRACKING_ENV}): {exc.strerror or exc}. "
+            f"cannot reach the MLflow tracking server at {redact(uri)} ({TRACKING_ENV}): {reason}. "
             f"Start the server, or unset {TRACKING_ENV} to use the local store {default_tracking_uri()}"
         ) from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's message, without the URL (it may hold credentials)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(": ", 1)[-1] if "://" in text else text
 
 
 def store_setup_lock(uri: str):

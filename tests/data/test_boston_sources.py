@@ -371,3 +371,13 @@ def test_read_table_with_a_short_line_names_file_and_line(tmp_path):
 def test_read_table_on_a_missing_file_says_to_download_first(tmp_path):
     with pytest.raises(DataError, match="run the download stage first"):
         boston.read_table(tmp_path / "boston.csv")
+
+
+def test_a_split_that_leaves_under_two_test_rows_is_refused_naming_the_key(tmp_path):
+    from bplab.data.boston import BostonPreprocess
+    from bplab.errors import ParamsError
+
+    (tmp_path / "boston.csv").write_bytes(boston.render_csv(synthetic_rows()))
+    with pytest.raises(ParamsError, match=r"data.boston.preprocess.test_size: 0.001 leaves 505 training and 1 test"):
+        boston.preprocess(tmp_path, BostonPreprocess(test_size=0.001))
+    assert len(boston.preprocess(tmp_path, BostonPreprocess(test_size=0.004)).splits["test"][0]) == 3

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import socket
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,34 @@ def test_truncated_gzip_is_rejected_and_next_source_used(http_server, raw_dir):
     assert fetched.source == good
     assert http_server.count(f"cut/{NAME}.gz") == 1
     assert leftovers(raw_dir) == []
+
+
+def test_corrupt_deflate_body_is_rejected_and_next_source_used(http_server, raw_dir):
+    packed = bytearray(gz(CONTENT))
+    packed[10] = 0b111  # first deflate block: final, of the reserved type 3; header and trailer intact
+    with pytest.raises(zlib.error):
+        zlib.decompress(bytes(packed[10:]), -zlib.MAX_WBITS)  # the fault this test is about
+    bad = http_server.put(f"corrupt/{NAME}.gz", bytes(packed))
+    good = http_server.put(f"good/{NAME}.gz", gz(CONTENT))
+
+    fetched = fetch_file(NAME, [Candidate(bad, gunzip), Candidate(good, gunzip)], DIGEST, raw_dir / NAME, policy())
+
+    assert fetched.source == good
+    assert leftovers(raw_dir) == []
+
+
+def test_signed_and_credentialed_urls_are_redacted_in_records_and_errors(http_server, raw_dir):
+    signed = http_server.put(f"signed/{NAME}.gz", gz(CONTENT)) + "?X-Amz-Signature=s3cr3tsig&X-Amz-Credential=AKIA"
+    fetched = fetch_file(NAME, [Candidate(signed, gunzip)], DIGEST, raw_dir / NAME, policy())
+    assert (raw_dir / NAME).read_bytes() == CONTENT
+    assert fetched.source == http_server.url(f"signed/{NAME}.gz")  # what the download run logs
+
+    private = http_server.url("missing.gz").replace("http://", "http://alice:hunter2@") + "?token=t0ken"
+    with pytest.raises(DownloadError) as failed:
+        fetch_file(NAME, [Candidate(private, gunzip)], DIGEST, raw_dir / "other", policy(retries=1))
+    message = str(failed.value)
+    assert "hunter2" not in message and "t0ken" not in message and "alice" not in message
+    assert "http://***@127.0.0.1:" in message
 
 
 def test_dead_source_is_skipped(http_server, raw_dir):
@@ -429,10 +458,14 @@ def test_local_mirror_is_tried_first_and_needs_no_network(http_server, raw_dir, 
     assert http_server.requests == []
 
 
-def test_relative_local_mirror_is_resolved_from_the_working_directory(http_server, raw_dir, tmp_path,
-                                                                        monkeypatch):
+def test_relative_local_mirror_is_resolved_from_the_repository_root(http_server, raw_dir, tmp_path, monkeypatch):
+    # Under `dvc exp run --temp` and the queue, a stage runs in a copy under .dvc/tmp/exps: a
+    # relative mirror must still mean the one beside the repository's own files.
+    (tmp_path / ".dvc").mkdir()
     write_mirror(tmp_path / "mirror")
-    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
     monkeypatch.setenv(MIRROR_ENV, "mirror")
 
     fetched = mnist.download(raw_dir, mnist_params(http_server.url("remote/")), checksums=MNIST_SUMS)

@@ -68,3 +68,71 @@ def test_two_gloo_ranks_match_one_process(workspace: Path) -> None:
         ddp_history = [m.value for m in sorted(client.get_metric_history(ddp_run.info.run_id, metric),
                                                key=lambda m: m.step)]
         assert ddp_history == pytest.approx(single_history, rel=1e-4, abs=1e-6), metric
+
+
+def _node(workspace: Path, name: str, overrides: dict) -> Path:
+    """A directory laid out like a node's checkout: stages, params.yaml and the processed data."""
+    node = workspace / name
+    shutil.copytree(REPO / "stages", node / "stages")
+    shutil.copy(REPO / "params.yaml", node / "params.yaml")
+    shutil.copytree(workspace / "data", node / "data")
+    (node / ".dvc").mkdir()
+    set_params(node, overrides)
+    return node
+
+
+def _torchrun(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    return subprocess.run([str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
+                           f"--rdzv-endpoint=127.0.0.1:{free_port()}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.e2e
+def test_every_rank_resumes_from_rank_0s_checkpoint(workspace: Path) -> None:
+    overrides = {"train.flower_sequential.epochs": 1500, "train.flower_sequential.batch_size": 8}
+    first, second = _node(workspace, "node0", overrides), _node(workspace, "node1", overrides)
+    env = stage_env(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    killed = subprocess.run([sys.executable, "stages/train.py", "flower_sequential"], cwd=first, timeout=300,
+                            env=env | {"BPLAB_KILL_AT": "train@flower_sequential/checkpoints:2:end"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    from bplab.safe_load import load_without_code
+
+    saved = load_without_code(first / "checkpoints/flower_sequential.pt", "a checkpoint")["epoch"]
+    assert saved > 0 and not (second / "checkpoints").exists()  # the other node has no checkpoint at all
+
+    resumed = _torchrun(str(REPO / "tests/helpers/rank_dirs.py"), str(first), str(second), "--",
+                        "stages/train.py", "flower_sequential", cwd=first, env=env)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from checkpoints/flower_sequential.pt after epoch {saved} of 1500" in resumed.stderr
+    history = (first / "history/flower_sequential.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in history[1:]] == list(range(1, 1501))
+    assert not (second / "models").exists()  # rank 1 trained its shares and wrote nothing
+
+
+@pytest.mark.e2e
+def test_an_empty_share_of_a_batch_trains_and_a_one_row_batchnorm_share_is_refused(workspace: Path) -> None:
+    # 40 Boston rows in batches of 13: the last batch has 1 row, so one of 2 ranks gets none.
+    node = _node(workspace, "node", {"train.boston_module.epochs": 5, "train.boston_module.batch_size": 13,
+                                     "train.mnist_batchnet.epochs": 2, "train.mnist_batchnet.batch_size": 3})
+    env = stage_env(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "stages/train.py", "boston_module"], cwd=node, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    expected = (node / "history/boston_module.csv").read_text().splitlines()
+
+    ddp = _torchrun("stages/train.py", "boston_module", cwd=node, env=env)
+
+    assert ddp.returncode == 0, ddp.stderr  # was "training diverged: loss is nan"
+    rows = [line.split(",") for line in (node / "history/boston_module.csv").read_text().splitlines()[1:]]
+    for got, want in zip(rows, (line.split(",") for line in expected[1:])):
+        assert [float(v) for v in got[1:3]] == pytest.approx([float(v) for v in want[1:3]], rel=1e-4)
+
+    refused = _torchrun("stages/train.py", "mnist_batchnet", cwd=node, env=env)
+    assert refused.returncode != 0
+    assert ("train@mnist_batchnet: error: train.mnist_batchnet.batch_size: batch_size 3 with 2 ranks gives a "
+            "rank 1 row(s) of a batch of") in refused.stderr
+    # torchrun prints its own traceback when a rank fails; none of the stage's frames are in it
+    assert "src/bplab/" not in refused.stderr and 'stages/train.py", line' not in refused.stderr

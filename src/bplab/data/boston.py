@@ -17,11 +17,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from bplab import plots
-from bplab.config import Fraction, Strict
+from bplab.config import Fraction, Seed, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import Candidate, FetchedFile, FetchPolicy, fetch_file, mirror_dir
 from bplab.data.processed import Prepared
-from bplab.errors import DataError
+from bplab.errors import DataError, ParamsError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,7 +49,7 @@ class BostonDownload(FetchPolicy):
 
 class BostonPreprocess(Strict):
     test_size: Fraction = 0.2
-    split_seed: int = 42
+    split_seed: Seed = 42
     drop_features: list[Literal[FEATURES]] = []  # type: ignore[valid-type]
 
     @field_validator("drop_features")
@@ -189,6 +189,9 @@ def preprocess(raw_dir: Path, params: BostonPreprocess) -> Prepared:
     x_train, x_test, y_train, y_test = train_test_split(
         features, target, test_size=params.test_size, random_state=params.split_seed
     )
+    if min(len(x_train), len(x_test)) < 2:  # the scaler and R² need two rows to mean anything
+        raise ParamsError(f"data.boston.preprocess.test_size: {params.test_size} leaves {len(x_train)} training "
+                          f"and {len(x_test)} test rows of {len(features)}; each split needs at least 2")
     scaler = StandardScaler().fit(x_train)
     names = [FEATURES[i] for i in keep]
     transform = {

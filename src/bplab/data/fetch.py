@@ -15,13 +15,17 @@ import os
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from bplab.config import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
+from bplab import track
+from bplab.config import Strict
 from bplab.errors import DownloadError
 from bplab.outputs import write_bytes_atomic
 
@@ -29,9 +33,9 @@ from bplab.outputs import write_bytes_atomic
 class FetchPolicy(Strict):
     """How hard a download tries each source before moving to the next (``data.<name>.download``)."""
 
-    retries: PositiveInt = 3
-    backoff_s: NonNegativeFloat = 1.0
-    timeout_s: PositiveFloat = 30.0
+    retries: Annotated[int, Field(gt=0, le=100)] = 3
+    backoff_s: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 MIRROR_ENV = "BPLAB_DATA_MIRROR"
 _CHUNK = 1 << 20
@@ -46,7 +50,7 @@ def gunzip(payload: bytes) -> bytes:
     """Decoder for ``.gz`` sources; a truncated or corrupt stream raises ``ValueError``."""
     try:
         return gzip.decompress(payload)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # bad header or trailer, cut short, corrupt deflate body
         raise ValueError(f"not a valid gzip stream ({exc})") from None
 
 
@@ -74,7 +78,7 @@ class _Attempts:
     failures: list[str] = field(default_factory=list)
 
     def add(self, location: str, reason: str) -> None:
-        self.failures.append(f"  - {location}: {reason}")
+        self.failures.append(f"  - {track.redact(location)}: {reason}")
 
 
 class _Transient(Exception):
@@ -82,9 +86,16 @@ class _Transient(Exception):
 
 
 def mirror_dir() -> Path | None:
-    """The local mirror named by ``BPLAB_DATA_MIRROR``, if set (relative paths are from cwd)."""
+    """The local mirror named by ``BPLAB_DATA_MIRROR``, if set.
+
+    A relative path is taken from the repository's root, not the current directory: under
+    ``dvc exp run --temp`` and the queue, stages run in a copy under ``.dvc/tmp/exps``.
+    """
     value = os.environ.get(MIRROR_ENV, "").strip()
-    return Path(value).expanduser().resolve() if value else None
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else track.repo_root() / path).resolve()
 
 
 def _is_url(location: str) -> bool:
@@ -150,7 +161,7 @@ def fetch_file(
             attempts.add(candidate.location, f"checksum mismatch: sha256 {digest}, expected {sha256}")
             continue
         write_bytes_atomic(dest, content)
-        return FetchedFile(name, dest, candidate.location, digest, len(content))
+        return FetchedFile(name, dest, track.redact(candidate.location), digest, len(content))
     raise DownloadError(
         f"could not get {name}: every source failed\n" + "\n".join(attempts.failures) + "\n"
         f"Offline? Set {MIRROR_ENV} to a directory laid out like the project's data mirror "

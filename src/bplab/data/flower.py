@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bplab import plots
-from bplab.config import NonNegativeFloat, PositiveInt, Strict
+from bplab.config import NonNegativeFloat, Seed, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import FetchedFile
 from bplab.data.processed import Prepared
@@ -21,17 +21,18 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SPLIT_FILES = {"train": "train.csv", "test": "test.csv"}
+Points = Annotated[int, Field(gt=0, le=10_000_000)]  # 2-D points; more would not fit in memory as CSV text
 
 
 class FlowerDownload(Strict):
     """Parameters of the tutorial's two-class flower generator."""
 
-    n_points: PositiveInt = 400
-    petals: PositiveInt = 4
+    n_points: Points = 400
+    petals: Annotated[int, Field(gt=0, le=1000)] = 4
     noise: NonNegativeFloat = 0.2
-    seed: int = 1
-    test_points: PositiveInt = 400
-    test_seed: int = 2
+    seed: Seed = 1
+    test_points: Points = 400
+    test_seed: Seed = 2
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> FlowerDownload:

@@ -1,10 +1,13 @@
 """Training checkpoints, so an interrupted ``train@<variant>`` continues where it stopped.
 
-``checkpoints/<variant>.pt`` (a persistent DVC output) is rewritten atomically at every progress
-report: the model, optimizer and shuffling-generator states after the last reported epoch, the
-history so far, and the MLflow run id. A later start with the same params resumes from it and
-ends with the same numbers as an uninterrupted run. It holds only tensors and plain containers,
-so it loads with ``torch.load(..., weights_only=True)``.
+``checkpoints/<variant>.pt`` (a persistent DVC output) is written atomically when a run starts and
+at every progress report, once that report's metrics are stored in MLflow: the model, optimizer
+and shuffling-generator states after the last reported epoch, the history so far, the MLflow run
+id, and the fingerprint of what shaped the training (params, seed, the data's digest, the model's
+architecture). A later start with the same fingerprint resumes from it, on whatever device, and
+ends with the same numbers as an uninterrupted run. A checkpoint of an unfinished training that
+cannot be resumed is set aside (renamed, kept), never silently lost. It holds only tensors and
+plain containers, so it loads with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +29,17 @@ from bplab.safe_load import load_without_code
 from bplab.train.loop import EPOCH_METRICS, SECONDS, EpochRecord, history_columns
 
 
-def fingerprint(settings: dict[str, Any]) -> str:
-    """A digest of everything that shapes training (variant params, seed, data shapes)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+def fingerprint(parts: dict[str, Any]) -> dict[str, str]:
+    """A digest of each part of what shapes a training (``params``, ``data``, ``model``, ...)."""
+    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+            for name, value in parts.items()}
 
 
 @dataclass
 class Checkpoint:
     """The state after ``epoch`` completed epochs."""
 
-    fingerprint: str
+    fingerprint: dict[str, str]
     run_id: str
     epoch: int
     model: dict[str, torch.Tensor]
@@ -43,13 +48,17 @@ class Checkpoint:
     initial_weights: dict[str, torch.Tensor]
     history: list[EpochRecord]
 
-    def save(self, path: Path) -> None:
-        """Write atomically: an interrupt during the write keeps the previous checkpoint."""
+    def to_bytes(self) -> bytes:
+        """The checkpoint file's content, taken now (training may go on while it is written)."""
         payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         payload["history"] = _history_tensors(self.history)
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        write_bytes_atomic(path, buffer.getvalue())
+        return buffer.getvalue()
+
+    def save(self, path: Path) -> None:
+        """Write atomically: an interrupt during the write keeps the previous checkpoint."""
+        write_bytes_atomic(path, self.to_bytes())
 
 
 def _history_tensors(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
@@ -75,19 +84,46 @@ def _history_records(columns: dict[str, torch.Tensor]) -> list[EpochRecord]:
     return records
 
 
-def load_resumable(path: Path, expected_fingerprint: str, epochs: int) -> tuple[Checkpoint | None, str]:
-    """The checkpoint at ``path`` if training should resume from it, and why (or why not)."""
-    if not path.exists():
-        return None, "no checkpoint"
+@dataclass(frozen=True)
+class Resumption:
+    """What a start does with the checkpoint it found, and why."""
+
+    checkpoint: Checkpoint | None  # the state to resume from, if any
+    why: str
+    set_aside: bool  # the file holds an unfinished training this start will not continue
+
+
+def read(path: Path) -> bytes | None:
+    """The checkpoint file's bytes, or None when there is none."""
     try:
-        payload = load_without_code(path, "a training checkpoint")
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def decide(raw: bytes | None, path: Path, expected: dict[str, str], epochs: int) -> Resumption:
+    """Whether the checkpoint ``raw`` (read from ``path``) is resumed, set aside, or replaced."""
+    if raw is None:
+        return Resumption(None, "no checkpoint", False)
+    try:
+        payload = load_without_code(path, "a training checkpoint", data=raw)
         checkpoint = Checkpoint(**{**payload, "history": _history_records(payload["history"])})
     except ModelFileError as exc:
-        return None, f"unreadable checkpoint ignored: {exc}"
-    except (TypeError, KeyError, AttributeError) as exc:
-        return None, f"unreadable checkpoint {path} ignored ({exc})"
-    if checkpoint.fingerprint != expected_fingerprint:
-        return None, f"checkpoint {path} is from other params; starting afresh"
+        return Resumption(None, f"unreadable checkpoint: {exc}", True)
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        return Resumption(None, f"unreadable checkpoint {path} ({type(exc).__name__}: {exc})", True)
     if checkpoint.epoch >= epochs:
-        return None, f"checkpoint {path} is of a finished training; starting afresh"
-    return checkpoint, f"resuming from {path} after epoch {checkpoint.epoch} of {epochs}"
+        return Resumption(None, f"checkpoint {path} is of a finished training; starting afresh", False)
+    if checkpoint.fingerprint != expected:
+        found = checkpoint.fingerprint if isinstance(checkpoint.fingerprint, dict) else {}
+        changed = [name for name in expected if found.get(name) != expected[name]]
+        return Resumption(None, f"checkpoint {path} (epoch {checkpoint.epoch} of {epochs}) was trained with other "
+                                f"{', '.join(changed)}", True)
+    return Resumption(checkpoint, f"resuming from {path} after epoch {checkpoint.epoch} of {epochs}", False)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unfinished training's checkpoint out of the way, keeping it; returns its new path."""
+    kept = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%dT%H%M%S')}")
+    path.rename(kept)
+    return kept

@@ -83,3 +83,21 @@ def all_sum(tensor: torch.Tensor, placement: Placement) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def from_main(data: bytes | None, placement: Placement) -> bytes | None:
+    """Rank 0's ``data`` on every rank (the others' own is ignored), so all ranks decide alike.
+
+    Ranks on other nodes have other disks: a checkpoint read there may be missing or stale.
+    """
+    if placement.world == 1:
+        return data
+    size = torch.tensor([-1 if data is None else len(data)], dtype=torch.int64, device=placement.device)
+    dist.broadcast(size, src=0)
+    if size.item() <= 0:
+        return None if size.item() < 0 else b""
+    buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if placement.is_main
+              else torch.empty(int(size.item()), dtype=torch.uint8))
+    buffer = buffer.to(placement.device)
+    dist.broadcast(buffer, src=0)
+    return buffer.cpu().numpy().tobytes()

@@ -151,18 +151,27 @@ def _batches(n: int, batch_size: int | None, order: torch.Tensor | None):
         yield start, (None if order is None else order[start: start + size]), min(size, n - start)
 
 
-def check_schedule(model: nn.Module, n_train: int, schedule: Schedule) -> None:
-    """Refuse a batch size that leaves a last batch of one row when the model has BatchNorm.
-
-    BatchNorm cannot compute batch statistics from a single row and would fail mid-epoch.
-    """
+def check_schedule(model: nn.Module, n_train: int, schedule: Schedule, world: int = 1) -> None:
+    """Refuse a batch size that gives BatchNorm a batch (or, under torchrun, a rank's share of
+    one) of fewer than two rows: it cannot compute batch statistics from one row, and would fail
+    mid-epoch. Shares of no rows are fine without BatchNorm."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
     size = schedule.batch_size or n_train
-    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if has_batchnorm and n_train % size == 1:
-        raise BatchSizeError(
-            f"batch_size {size} leaves a last batch of 1 row out of {n_train} training rows, and "
-            "BatchNorm cannot train on one row; choose another batch_size or number of rows"
-        )
+    for batch in sorted({min(size, n_train), n_train % size or size}):  # the last batch, and a full one
+        smallest = min(Placement(rank, world, torch.device("cpu")).shard(0, batch)[1] for rank in range(world))
+        if smallest >= 2:
+            continue
+        if world > 1:
+            raise BatchSizeError(
+                f"batch_size {size} with {world} ranks gives a rank {smallest} row(s) of a batch of {batch} "
+                f"(of {n_train} training rows), and BatchNorm cannot train on fewer than 2; choose another "
+                "batch_size or number of ranks")
+        if batch < size:
+            raise BatchSizeError(
+                f"batch_size {size} leaves a last batch of 1 row out of {n_train} training rows, and "
+                "BatchNorm cannot train on one row; choose another batch_size or number of rows")
+        raise BatchSizeError(f"batch_size {size} gives batches of one row, and BatchNorm cannot train on one row")
 
 
 def has_mode_dependent_layers(model: nn.Module) -> bool:
@@ -230,7 +239,7 @@ def fit(
     """
     x, y = train
     n = len(x)
-    check_schedule(model, n, schedule)
+    check_schedule(model, n, schedule, placement.world)
     shuffle = schedule.shuffle and (schedule.batch_size or n) < n
     mode_dependent = has_mode_dependent_layers(model)
     pending: list[_Pending] = []
@@ -271,13 +280,15 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
             part = index[offset: offset + rows]
             xb, yb = x.index_select(0, part), y.index_select(0, part)
         out = model(xb)
-        loss = task.loss(out, yb)
         optimizer.zero_grad(set_to_none=True)
         if placement.world > 1:
-            # DDP averages gradients over ranks; weighting by this rank's share of the batch
-            # makes that average the gradient of the whole batch's mean loss.
-            (loss * (rows * placement.world / size)).backward()
+            # This rank's sum over its share (0 for an empty share, where a mean would be NaN);
+            # DDP averages gradients over ranks, so scaling by world / size makes that average
+            # the gradient of the whole batch's mean loss.
+            loss = task.loss(out, yb, reduction="sum")
+            (loss * (placement.world / size)).backward()
         else:
+            loss = task.loss(out, yb)
             loss.backward()
         optimizer.step()
         step_losses.append(loss.detach())
@@ -291,10 +302,9 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
 
 def _global_sums(step_losses: list[torch.Tensor], correct: list[torch.Tensor], batch_sizes: list[int],
                  placement: Placement) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Each step's loss over the whole batch and the epoch's right predictions, summed over ranks."""
-    rows = torch.tensor([placement.shard(0, size)[1] for size in batch_sizes], dtype=torch.float64,
-                        device=step_losses[0].device)
-    local = [torch.stack(step_losses).double() * rows]
+    """Each step's mean loss over the whole batch (from the ranks' sums) and the epoch's right
+    predictions, summed over ranks."""
+    local = [torch.stack(step_losses).double()]  # each step's sum over this rank's rows
     if correct:
         local.append(torch.stack(correct).sum().double().reshape(1))
     totals = all_sum(torch.cat(local), placement)

@@ -27,7 +27,7 @@ from bplab import plots, track
 from bplab.config import Params, VariantParams
 from bplab.data import catalog, processed
 from bplab.errors import ParamsError
-from bplab.outputs import publish_directory, write_text_atomic
+from bplab.outputs import publish_directory, write_bytes_atomic, write_text_atomic
 from bplab.paths import (
     RUN_FILE,
     STATE_DICT_FILE,
@@ -43,7 +43,7 @@ from bplab.timings import StageClock
 if TYPE_CHECKING:
     import torch
 
-    from bplab.train.checkpoint import Checkpoint
+    from bplab.train.checkpoint import Checkpoint, Resumption
     from bplab.train.distributed import Placement
     from bplab.train.loop import EpochRecord, Schedule, Task
 
@@ -66,7 +66,8 @@ class _Job:
     generator: torch.Generator
     schedule: Schedule
     initial_weights: dict[str, torch.Tensor]
-    fingerprint: str
+    train_digest: str
+    fingerprint: dict[str, str]
     checkpoint: Path
     resume: Checkpoint | None
     why: str
@@ -100,12 +101,33 @@ def _weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters() if p.dim() >= 2}
 
 
+def _resumption(path: Path, expected: dict[str, str], epochs: int, placement: Placement) -> Resumption:
+    """Rank 0 reads the checkpoint and decides; every rank resumes from the same bytes."""
+    from bplab import recorder
+    from bplab.train import distributed
+    from bplab.train.checkpoint import Resumption, decide, read, set_aside
+
+    raw = None
+    if placement.is_main:
+        raw = read(path)
+        decision = decide(raw, path, expected, epochs)
+        if decision.checkpoint is not None and not recorder.run_exists(decision.checkpoint.run_id):
+            decision = Resumption(None, f"checkpoint {path} belongs to MLflow run {decision.checkpoint.run_id}, "
+                                        "which no longer exists", True)
+        if decision.set_aside:
+            decision = Resumption(None, f"{decision.why}; kept as {set_aside(path)}; starting afresh", False)
+        if decision.checkpoint is None:
+            raw = None
+    raw = distributed.from_main(raw, placement)
+    return decision if placement.is_main else decide(raw, path, expected, epochs)
+
+
 def _prepare(name: str, params: Params, variant: VariantParams, placement: Placement, root: Path) -> _Job:
     """Data on the device, the seeded model and optimizer, and the checkpoint to resume from, if any."""
     import torch
 
     from bplab.models import build_model, initialize
-    from bplab.train.checkpoint import fingerprint, load_resumable
+    from bplab.train.checkpoint import fingerprint
     from bplab.train.loop import BatchSizeError, Schedule, Task, check_schedule
     from bplab.train.optim import build_optimizer, check_param_groups
 
@@ -114,18 +136,25 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     task = Task(catalog.dataset(variant.dataset).task)
     train_xy = tuple(torch.from_numpy(a).to(placement.device) for a in data.splits["train"])
     test_xy = tuple(torch.from_numpy(a).to(placement.device) for a in data.splits["test"])
-    n_out = int(train_xy[1].max()) + 1 if task.kind == "multiclass" else 1
+    # Classes from both splits: a train_limit may leave the highest class out of the training rows.
+    n_out = int(max(train_xy[1].max(), test_xy[1].max())) + 1 if task.kind == "multiclass" else 1
     torch.manual_seed(params.seed)
     model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out), variant.init)
     check_param_groups(model, variant, f"train.{name}")
     schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle)
     try:
-        check_schedule(model, len(train_xy[0]), schedule)
+        check_schedule(model, len(train_xy[0]), schedule, placement.world)
     except BatchSizeError as exc:
         raise ParamsError(f"train.{name}.batch_size: {exc}") from None
     initial_weights = {k: torch.from_numpy(v) for k, v in _weights(model).items()}
-    digest = fingerprint({"variant": variant.model_dump(mode="json"), "seed": params.seed, "shapes": data.shapes()})
-    resume, why = load_resumable(checkpoint_file(name, root), digest, variant.epochs)
+    train_digest = processed.content_digest(*data.splits["train"])
+    digest = fingerprint({
+        "params": {"variant": variant.model_dump(mode="json"), "seed": params.seed},
+        "data": {"train": train_digest, "test": processed.content_digest(*data.splits["test"])},
+        "model": {key: list(value.shape) for key, value in model.state_dict().items()},
+    })
+    resumption = _resumption(checkpoint_file(name, root), digest, variant.epochs, placement)
+    resume = resumption.checkpoint
     model = model.to(placement.device)
     optimizer = build_optimizer(model, variant)
     generator = torch.Generator().manual_seed(params.seed)
@@ -135,7 +164,8 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
         generator.set_state(resume.generator)
         initial_weights = resume.initial_weights
     return _Job(name, variant, placement, source, data, task, train_xy, test_xy, n_out, model, optimizer,
-                generator, schedule, initial_weights, digest, checkpoint_file(name, root), resume, why)
+                generator, schedule, initial_weights, train_digest, digest, checkpoint_file(name, root), resume,
+                resumption.why)
 
 
 def _fit(job: _Job, on_epochs) -> None:
@@ -153,14 +183,19 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
     from bplab.train.checkpoint import Checkpoint
 
     history = list(job.resume.history) if job.resume else []
+
+    def checkpoint(epoch: int) -> bytes:  # the state now, to be written once its epochs are stored
+        return Checkpoint(job.fingerprint, recorder.run_id, epoch, job.model.state_dict(), job.optimizer.state_dict(),
+                          job.generator.get_state(), job.initial_weights, history).to_bytes()
+
     with clock.phase("mlflow"):
         if job.resume is None:
             n_parameters = sum(p.numel() for p in job.model.parameters())
             recorder.log_params(logged_params(params, job.name, n_parameters, job.data.shapes())
                                 | {"device": str(job.placement.device), "world_size": job.placement.world})
             x, y = job.data.splits["train"]
-            recorder.log_training_data(x, y, job.source, f"{job.variant.dataset}-train",
-                                       processed.content_digest(x, y))
+            recorder.log_training_data(x, y, job.source, f"{job.variant.dataset}-train", job.train_digest)
+            write_bytes_atomic(job.checkpoint, checkpoint(0))  # a kill in the first epoch resumes this run
         else:
             recorder.set_tags({"resumed_after_epoch": str(job.resume.epoch)})
         logger = recorder.epoch_logger(job.variant.epochs, params.tracking.max_epoch_points,
@@ -174,9 +209,8 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
                     logger(records)
                 history.extend(records)
                 with clock.phase("checkpoints"):
-                    Checkpoint(job.fingerprint, recorder.run_id, records[-1].epoch, job.model.state_dict(),
-                               job.optimizer.state_dict(), job.generator.get_state(), job.initial_weights,
-                               history).save(job.checkpoint)
+                    payload = checkpoint(records[-1].epoch)
+                    logger.after_stored(lambda: write_bytes_atomic(job.checkpoint, payload))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in records[-1].metrics.items()}, refresh=False)
                 bar.update(len(records))
 
