@@ -57,7 +57,8 @@ TRAIN_POINTS = ("train/mlflow_setup:1", "train/mlflow:1", "train/training:1", "t
                 "train/outputs:1", "train/outputs:1:end", "train/mlflow:3")
 EVALUATE_POINTS = ("evaluate/mlflow_setup:1:end", "evaluate/mlflow:1:end", "evaluate/pictures:1:end",
                    "evaluate/registry:1:end", "evaluate/outputs:1:end", "evaluate/mlflow:3")
-BOSTON = {"train.boston_module.epochs": 600, "train.boston_module.batch_size": 16}  # about 3 progress reports
+# Each variant trains for a few seconds: a start resumed after a kill still sees two progress reports.
+BOSTON = {"train.boston_module.epochs": 600, "train.boston_module.batch_size": 16}
 QUICK = Campaign({"boston_module": BOSTON},
                  ("train/mlflow:1", "train/training:1", "train/checkpoints:2:end", "train/mlflow_model:1",
                   "train/outputs:1", "train/outputs:1:end", "train/mlflow:3", "evaluate/mlflow:1:end",
@@ -65,7 +66,7 @@ QUICK = Campaign({"boston_module": BOSTON},
                  mutations=240, stage_samples=3, train_samples=False)
 FULL = Campaign({"boston_module": BOSTON,
                  "flower_module": {"train.flower_module.epochs": 6000},
-                 "mnist_batchnet": {"train.mnist_batchnet.epochs": 4, "data.mnist.preprocess.train_limit": 6000,
+                 "mnist_batchnet": {"train.mnist_batchnet.epochs": 40, "data.mnist.preprocess.train_limit": 6000,
                                     "data.mnist.preprocess.test_limit": 1000}},
                 TRAIN_POINTS + EVALUATE_POINTS, mutations=1000, stage_samples=12, train_samples=True)
 
