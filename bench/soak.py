@@ -175,16 +175,6 @@ def _leaves(tree: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def _set(tree: dict, dotted: str, value: Any, delete: bool = False) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree[key]
-    if delete:
-        del tree[leaf]
-    else:
-        tree[leaf] = value
-
-
 def _get(tree: dict, dotted: str) -> Any:
     for key in dotted.split("."):
         tree = tree[key]
@@ -206,7 +196,7 @@ def mutation(raw: dict, rng: random.Random) -> tuple[dict, str, str]:
               "negative": -abs(old) if isinstance(old, (int, float)) and not isinstance(old, bool) and old else -1,
               "float-for-int": 2.5}
     if kind == "missing":
-        _set(params, key, None, delete=True)
+        scratch.set_dotted(params, key, None, delete=True)
     elif kind == "unknown":
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         target = _get(params, parent) if parent else params
@@ -214,9 +204,9 @@ def mutation(raw: dict, rng: random.Random) -> tuple[dict, str, str]:
             target["bogus_key"] = 1
             key = f"{parent}.bogus_key" if parent else "bogus_key"
         else:
-            _set(params, key, {"bogus_key": 1})
+            scratch.set_dotted(params, key, {"bogus_key": 1})
     else:
-        _set(params, key, values[kind])
+        scratch.set_dotted(params, key, values[kind])
     return params, key, kind
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from bplab.config import Params, load_params, parse_params
 from bplab.errors import ParamsError
+from bplab.scratch import set_dotted
 from conftest import REPO, run, set_params
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -20,14 +21,7 @@ RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 def edited(dotted: str, value: Any, *, delete: bool = False) -> dict[str, Any]:
     """A deep copy of the repository's params with one key set (or removed)."""
     params = copy.deepcopy(RAW)
-    *parents, leaf = dotted.split(".")
-    node = params
-    for key in parents:
-        node = node[key]
-    if delete:
-        del node[leaf]
-    else:
-        node[leaf] = value
+    set_dotted(params, dotted, value, delete=delete)
     return params
 
 

@@ -39,16 +39,23 @@ def copy_repository(dest: Path, params: dict[str, Any] | None = None, source: Pa
     return dest
 
 
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any = None, delete: bool = False) -> None:
+    """Set (or with ``delete``, remove) ``tree``'s entry at a dotted key such as ``train.mnist_mlp.lr``."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree[key]
+    if delete:
+        del tree[leaf]
+    else:
+        tree[leaf] = value
+
+
 def set_params(repo: Path, overrides: dict[str, Any]) -> None:
     """Apply dotted-key overrides (``{"data.mnist.preprocess.train_limit": 512}``) to params.yaml."""
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+        set_dotted(params, dotted, value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
