@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from bplab import scratch
+from bplab.timings import KILL_ANNOUNCEMENT
 
 REPO = Path(__file__).resolve().parents[1]
 LEFTOVER_SUFFIXES = (".part", ".tmp", ".old")
@@ -136,7 +137,7 @@ def kill_campaign(variant: str, overrides: dict[str, Any], points: tuple[str, ..
     for point in points:
         kind, _, phase = point.partition("/")
         result = _dvc(repo, "repro", *targets, env=env | {"BPLAB_KILL_AT": f"{kind}@{variant}/{phase}"})
-        killed = "exited with -9" in result.stdout + result.stderr
+        killed = result.returncode != 0 and KILL_ANNOUNCEMENT in result.stderr
         running = [r.info.run_id for r in _runs(repo, dataset, variant) if r.info.status == "RUNNING"]
         steps.append({"point": point, "killed": killed, "exit": result.returncode, "running_after": len(running)})
         if len(running) > 1:

@@ -24,6 +24,9 @@ from typing import Any
 
 TIMINGS_ENV = "BPLAB_TIMINGS"
 KILL_ENV = "BPLAB_KILL_AT"
+# Printed just before the kill: how a caller tells the injected kill from any other failure, whatever
+# the shell between DVC and the stage reports (bash execs and says -9, dash forks and says 137).
+KILL_ANNOUNCEMENT = "killing this process with SIGKILL"
 
 
 def _kill_point() -> tuple[str, str, int, bool] | None:
@@ -63,7 +66,7 @@ class StageClock:
 
     def _maybe_killed(self, name: str, at_end: bool) -> None:
         if self._kill_at == (self.stage, name, self._entries[name], at_end):
-            sys.stderr.flush()
+            print(f"{self.stage}: {KILL_ENV}={os.environ[KILL_ENV]}: {KILL_ANNOUNCEMENT}", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
     @contextmanager

@@ -217,9 +217,9 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
             clock.first_step = time.time()
             with clock.phase("training"):
                 _fit(job, on_epochs)
-            clock.last_step = time.time()
         with clock.phase("mlflow_metrics"):
             logger.wait()
+        clock.last_step = time.time()  # the wind-down starts once every epoch is stored, not before
     finally:
         logger.close()  # on an error, the epochs logged so far are kept
     return history
