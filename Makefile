@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency declarations change, so a second `make setup` takes seconds.
 STAMP  := $(VENV)/.bplab-installed
 
-.PHONY: setup repro test lint bench soak clean-venv
+.PHONY: setup repro test lint browser bench soak clean-venv
 
 setup: $(STAMP)
 
@@ -21,16 +21,31 @@ repro: setup
 
 # Test files run in parallel (one file per worker, so module fixtures run once): most of the suite
 # waits on stage processes starting up, and two workers use a 2-core machine's second core.
-test: setup lint
+test: setup lint browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
-# Full-size benchmark (about 10 minutes): writes bench/results.md and bench/results.json.
+# Full-size benchmark (about 15 minutes): writes bench/results.{md,json} and, for the cost of
+# MLflow's system metrics on the MNIST stage, bench/system-metrics.{md,json}.
 bench: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/system_metrics.py
 
 # Full fault campaign (about 10 minutes): writes bench/soak-results.md and bench/soak-results.json.
 soak: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/soak.py
+
+# Headless Chromium for the MLflow UI tests (tests/test_ui.py) and bench/screenshots.py: Debian's
+# `chromium`, installed when missing and this user may (root, or sudo without a password; about
+# 30 s). Without it the UI tests skip, and fail under CI=true.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
+	  if [ "$$sudo" != no ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the MLflow UI tests"; log=$$(mktemp); \
+	    if { $$sudo apt-get update -qq && \
+	         DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; } >$$log 2>&1; \
+	    then rm -f $$log; else cat $$log; echo "could not install chromium: the MLflow UI tests will skip"; fi; \
+	  else echo "no chromium and no way to install it here: the MLflow UI tests will skip"; fi; }
 
 lint: setup
 	$(BIN)/ruff check src stages tests bench

@@ -93,7 +93,8 @@ def _runs(repo: Path, dataset: str, variant: str) -> list[Any]:
 
 def _histories(repo: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
     client = _client(repo)
-    names = [m for m in client.get_run(run_id).data.metrics if m != "epoch_seconds"]
+    # Wall times and the machine's system/... samples differ between any two runs.
+    names = [m for m in client.get_run(run_id).data.metrics if m != "epoch_seconds" and not m.startswith("system/")]
     return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from bplab.scratch import REPO, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
 
@@ -147,3 +151,64 @@ def mirror() -> Path:
     if found is None:
         unavailable(NO_MIRROR)
     return found
+
+
+# The small end-to-end pipeline: the whole DAG on tiny params (test_pipeline.py, test_ui.py).
+TINY_PIPELINE = {
+    "data.mnist.preprocess.train_limit": 1000,
+    "data.mnist.preprocess.test_limit": 200,
+    "train.mnist_mlp.epochs": 2,
+    "train.mnist_batchnet.epochs": 2,
+    "train.flower_logreg.epochs": 50,
+    "train.flower_twolayer.epochs": 300,
+    "train.flower_sequential.epochs": 300,
+    "train.flower_module.epochs": 300,
+    "train.boston_module.epochs": 4,
+    "train.boston_sequential.epochs": 4,
+    "train.boston_adam.epochs": 4,
+}
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    """A scratch copy after `dvc repro` on :data:`TINY_PIPELINE`, committed as the baseline."""
+
+    repo: Path  # the copy; test_pipeline.py goes on changing it
+    stdout: str  # what `dvc repro` printed
+    store: Path  # a copy of the copy's mlflow.db taken right after the repro, for readers only
+
+
+def _build_tiny_pipeline(root: Path) -> None:
+    repo = copy_repository(root / "repo")
+    set_params(repo, TINY_PIPELINE)
+    result = run(["dvc", "repro"], repo)
+    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
+    run([*git, "add", "-A"], repo)  # the baseline that `dvc metrics diff` and `dvc plots diff` compare with
+    run([*git, "commit", "-qm", "baseline"], repo)
+    (root / "snapshot").mkdir()
+    with closing(sqlite3.connect(repo / "mlflow.db")) as source, \
+            closing(sqlite3.connect(root / "snapshot" / "mlflow.db")) as snapshot:
+        source.backup(snapshot)
+    (root / "stdout.txt").write_text(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
+    """:class:`TinyPipeline`, built once per test session: the test files run in parallel workers
+    (pytest-xdist), and the first worker to ask runs the `dvc repro` while the others wait for it."""
+    if data_mirror() is None:
+        unavailable(NO_MIRROR)
+    basetemp = tmp_path_factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp  # the workers' common folder
+    root = shared / "tiny-pipeline"
+    with FileLock(shared / "tiny-pipeline.lock"):
+        if (root / "FAILED").exists():
+            pytest.fail(f"the tiny pipeline failed in another worker:\n{(root / 'FAILED').read_text()}")
+        if not (root / "stdout.txt").exists():
+            root.mkdir(exist_ok=True)
+            try:
+                _build_tiny_pipeline(root)
+            except BaseException as exc:
+                (root / "FAILED").write_text(f"{type(exc).__name__}: {exc}")
+                raise
+    return TinyPipeline(root / "repo", (root / "stdout.txt").read_text(), root / "snapshot" / "mlflow.db")

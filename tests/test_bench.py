@@ -47,3 +47,18 @@ def test_quick_benchmark_measures_everything_and_writes_its_report(tmp_path: Pat
     for section in ("## Targets", "## Training loops", "## Pipeline", "## Training stages"):
         assert section in report
     assert "| train@boston_module |" in report
+
+
+def test_system_metrics_sample_cost_is_measured_against_a_real_run(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import system_metrics
+
+    sample = system_metrics.one_sample(4, 10.0, tmp_path)
+    assert sample["logged"] == 4  # every timed sample reached the store: the work measured is the real one
+    assert 0 < sample["cpu_s"] <= sample["wall_s"] * 2
+    assert sample["share_of_a_core"] == pytest.approx(sample["cpu_s"] / 10.0)
+    report = system_metrics.markdown({"mode": "quick", "date": "today", "sample": sample, "stage": {
+        "interval_s": 10.0, "pairs": 1,
+        **{m: {"off": 2.0, "on": 2.02, "overhead": 0.01, "noise_off": 0.0} for m in ("training_s", "total_s")}}})
+    assert f"{100 * sample['share_of_a_core']:.3f}% of one core" in report and "+1.00%" in report

@@ -208,3 +208,47 @@ def test_momentum_is_refused_for_an_optimizer_without_it() -> None:
     params = edited("train.boston_adam.momentum", 0.9)
     assert "train.boston_adam: Value error, momentum: adam has no momentum" in error_for(params)
     assert parse_params(edited("train.boston_module.momentum", 0.9)).train["boston_module"].momentum == 0.9
+
+
+# --- schedules, early stopping, system metrics -----------------------------------------------------
+
+def test_schedules_and_early_stopping_are_off_by_default() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert all(v.scheduler is None and v.early_stopping is None for v in params.train.values())
+    assert params.tracking.system_metrics == 2  # on: they only observe
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ({"name": "step"}, "train.mnist_mlp.scheduler.step_size: required key is missing"),
+    ({"name": "stp"}, "train.mnist_mlp.scheduler.name: 'stp' is not one of step, multistep, exponential, cosine, "
+                      "onecycle, plateau"),
+    ({"step_size": 3}, "train.mnist_mlp.scheduler.name: required key is missing (one of step, multistep"),
+    ({"name": "cosine", "step_size": 3}, "train.mnist_mlp.scheduler.step_size: unknown key; allowed keys: name, "
+                                         "T_max, eta_min"),
+    ({"name": "multistep", "milestones": [5, 5]}, "train.mnist_mlp.scheduler.milestones: Value error, milestones "
+                                                  "must be strictly increasing epochs, got [5, 5]"),
+    ({"name": "plateau", "factor": 1.5}, "train.mnist_mlp.scheduler.factor: Input should be less than 1 (got 1.5)"),
+    ({"name": "onecycle"}, "train.mnist_mlp.scheduler.max_lr: required key is missing"),
+    ({"name": "exponential", "gamma": float("nan")}, "train.mnist_mlp.scheduler.gamma: Input should be a finite "
+                                                     "number (got nan)"),
+])
+def test_a_bad_scheduler_is_named_without_the_union_tag(value: Any, expected: str) -> None:
+    assert expected in error_for(edited("train.mnist_mlp.scheduler", value))
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ({"patience": 0}, "train.mnist_mlp.early_stopping.patience: Input should be greater than 0 (got 0)"),
+    ({"metric": "accuracy"}, "train.mnist_mlp.early_stopping.metric: Input should be 'train_loss', 'eval_loss', "
+                             "'train_acc' or 'eval_acc' (got 'accuracy')"),
+    ({"restore": True}, "train.mnist_mlp.early_stopping.restore: unknown key; allowed keys: metric, mode, patience, "
+                        "min_delta, restore_best"),
+    ({"min_delta": -1.0}, "train.mnist_mlp.early_stopping.min_delta: Input should be greater than or equal to 0"),
+])
+def test_bad_early_stopping_is_named(value: Any, expected: str) -> None:
+    assert expected in error_for(edited("train.mnist_mlp.early_stopping", value))
+
+
+def test_system_metrics_interval_is_checked() -> None:
+    assert "tracking.system_metrics: Input should be greater than or equal to 0.5 (got 0.1)" in error_for(
+        edited("tracking.system_metrics", 0.1))
+    assert parse_params(edited("tracking.system_metrics", None)).tracking.system_metrics is None

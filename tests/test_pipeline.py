@@ -9,37 +9,19 @@ from pathlib import Path
 import pytest
 
 from bplab.config import load_params
-from conftest import NO_MIRROR, REPO, copy_repository, data_mirror, run, set_params, unavailable
+from conftest import REPO, TINY_PIPELINE, TinyPipeline, run, set_params
 
 pytestmark = pytest.mark.e2e
 
 VARIANTS = list(load_params(REPO / "params.yaml").train)
-TINY = {
-    "data.mnist.preprocess.train_limit": 1000,
-    "data.mnist.preprocess.test_limit": 200,
-    "train.mnist_mlp.epochs": 2,
-    "train.mnist_batchnet.epochs": 2,
-    "train.flower_logreg.epochs": 50,
-    "train.flower_twolayer.epochs": 300,
-    "train.flower_sequential.epochs": 300,
-    "train.flower_module.epochs": 300,
-    "train.boston_module.epochs": 4,
-    "train.boston_sequential.epochs": 4,
-    "train.boston_adam.epochs": 4,
-}
+TINY = TINY_PIPELINE
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    if data_mirror() is None:
-        unavailable(NO_MIRROR)
-    repo = copy_repository(tmp_path_factory.mktemp("pipeline") / "repo")
-    set_params(repo, TINY)
-    result = run(["dvc", "repro"], repo)
-    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
-    run([*git, "add", "-A"], repo)  # the baseline that `dvc metrics diff` and `dvc plots diff` compare with
-    run([*git, "commit", "-qm", "baseline"], repo)
-    return repo, result.stdout
+def pipeline(tiny_pipeline: TinyPipeline) -> tuple[Path, str]:
+    """The tiny pipeline's copy (shared with test_ui.py, which reads a snapshot of its store) and
+    what its `dvc repro` printed."""
+    return tiny_pipeline.repo, tiny_pipeline.stdout
 
 
 def status(repo: Path) -> set[str]:

@@ -67,9 +67,10 @@ def wait_for_epoch(checkpoint: Path, process: subprocess.Popen[str], epoch: int,
 
 
 def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
-    """Every per-epoch metric of a run as (step, value) pairs, wall times left out."""
+    """Every per-epoch metric of a run as (step, value) pairs; wall times and the machine's
+    ``system/...`` samples, which differ between any two runs, left out."""
     client = mlflow_client()
-    names = [m for m in client.get_run(run_id).data.metrics if m != "epoch_seconds"]
+    names = [m for m in client.get_run(run_id).data.metrics if m != "epoch_seconds" and not m.startswith("system/")]
     return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
 
 

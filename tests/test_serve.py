@@ -1,4 +1,4 @@
-"""The registered champion loads with mlflow.pyfunc and serves with `mlflow models serve`, on any machine.
+"""The registered champion loads with mlflow.pyfunc and serves with `bplab serve`, on any machine.
 
 Answers are compared with the evaluate stage's own predictions: the state_dict loaded into a
 freshly built network, on the processed test rows.
@@ -10,15 +10,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bplab import track
 from bplab.config import Params
 from bplab.data import processed
 from bplab.evaluate import evaluate, predict
@@ -101,44 +102,65 @@ def champions(workspace: Path, params: Params, capfd: pytest.CaptureFixture[str]
     return trained
 
 
+BPLAB = Path(sys.executable).with_name("bplab")  # the console script of [project.scripts]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+
 @pytest.fixture
-def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterator[dict[str, str]]:
-    """`mlflow models serve -m models:/<dataset>@champion --env-manager local`, one per dataset, at once."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(), "PATH":
-           f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def servers(champions: dict[str, tuple[str, Params]], workspace: Path) -> Iterator[dict[str, Server]]:
+    """`bplab serve <dataset>` (so `mlflow models serve --env-manager local`), one per dataset, at once.
+
+    Started with the venv's bin directory off PATH: `bplab serve` must find uvicorn by itself.
+    """
+    assert BPLAB.is_file(), f"{BPLAB} is missing: `make setup` (or `pip install -e .`) installs it"
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BPLAB.parent)
+    env = {**os.environ, "PATH": path}
     env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store, resolved from the repository root (cwd)
     started = {}
     try:
         for dataset in champions:
             port = free_port()
             log = workspace / f"serve-{dataset}.log"
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{dataset}@champion",
-                 "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=workspace)
-            started[dataset] = (f"http://127.0.0.1:{port}", process, log)
-        for url, process, log in started.values():
-            wait_for_http(f"{url}/ping", process, log)
-        yield {dataset: url for dataset, (url, _, _) in started.items()}
+            process = subprocess.Popen([str(BPLAB), "serve", dataset, "--port", str(port), "--workers", "1"],
+                                       stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=workspace)
+            started[dataset] = Server(f"http://127.0.0.1:{port}", process, log)
+        for server in started.values():
+            wait_for_http(f"{server.url}/ping", server.process, server.log)
+        yield started
     finally:
-        for _, process, _ in started.values():
-            process.terminate()
-        for _, process, _ in started.values():
+        for server in started.values():
+            server.process.terminate()
+        for server in started.values():
             try:
-                process.wait(timeout=30)
+                server.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                server.process.kill()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 @pytest.mark.e2e
 def test_each_champion_serves_the_evaluate_stage_predictions_over_http(
-        champions: dict[str, tuple[str, Params]], servers: dict[str, str]) -> None:
+        champions: dict[str, tuple[str, Params]], servers: dict[str, Server]) -> None:
     import mlflow
 
     for dataset, (variant, small) in champions.items():
         rows = _test_rows(dataset)[:25]  # real processed test rows, several at once
         expected = _evaluate_stage_outputs(variant, small, rows)
-        served = _invoke(servers[dataset], rows)
+        served = _invoke(servers[dataset].url, rows)
         assert served.shape == expected.shape, dataset
         np.testing.assert_allclose(served, expected, rtol=0, atol=SAME_AS_EVALUATE, err_msg=dataset)
         loaded = mlflow.pyfunc.load_model(f"models:/{dataset}@champion").predict(rows)
@@ -148,3 +170,16 @@ def test_each_champion_serves_the_evaluate_stage_predictions_over_http(
               f"{'a GPU machine' if torch.cuda.is_available() else 'a CPU-only machine'}): {len(rows)} rows, "
               f"max |served - evaluate| {np.abs(served - expected).max():.2g}, "
               f"max |pyfunc - evaluate| {np.abs(loaded - expected).max():.2g}")
+        # `bplab serve` became the server (exec), and said which version it serves, without credentials
+        assert servers[dataset].process.args[:3] == [str(BPLAB), "serve", dataset]
+        assert f"models:/{dataset}@champion is version 1 ({variant})" in servers[dataset].log.read_text()
+
+    # SIGTERM to the process `bplab serve` started stops the whole server, its uvicorn worker included
+    for server in servers.values():
+        server.process.terminate()
+    for dataset, server in servers.items():
+        assert server.process.wait(timeout=30) != 0, dataset
+        deadline = time.monotonic() + 30
+        while _answers(server.url) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not _answers(server.url), f"{dataset}: still answering after SIGTERM:\n{server.log.read_text()}"

@@ -3,6 +3,9 @@
 Per dataset, one row per variant (its latest finished run; ``--all`` for every run): the key
 params, the final test metrics and which run holds the registry's ``champion``. Printed as a
 table and written as Markdown (``compare.md`` by default).
+
+Also the registry lookup of ``bplab serve`` (:func:`aliased_version`): this module is where the
+command line reads MLflow.
 """
 
 from __future__ import annotations
@@ -24,6 +27,35 @@ def _champion_run(client: Any, dataset: str) -> str | None:
         return client.get_model_version_by_alias(dataset, registry.CHAMPION).tags.get("run_id")
     except MlflowException:
         return None
+
+
+def aliased_version(name: str, tracking_uri: str, alias: str = registry.CHAMPION) -> Any:
+    """The version of registered model ``name`` that holds ``alias`` in the store ``tracking_uri``.
+
+    Raises :class:`bplab.registry.RegistryError` naming the model and the alias when the store,
+    the model or the alias does not exist: what ``bplab serve`` reports instead of a traceback.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    store = track.redact(tracking_uri)
+    # MLflow would create an empty sqlite store on first use: a lookup must not leave one behind.
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise registry.RegistryError(f"no MLflow store at {store}: run `dvc repro` here first, "
+                                     f"or set {track.TRACKING_ENV}")
+    client = MlflowClient(tracking_uri)
+    try:
+        version = client.get_registered_model(name).aliases.get(alias)
+        if version is None:
+            raise registry.RegistryError(f"registered model {name!r} in {store} has no version with the alias "
+                                         f"{alias!r}")
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise registry.RegistryError(f"no registered model {name!r} in {store}, so no {alias!r}: "
+                                         f"train and evaluate a {name} variant first (`dvc repro`)") from None
+        raise registry.RegistryError(f"registered model {name!r} in {store}: {exc.message}") from None
 
 
 def _datasets_in_store(client: Any) -> tuple[str, ...]:
@@ -82,13 +114,15 @@ def render(tables: dict[str, list[dict]], table_format: str) -> str:
     return "\n".join(parts) if parts else "No training runs found in the MLflow store.\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the comparison and write it as Markdown."""
-    parser = argparse.ArgumentParser(prog="python -m bplab.compare", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The comparison's options, shared by ``python -m bplab.compare`` and ``bplab compare``."""
     parser.add_argument("--out", type=Path, default=Path("compare.md"), help="Markdown file (default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="every finished run, not only each variant's latest")
     parser.add_argument("--dataset", action="append", help="only these datasets (repeatable; default: all)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the comparison of the store :func:`bplab.track.tracking_uri` names and write it as Markdown."""
     from mlflow import MlflowClient
 
     uri = track.tracking_uri()
@@ -100,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(markdown)
     print(f"Written to {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparison and write it as Markdown."""
+    parser = argparse.ArgumentParser(prog="python -m bplab.compare", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

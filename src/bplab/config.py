@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -30,8 +30,13 @@ from bplab.models import ARCHITECTURES
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 InitName = Literal["default", "normal", "uniform", "constant", "xavier", "kaiming"]
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
+# The per-epoch metrics every training computes (accuracies: classification only), in the column
+# order of history/<variant>.csv; early stopping and the plateau schedule watch one of them.
+EpochMetric = Literal["train_loss", "eval_loss", "train_acc", "eval_acc"]
+EPOCH_METRICS: tuple[str, ...] = get_args(EpochMetric)
 
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -65,6 +70,104 @@ class ModelSpec(Strict):
         return self
 
 
+# --- learning-rate schedules (torch.optim.lr_scheduler; arguments keep torch's names) ----------
+
+class StepSchedule(Strict):
+    """StepLR: lr times ``gamma`` every ``step_size`` epochs."""
+
+    name: Literal["step"]
+    step_size: PositiveInt
+    gamma: PositiveFloat = 0.1
+
+
+class MultiStepSchedule(Strict):
+    """MultiStepLR: lr times ``gamma`` at each of the ``milestones`` epochs."""
+
+    name: Literal["multistep"]
+    milestones: list[PositiveInt] = Field(min_length=1)
+    gamma: PositiveFloat = 0.1
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"milestones must be strictly increasing epochs, got {value}")
+        return value
+
+
+class ExponentialSchedule(Strict):
+    """ExponentialLR: lr times ``gamma`` after every epoch."""
+
+    name: Literal["exponential"]
+    gamma: PositiveFloat
+
+
+class CosineSchedule(Strict):
+    """CosineAnnealingLR from lr down to ``eta_min`` over ``T_max`` epochs (null: the variant's epochs)."""
+
+    name: Literal["cosine"]
+    T_max: PositiveInt | None = None  # noqa: N815 - torch's name
+    eta_min: NonNegativeFloat = 0.0
+
+
+class OneCycleSchedule(Strict):
+    """OneCycleLR, stepped after every batch, over all the variant's epochs.
+
+    ``cycle_momentum`` is off by default: on, it would replace the variant's own momentum (0 in
+    the tutorials) by a 0.85-0.95 cycle.
+    """
+
+    name: Literal["onecycle"]
+    max_lr: PositiveFloat
+    pct_start: Fraction = 0.3
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    div_factor: PositiveFloat = 25.0
+    final_div_factor: PositiveFloat = 1e4
+    three_phase: bool = False
+    cycle_momentum: bool = False
+
+
+class PlateauSchedule(Strict):
+    """ReduceLROnPlateau: lr times ``factor`` when ``monitor`` stops improving for ``patience`` epochs.
+
+    ``mode`` null means min for a loss, max for an accuracy.
+    """
+
+    name: Literal["plateau"]
+    monitor: EpochMetric = "eval_loss"
+    mode: Literal["min", "max"] | None = None
+    factor: Fraction = 0.1
+    patience: NonNegativeInt = 10
+    threshold: NonNegativeFloat = 1e-4
+    threshold_mode: Literal["rel", "abs"] = "rel"
+    cooldown: NonNegativeInt = 0
+    min_lr: NonNegativeFloat = 0.0
+
+
+Schedule = Annotated[StepSchedule | MultiStepSchedule | ExponentialSchedule | CosineSchedule
+                     | OneCycleSchedule | PlateauSchedule, Field(discriminator="name")]
+SCHEDULE_NAMES = ("step", "multistep", "exponential", "cosine", "onecycle", "plateau")
+
+
+class EarlyStopping(Strict):
+    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    ``mode`` null means min for a loss, max for an accuracy. With ``restore_best`` the model ends
+    with the weights of its best epoch, which are then saved, logged and evaluated.
+    """
+
+    metric: EpochMetric = "eval_loss"
+    mode: Literal["min", "max"] | None = None
+    patience: PositiveInt = 10
+    min_delta: NonNegativeFloat = 0.0
+    restore_best: bool = False
+
+
+def direction(metric: str, mode: str | None) -> str:
+    """``mode``, or the direction in which ``metric`` improves: min for a loss, max for an accuracy."""
+    return mode or ("max" if metric.endswith("_acc") else "min")
+
+
 class VariantParams(Strict):
     """One model variant of the tutorials: model, loss (from the dataset), optimizer, schedule."""
 
@@ -80,6 +183,8 @@ class VariantParams(Strict):
     weight_decay: NonNegativeFloat = 0.0
     init: InitName = "default"
     param_groups: dict[str, PositiveFloat] = {}
+    scheduler: Schedule | None = None  # null: the learning rate stays as set (the tutorials)
+    early_stopping: EarlyStopping | None = None  # null: train all the epochs
 
     @model_validator(mode="after")
     def _momentum_needs_an_optimizer_that_uses_it(self) -> VariantParams:
@@ -96,6 +201,9 @@ class TrackingParams(Strict):
     # per metric go to the store: 10000 epochs x 5 metrics cost MLflow's sqlite store ~4 s of CPU,
     # and its UI draws a few hundred points per curve anyway. None logs every epoch.
     max_epoch_points: PositiveInt | None = 1000
+    # MLflow's system metrics (CPU, memory, disk, network; GPU when present) on every training
+    # run, sampled every this many seconds; null turns them off. A sample costs ~7 ms of CPU.
+    system_metrics: Annotated[float, Field(ge=0.5)] | None = 2.0
 
 
 class Params(Strict):
@@ -171,32 +279,62 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """Field names valid at ``loc`` (the parent of an unknown key), walking the model tree."""
-    current: Any = model
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return None
-            current = field.annotation
-        else:  # dict[str, Model]: the key is a user's name, the value type continues the walk
-            args = getattr(current, "__args__", ())
-            current = args[-1] if args else None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+def _union_member(annotation: Any, tag: Any) -> type[BaseModel] | None:
+    """The member of a tagged union (``scheduler``) whose ``name`` is ``tag``, if ``annotation`` is one."""
+    for member in getattr(annotation, "__args__", ()):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            field = member.model_fields.get("name")
+            if field is not None and tag in getattr(field.annotation, "__args__", ()):
+                return member
     return None
 
 
+def _unwrap(annotation: Any, discriminator: Any) -> Any:
+    """What a field's values are validated as, for :func:`_walk`: ``X | None`` as ``X``, and a
+    tagged union (``scheduler``) as ``("union", members)``."""
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if type(None) in getattr(annotation, "__args__", ()) and len(args) == 1:
+        annotation = args[0]
+    metadata = getattr(annotation, "__metadata__", ())
+    if discriminator or any(getattr(m, "discriminator", None) for m in metadata):
+        return ("union", getattr(annotation, "__origin__", annotation))
+    return annotation
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
+    """``loc`` less the tags of tagged unions (pydantic puts ``step`` in ``scheduler.step.gamma``),
+    and the type found at its end, walking the model tree."""
+    current: Any = model
+    kept: list[Any] = []
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            current = None if field is None else _unwrap(field.annotation, field.discriminator)
+        elif isinstance(current, tuple):  # the tag: a params user never writes it as a key
+            current = _union_member(current[1], part)
+            continue
+        else:  # dict[str, Model]: the key is a user's name, the value type continues the walk
+            args = getattr(current, "__args__", ())
+            current = args[-1] if args else None
+        kept.append(part)
+    return tuple(kept), current
+
+
 def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
-    loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "lax-", "strict-")))
+    raw_loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "lax-", "strict-")))
+    loc, _ = _walk(root, raw_loc)
     key = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(root, loc[:-1])
+        _, parent = _walk(root, raw_loc[:-1])
+        allowed = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
         hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
         return f"{key}: unknown key{hint}"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
+    if error["type"] == "union_tag_invalid":
+        return f"{key}.name: {error['ctx']['tag']!r} is not one of {', '.join(SCHEDULE_NAMES)}"
+    if error["type"] == "union_tag_not_found":
+        return f"{key}.name: required key is missing (one of {', '.join(SCHEDULE_NAMES)})"
     got = error.get("input")
     shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
     return f"{key}: {error['msg']}{shown}"

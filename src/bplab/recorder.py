@@ -7,6 +7,7 @@ read (and the registry registers) on their own.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -54,7 +55,12 @@ SERVING_DEVICE = "cpu"
 
 
 def _experiment_id(name: str) -> str:
-    """The id of experiment ``name``, creating it if needed (safe when processes race to create it)."""
+    """The id of experiment ``name``, creating it if needed (safe when processes race to create it).
+
+    The experiment carries :data:`track.EXPERIMENT_KIND_TAG`, which marks it for model training in
+    MLflow's UI; one made before that tag existed gets it here (the lookup returns the tags: no
+    extra call once it has it). A kind already set, by a user in the UI say, is kept.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -63,15 +69,18 @@ def _experiment_id(name: str) -> str:
     mlflow.set_tracking_uri(uri)
     with track.store_setup_lock(uri):
         found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables
-    if found is not None:
-        return found.experiment_id
-    try:
-        return mlflow.create_experiment(name, artifact_location=track.artifact_location(name))
-    except MlflowException:
-        found = mlflow.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            return mlflow.create_experiment(name, artifact_location=track.artifact_location(name),
+                                            tags=track.EXPERIMENT_KIND_TAG)
+        except MlflowException:
+            found = mlflow.get_experiment_by_name(name)
+            if found is None:
+                raise
+    for key, value in track.EXPERIMENT_KIND_TAG.items():
+        if key not in found.tags:
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def _reason(failure: BaseException) -> str:
@@ -138,23 +147,32 @@ class Recorder:
 
     @classmethod
     @contextmanager
-    def run(cls, experiment: str, run_name: str, tags: Mapping[str, str],
-            run_id: str | None = None) -> Iterator[Recorder]:
+    def run(cls, experiment: str, run_name: str, tags: Mapping[str, str], run_id: str | None = None,
+            system_metrics_s: float | None = None) -> Iterator[Recorder]:
         """A run that always ends: FINISHED, FAILED on an exception, KILLED on SIGINT/SIGTERM.
 
-        With ``run_id``, that existing run is resumed (evaluate logs into its train run).
+        With ``run_id``, that existing run is resumed (evaluate logs into its train run). With
+        ``system_metrics_s``, MLflow samples the machine's CPU, memory, disk, network (and GPU)
+        that often while the run is open, as ``system/...`` metrics; a resumed run's samples go on
+        from its last step.
         """
         import mlflow
+
+        if system_metrics_s is not None:
+            mlflow.set_system_metrics_sampling_interval(system_metrics_s)
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not 3 INFO lines per stage
+        system = system_metrics_s is not None  # explicit: MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is not consulted
 
         experiment_id = _experiment_id(experiment)
         holder = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if run_id is None:
             _end_orphans(experiment_id, run_name)
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags) | holder)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags) | holder,
+                                   log_system_metrics=system)
         else:
             if not run_exists(run_id):
                 raise RunGone(f"MLflow run {run_id} no longer exists in {track.redact(track.tracking_uri())}")
-            run = mlflow.start_run(run_id=run_id)
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=system)
             mlflow.set_tags(dict(tags) | holder)
         recorder = cls(run.info.run_id, run.info.experiment_id)
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -333,13 +351,14 @@ class EpochLogger:
     def _epoch_metrics(self, r: EpochRecord, now: int) -> list[Metric]:
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, now, r.epoch) for k, v in r.logged().items()] if self._logged(r.epoch, self.epochs) \
-            else []
+        metrics = [Metric(k, v, now, r.epoch) for k, v in r.logged().items()] \
+            if r.final or self._logged(r.epoch, self.epochs) else []
         if self.record_steps:
             total_steps = self.epochs * len(r.step_losses)
+            last = self.steps_done + len(r.step_losses) if r.final else None
             metrics += [Metric("train_loss_step", v, now, step)
                         for step, v in enumerate(r.step_losses, start=self.steps_done + 1)
-                        if self._logged(step, total_steps)]
+                        if step == last or self._logged(step, total_steps)]
         return metrics
 
     def __call__(self, records: list[EpochRecord]) -> None:

@@ -15,6 +15,13 @@ from typing import Any
 from bplab.errors import TrackingUnavailable
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+# The experiment tag that tells MLflow 3's UI an experiment is for model training, not GenAI:
+# "custom_model_development" is the "Machine learning" kind of the UI's ExperimentKind (3.17.2's
+# build). With it the UI does not guess the kind from the runs and traces; a kind a user picks in
+# the UI is kept. 3.17's UI reads it to pick the view only with its GenAI / Model-training switch
+# turned off (a build flag, on in 3.17): there the view follows the switch, which a browser
+# remembers, or `?workflowType=machine_learning` in the link.
+EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 _EXPS_TMP = (".dvc", "tmp", "exps")
 
 

@@ -64,7 +64,7 @@ def test_outputs_and_logged_model_agree(workspace: Path, params: Params) -> None
     assert len(logged(x[:7])) == 7  # the batch dimension is not fixed to the input example's
 
     lines = (workspace / "history/flower_sequential.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,eval_loss,train_acc,eval_acc,epoch_seconds"
+    assert lines[0] == "epoch,train_loss,eval_loss,train_acc,eval_acc,lr,epoch_seconds"
     assert len(lines) == 21
     last = lines[-1].split(",")
     assert float(last[1]) == pytest.approx(record["final"]["train_loss"])

@@ -1,11 +1,12 @@
 """Training checkpoints, so an interrupted ``train@<variant>`` continues where it stopped.
 
 ``checkpoints/<variant>.pt`` (a persistent DVC output) is written atomically when a run starts and
-at every progress report, once that report's metrics are stored in MLflow: the model, optimizer
-and shuffling-generator states after the last reported epoch, the history so far, the MLflow run
-id, and the fingerprint of what shaped the training (params, seed, the data's digest, the model's
-architecture). A later start with the same fingerprint resumes from it, on whatever device, and
-ends with the same numbers as an uninterrupted run. A checkpoint of an unfinished training that
+at every progress report, once that report's metrics are stored in MLflow: the model, optimizer,
+learning-rate schedule, early-stopping and shuffling-generator states after the last reported
+epoch, the history so far, the MLflow run id, and the fingerprint of what shaped the training
+(params, seed, the data's digest, the model's architecture). A later start with the same
+fingerprint resumes from it, on whatever device, and ends with the same numbers as an
+uninterrupted run. A checkpoint of an unfinished training that
 cannot be resumed is set aside (renamed, kept), never silently lost. It holds only tensors and
 plain containers, so it loads with ``torch.load(..., weights_only=True)``.
 """
@@ -26,7 +27,7 @@ import torch
 from bplab.errors import ModelFileError
 from bplab.outputs import write_bytes_atomic
 from bplab.safe_load import load_without_code
-from bplab.train.loop import EPOCH_METRICS, SECONDS, EpochRecord, history_columns
+from bplab.train.loop import SECONDS, EpochRecord, history_columns
 
 
 def fingerprint(parts: dict[str, Any]) -> dict[str, str]:
@@ -47,6 +48,12 @@ class Checkpoint:
     generator: torch.Tensor
     initial_weights: dict[str, torch.Tensor]
     history: list[EpochRecord]
+    controls: dict[str, Any] = dataclasses.field(default_factory=dict)  # schedules.Controls.state_dict()
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping ended this training: it is finished, though short of its epochs."""
+        return (self.controls.get("stopper") or {}).get("stopped_epoch") is not None
 
     def to_bytes(self) -> bytes:
         """The checkpoint file's content, taken now (training may go on while it is written)."""
@@ -74,7 +81,7 @@ def _history_tensors(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
 def _history_records(columns: dict[str, torch.Tensor]) -> list[EpochRecord]:
     """The inverse of :func:`_history_tensors`."""
     values = {k: v.tolist() for k, v in columns.items()}
-    names = [name for name in EPOCH_METRICS if name in values]
+    names = [name for name in values if name not in {"epoch", SECONDS, "steps", "step_losses"}]
     records, offset = [], 0
     for i, epoch in enumerate(values["epoch"]):
         count = values["steps"][i]
@@ -112,7 +119,7 @@ def decide(raw: bytes | None, path: Path, expected: dict[str, str], epochs: int)
         return Resumption(None, f"unreadable checkpoint: {exc}", True)
     except (TypeError, KeyError, AttributeError, ValueError) as exc:
         return Resumption(None, f"unreadable checkpoint {path} ({type(exc).__name__}: {exc})", True)
-    if checkpoint.epoch >= epochs:
+    if checkpoint.epoch >= epochs or checkpoint.stopped_early:
         return Resumption(None, f"checkpoint {path} is of a finished training; starting afresh", False)
     if checkpoint.fingerprint != expected:
         found = checkpoint.fingerprint if isinstance(checkpoint.fingerprint, dict) else {}

@@ -7,6 +7,7 @@ on a host sync. A loss that turns NaN or infinite stops training, naming the epo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,12 +20,13 @@ from torch import nn
 from bplab.data.catalog import TaskKind
 from bplab.errors import BplabError
 from bplab.train.distributed import Placement, all_sum
+from bplab.train.schedules import Controls, learning_rates, lr_names
 
 SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
-# The per-epoch metrics, in the column order of history/<variant>.csv (accuracies: classification
-# only). Whatever records epochs iterates over these: MLflow, the CSV, checkpoints, the progress
-# bar, run.json's final values and the learning curves. A new one is computed in _materialize.
-EPOCH_METRICS = ("train_loss", "eval_loss", "train_acc", "eval_acc")
+# config.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
+# record by the learning rates the epoch started with (schedules.lr_names). Whatever records
+# epochs iterates over a record's metrics: MLflow, the CSV, checkpoints, the progress bar,
+# run.json's final values and the learning curves.
 SECONDS = "epoch_seconds"  # each epoch's wall time: logged and kept beside the metrics
 
 
@@ -73,13 +75,14 @@ class Schedule:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's results as plain numbers: its :data:`EPOCH_METRICS` (those of the task), each
-    step's training loss, and its wall time."""
+    """One epoch's results as plain numbers: its :data:`bplab.config.EPOCH_METRICS` (those of the task) and
+    learning rates, each step's training loss, its wall time, and whether it is the training's last."""
 
     epoch: int
     metrics: dict[str, float]
     step_losses: list[float]
     seconds: float
+    final: bool = False  # the schedule's last epoch, or the one where early stopping ended training
 
     def logged(self) -> dict[str, float]:
         """What MLflow records of the epoch: its metrics and its wall time."""
@@ -88,7 +91,7 @@ class EpochRecord:
 
 def history_columns(history: list[EpochRecord]) -> dict[str, list[float]]:
     """The history as columns: ``epoch``, each metric the records have, and :data:`SECONDS`."""
-    names = [name for name in EPOCH_METRICS if history and name in history[0].metrics]
+    names = list(history[0].metrics) if history else []
     return {"epoch": [r.epoch for r in history], **{name: [r.metrics[name] for r in history] for name in names},
             SECONDS: [r.seconds for r in history]}
 
@@ -108,11 +111,12 @@ class _Pending:
     correct: list[torch.Tensor]  # right predictions per step (empty for regression)
     eval_loss: torch.Tensor
     eval_correct: torch.Tensor | None
+    lrs: list[float]  # each parameter group's learning rate as the epoch began
     seconds: float
 
 
-def _materialize(pending: list[_Pending], n_train: int, n_eval: int,
-                 has_accuracy: bool) -> tuple[list[EpochRecord], TrainingDiverged | None]:
+def _materialize(pending: list[_Pending], n_train: int, n_eval: int, has_accuracy: bool,
+                 lr_names: list[str]) -> tuple[list[EpochRecord], TrainingDiverged | None]:
     """Read a batch of epochs to host numbers with one transfer per kind of value.
 
     Returns the finite epochs, and the error for the first epoch whose loss is not finite.
@@ -139,6 +143,7 @@ def _materialize(pending: list[_Pending], n_train: int, n_eval: int,
         if has_accuracy:
             metrics["train_acc"] = sum(correct[correct_offset: correct_offset + len(p.correct)]) / n_train
             metrics["eval_acc"] = eval_correct[i] / n_eval
+        metrics |= zip(lr_names, p.lrs)
         offset += count
         correct_offset += len(p.correct)
         records.append(EpochRecord(p.epoch, metrics, step_losses, p.seconds))
@@ -225,12 +230,16 @@ def fit(
     first_epoch: int = 1,
     report_every_s: float = 1.0,
     placement: Placement = SINGLE_PROCESS,
-) -> None:
-    """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on ``test`` each epoch.
+    controls: Controls | None = None,
+) -> int:
+    """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on ``test`` each epoch;
+    return the last epoch trained (earlier when ``controls``' early stopping ends the training).
 
     Every ``report_every_s`` seconds (and after the last epoch) the epochs since the last report
     are read from the device in one go and passed to ``on_epochs`` (logging, progress,
     checkpoints). Raises :class:`TrainingDiverged` at the report that sees a non-finite loss.
+    ``controls`` (the learning-rate schedule and early stopping) step after each batch or epoch;
+    when they watch a metric, each epoch is read as soon as it ends.
 
     Under ``torchrun`` (``placement.world > 1``, ``model`` wrapped in DistributedDataParallel)
     every rank draws the same order, trains on its share of each global batch, and the loss is
@@ -240,34 +249,71 @@ def fit(
     x, y = train
     n = len(x)
     check_schedule(model, n, schedule, placement.world)
+    controls = controls or Controls(names=lr_names(optimizer))
     shuffle = schedule.shuffle and (schedule.batch_size or n) < n
     mode_dependent = has_mode_dependent_layers(model)
-    pending: list[_Pending] = []
+    reports = _Reports(on_epochs, n, len(test[0]), task.has_accuracy, controls.names)
     last_report = time.perf_counter()
+    epoch = first_epoch - 1
     model.train()
-    for epoch in range(first_epoch, schedule.epochs + 1):
-        started = time.perf_counter()
+    while epoch < schedule.epochs:
+        epoch += 1
+        started, lrs = time.perf_counter(), learning_rates(optimizer)
         order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
         step_losses, correct, batch_sizes = _train_epoch(model, optimizer, task, train, schedule.batch_size, order,
-                                                         placement)
+                                                         placement, controls.after_batch)
         eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size, mode_dependent)
-        pending.append(_Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct,
-                                time.perf_counter() - started))
+        reports.pending.append(_Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct, lrs,
+                                        time.perf_counter() - started))
+        metrics = reports.read()[-1].metrics if controls.needs_epoch_metrics else None
+        stop = controls.after_epoch(epoch, metrics, model)
         now = time.perf_counter()
-        if now - last_report >= report_every_s or epoch == schedule.epochs:
-            records, diverged = _materialize(pending, n, len(test[0]), task.has_accuracy)
-            if records:
-                on_epochs(records)  # the finite epochs before a divergence are kept too
-            if diverged is not None:
-                raise diverged
-            pending, last_report = [], now
+        if now - last_report >= report_every_s or stop or epoch == schedule.epochs:
+            reports.send(final=stop or epoch == schedule.epochs)
+            last_report = now
+        if stop:
+            break
+    controls.finish(model)
+    return epoch
+
+
+class _Reports:
+    """Epochs on their way to ``on_epochs``: still on the device (``pending``), or read (``ready``)."""
+
+    def __init__(self, on_epochs: Callable[[list[EpochRecord]], None], n_train: int, n_eval: int,
+                 has_accuracy: bool, lr_names: list[str]) -> None:
+        self.on_epochs = on_epochs
+        self.shape = (n_train, n_eval, has_accuracy, lr_names)
+        self.pending: list[_Pending] = []
+        self.ready: list[EpochRecord] = []
+
+    def read(self) -> list[EpochRecord]:
+        """Read the pending epochs to host numbers; on a divergence, report the finite ones and raise."""
+        records, diverged = _materialize(self.pending, *self.shape)
+        self.pending = []
+        self.ready += records
+        if diverged is not None:
+            if self.ready:
+                self.on_epochs(self.ready)  # the finite epochs before a divergence are kept too
+            raise diverged
+        return self.ready
+
+    def send(self, final: bool) -> None:
+        """Pass every epoch so far to ``on_epochs``, the last marked ``final`` if training ends."""
+        if self.pending:
+            self.read()
+        if final:
+            self.ready[-1] = dataclasses.replace(self.ready[-1], final=True)
+        self.on_epochs(self.ready)
+        self.ready = []
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
                  train: tuple[torch.Tensor, torch.Tensor], batch_size: int | None, order: torch.Tensor | None,
-                 placement: Placement) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+                 placement: Placement, after_step: Callable[[], None]) -> tuple[list[torch.Tensor],
+                                                                               list[torch.Tensor], list[int]]:
     """One pass over the training split: each step's loss and right predictions (on the device), and
-    each global batch's size."""
+    each global batch's size. ``after_step`` runs after each optimizer step (a per-batch schedule)."""
     x, y = train
     step_losses: list[torch.Tensor] = []
     correct: list[torch.Tensor] = []
@@ -291,6 +337,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
             loss = task.loss(out, yb)
             loss.backward()
         optimizer.step()
+        after_step()
         step_losses.append(loss.detach())
         batch_sizes.append(size)
         if task.has_accuracy:

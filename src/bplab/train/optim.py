@@ -40,8 +40,8 @@ def build_optimizer(model: nn.Module, variant: VariantParams) -> torch.optim.Opt
     for name, lr in variant.param_groups.items():
         params = layer_parameters(model, name)
         taken.update(id(p) for p in params)
-        grouped.append({"params": params, "lr": lr})
+        grouped.append({"params": params, "lr": lr, "name": name})
     rest = [p for p in model.parameters() if id(p) not in taken]
     if rest:
-        grouped.append({"params": rest})
+        grouped.append({"params": rest, "name": "rest"})  # names the group's lr series (schedules.lr_names)
     return OPTIMIZERS[variant.optimizer](grouped, variant)

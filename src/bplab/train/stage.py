@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from bplab.train.checkpoint import Checkpoint, Resumption
     from bplab.train.distributed import Placement
     from bplab.train.loop import EpochRecord, Schedule, Task
+    from bplab.train.schedules import Controls
 
 
 @dataclass
@@ -63,6 +64,7 @@ class _Job:
     n_out: int
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    controls: Controls  # the learning-rate schedule and early stopping
     generator: torch.Generator
     schedule: Schedule
     initial_weights: dict[str, torch.Tensor]
@@ -87,13 +89,17 @@ def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str
 
 
 def _write_history(path: Path, history: list[EpochRecord]) -> None:
-    from bplab.train.loop import EPOCH_METRICS, SECONDS
+    from bplab.config import EPOCH_METRICS
+    from bplab.train.loop import SECONDS
 
+    # Every epoch metric, empty where the task has none, so that all variants' files share columns;
+    # then the learning rates.
+    names = [*EPOCH_METRICS, *(k for k in history[0].metrics if k not in EPOCH_METRICS)]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("epoch", *EPOCH_METRICS, SECONDS))
+    writer.writerow(("epoch", *names, SECONDS))
     for r in history:
-        writer.writerow([r.epoch, *(r.metrics.get(name, "") for name in EPOCH_METRICS), round(r.seconds, 6)])
+        writer.writerow([r.epoch, *(r.metrics.get(name, "") for name in names), round(r.seconds, 6)])
     write_text_atomic(path, text.getvalue())
 
 
@@ -130,6 +136,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     from bplab.train.checkpoint import fingerprint
     from bplab.train.loop import BatchSizeError, Schedule, Task, check_schedule
     from bplab.train.optim import build_optimizer, check_param_groups
+    from bplab.train.schedules import build_controls, check_controls
 
     source = processed_dir(variant.dataset, root)
     data = processed.load(source)
@@ -141,6 +148,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     torch.manual_seed(params.seed)
     model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out), variant.init)
     check_param_groups(model, variant, f"train.{name}")
+    check_controls(variant, task.has_accuracy, f"train.{name}")
     schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle)
     try:
         check_schedule(model, len(train_xy[0]), schedule, placement.world)
@@ -157,26 +165,31 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     resume = resumption.checkpoint
     model = model.to(placement.device)
     optimizer = build_optimizer(model, variant)
+    controls = build_controls(optimizer, variant, len(train_xy[0]))
     generator = torch.Generator().manual_seed(params.seed)
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
+        controls.load_state_dict(resume.controls)
         generator.set_state(resume.generator)
         initial_weights = resume.initial_weights
     return _Job(name, variant, placement, source, data, task, train_xy, test_xy, n_out, model, optimizer,
-                generator, schedule, initial_weights, train_digest, digest, checkpoint_file(name, root), resume,
-                resumption.why)
+                controls, generator, schedule, initial_weights, train_digest, digest, checkpoint_file(name, root),
+                resume, resumption.why)
 
 
-def _fit(job: _Job, on_epochs) -> None:
+def _fit(job: _Job, on_epochs) -> int:
+    """Train the job's model; the last epoch trained."""
     from bplab.train import distributed
     from bplab.train.loop import fit
 
-    fit(distributed.wrap(job.model, job.placement), job.optimizer, job.task, job.train_xy, job.test_xy,
-        job.schedule, job.generator, on_epochs, first_epoch=job.first_epoch, placement=job.placement)
+    return fit(distributed.wrap(job.model, job.placement), job.optimizer, job.task, job.train_xy, job.test_xy,
+               job.schedule, job.generator, on_epochs, first_epoch=job.first_epoch, placement=job.placement,
+               controls=job.controls)
 
 
-def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClock) -> list[EpochRecord]:
+def _fit_recorded(job: _Job, params: Params, recorder: Recorder,
+                  clock: StageClock) -> tuple[list[EpochRecord], dict[str, Any]]:
     """Train, sending each report's epochs to MLflow, a checkpoint and the progress bar; the history."""
     from tqdm.auto import tqdm
 
@@ -186,7 +199,7 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
 
     def checkpoint(epoch: int) -> bytes:  # the state now, to be written once its epochs are stored
         return Checkpoint(job.fingerprint, recorder.run_id, epoch, job.model.state_dict(), job.optimizer.state_dict(),
-                          job.generator.get_state(), job.initial_weights, history).to_bytes()
+                          job.generator.get_state(), job.initial_weights, history, job.controls.state_dict()).to_bytes()
 
     with clock.phase("mlflow"):
         if job.resume is None:
@@ -216,16 +229,22 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
 
             clock.first_step = time.time()
             with clock.phase("training"):
-                _fit(job, on_epochs)
+                last_epoch = _fit(job, on_epochs)
         with clock.phase("mlflow_metrics"):
             logger.wait()
         clock.last_step = time.time()  # the wind-down starts once every epoch is stored, not before
     finally:
         logger.close()  # on an error, the epochs logged so far are kept
-    return history
+    stop = job.controls.stop_record(last_epoch, job.variant.epochs)
+    if job.controls.stopped:
+        print(f"train@{job.name}: stopped after epoch {stop['stopped_epoch']}: {stop['stop_reason']}",
+              file=sys.stderr)
+    with clock.phase("mlflow"):
+        recorder.set_tags(stop)
+    return history, stop
 
 
-def _publish(job: _Job, history: list[EpochRecord], recorder: Recorder, clock: StageClock,
+def _publish(job: _Job, history: list[EpochRecord], stop: dict[str, Any], recorder: Recorder, clock: StageClock,
              root: Path) -> dict[str, Any]:
     """Log the pictures, model and weights; write ``models/<variant>/`` and the history; end the run."""
     import torch
@@ -251,7 +270,7 @@ def _publish(job: _Job, history: list[EpochRecord], recorder: Recorder, clock: S
     record = {"run_id": recorder.run_id, "experiment_id": recorder.experiment_id, "model_uri": model_info.model_uri,
               "model_id": model_info.model_id, "variant": job.name, "dataset": job.variant.dataset,
               "task": job.task.kind, "n_inputs": int(job.train_xy[0].shape[1]), "n_outputs": job.n_out,
-              "final": history[-1].metrics}
+              "final": history[-1].metrics, **stop}
 
     def fill(staging: Path) -> None:
         torch.save(model, staging / WHOLE_MODEL_FILE)
@@ -290,9 +309,10 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
         with ExitStack() as run:
             with clock.phase("mlflow_setup"):
                 recorder = run.enter_context(
-                    Recorder.run(variant.dataset, name, tags, run_id=job.resume and job.resume.run_id))
-            history = _fit_recorded(job, params, recorder, clock)
-            record = _publish(job, history, recorder, clock, root)
+                    Recorder.run(variant.dataset, name, tags, run_id=job.resume and job.resume.run_id,
+                                 system_metrics_s=params.tracking.system_metrics))
+            history, stop = _fit_recorded(job, params, recorder, clock)
+            record = _publish(job, history, stop, recorder, clock, root)
     finally:
         distributed.stop(placement)
     clock.finish()

@@ -1,0 +1,224 @@
+"""``bplab``: the project's command line, one subcommand per task (``bplab compare``, ``bplab serve``).
+
+Each subcommand is one entry of :data:`SUBCOMMANDS`: its help text, its examples, a function that
+declares its arguments and one that runs it. Adding a subcommand is adding an entry.
+Imports stay light (no torch, no mlflow at import), so ``bplab --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pkgutil
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bplab import compare, registry, track
+from bplab.data import catalog
+from bplab.errors import BplabError, ParamsError
+
+# Not MLflow's default 5000: that is where `mlflow ui` listens, and both are often up at once.
+DEFAULT_PORT = 5001
+STORE_NOTE = """\
+The MLflow store is MLFLOW_TRACKING_URI when set, else sqlite:///mlflow.db at the
+repository's root, as for the pipeline's stages."""
+
+
+class UsageError(BplabError):
+    """A command-line argument names something that does not exist or cannot be used."""
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``bplab <name>``: what ``--help`` shows, and the two functions behind it."""
+
+    summary: str  # one line, in ``bplab --help``'s list of commands
+    description: str
+    examples: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``bplab compare``: :func:`bplab.compare.run`, after checking that a tracking server answers."""
+    # MLflow's client would retry a server that is down for minutes; this fails in seconds, naming it.
+    track.check_reachable(track.tracking_uri())
+    return compare.run(args)
+
+
+def _integer(text: str, low: int, high: int, what: str) -> int:
+    # ArgumentTypeError, not ValueError: argparse then prints this message, not "invalid _port value".
+    try:
+        number = int(text)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return number
+
+
+def _port(text: str) -> int:
+    return _integer(text, 1, 65535, "a TCP port (1 to 65535)")
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, sys.maxsize, "a positive integer")
+
+
+def serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bplab serve``'s arguments."""
+    parser.add_argument("dataset", help="the dataset whose registered model to serve (boston, flower, mnist, ...)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every one)")
+    parser.add_argument("--alias", default=registry.CHAMPION,
+                        help="the registry alias of the version to serve (default: %(default)s)")
+    parser.add_argument("--workers", type=_positive, help="uvicorn worker processes (default: MLflow's, 1)")
+
+
+def known_datasets() -> list[str]:
+    """The datasets this checkout defines: the modules of :mod:`bplab.data` that define ``DATASET``."""
+    import bplab.data
+
+    found = []
+    for module in pkgutil.iter_modules(bplab.data.__path__):
+        try:
+            catalog.dataset(module.name)
+        except ParamsError:
+            continue
+        found.append(module.name)
+    return found
+
+
+def _check_dataset(name: str) -> None:
+    try:
+        catalog.dataset(name)
+    except ParamsError:
+        raise UsageError(f"unknown dataset {name!r}; the datasets are {', '.join(known_datasets())}") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line when the address is taken, rather than with uvicorn's and MLflow's tracebacks."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port whose last connections are in TIME_WAIT is free to it, so to us.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def serve_command(args: argparse.Namespace, uri: str) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow models serve`` command line and environment that serve ``args``' model from ``uri``."""
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{args.dataset}@{args.alias}",
+               "--env-manager", "local", "--host", args.host, "--port", str(args.port)]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    # The resolved store, not MLflow's cwd-relative default; and MLflow starts `uvicorn` by name,
+    # so this interpreter's bin directory goes first on PATH (no need to activate the venv).
+    env = {**os.environ, track.TRACKING_ENV: uri,
+           "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+    return command, env
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``bplab serve``: check the dataset, the store, the alias and the port, then become the server.
+
+    The process replaces itself with ``mlflow models serve`` (``exec``), so Ctrl-C and SIGTERM
+    reach the server directly; MLflow stops its uvicorn child when it ends (``PR_SET_PDEATHSIG``).
+    """
+    _check_dataset(args.dataset)
+    uri = track.tracking_uri()
+    track.check_reachable(uri)
+    version = compare.aliased_version(args.dataset, uri, args.alias)
+    _check_port_free(args.host, args.port)
+    command, env = serve_command(args, uri)
+    print(f"bplab serve: models:/{args.dataset}@{args.alias} is version {version.version} "
+          f"({version.tags.get('variant', 'variant unknown')}) in {track.redact(uri)}; "
+          f"POST rows to http://{args.host}:{args.port}/invocations (Ctrl-C stops)", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()  # exec discards Python's buffers
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: execve does not return
+
+
+COMPARE_ABOUT = compare.__doc__.split("\n\n")[1]  # the paragraph of the module's docstring on the table
+EXAMPLES = """\
+examples:
+  bplab compare                          # one table per dataset: params, test metrics, champion
+  bplab serve boston                     # models:/boston@champion on http://127.0.0.1:5001
+  bplab serve --help                     # a command's options and more examples"""
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "compare": Subcommand(
+        summary="the study at a glance: one table per dataset, from MLflow",
+        description=f"{COMPARE_ABOUT}\n\n{STORE_NOTE}\nSame as `python -m bplab.compare`.",
+        examples="""\
+  bplab compare                          # each variant's latest run; also written to compare.md
+  bplab compare --all                    # every finished run, e.g. a whole dvc exp sweep
+  bplab compare --dataset mnist --dataset boston --out study.md""",
+        add_arguments=compare.add_arguments,
+        run=run_compare,
+    ),
+    "serve": Subcommand(
+        summary="serve a dataset's champion model over HTTP (mlflow models serve)",
+        description=f"""\
+Serves models:/<dataset>@champion, the best registered version of the dataset's
+model, with `mlflow models serve --env-manager local` (this environment; nothing is
+installed). POST JSON {{"inputs": [[...], ...]}} to /invocations; the answer is
+{{"predictions": [...]}}, one row per input row. An unknown dataset, a dataset with no
+version under the alias, or a port in use ends with one line naming it, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab serve boston                     # http://127.0.0.1:5001/invocations
+  bplab serve mnist --port 5002 --workers 2
+  bplab serve flower --alias champion --host 0.0.0.0
+  curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+       -d '{"inputs": [[-0.397, -0.5, -1.007, -0.278, -0.395, 0.141, 0.556, -0.546, -0.508, -0.651,
+                       -0.772, 0.429, -0.481]]}'""",
+        add_arguments=serve_arguments,
+        run=run_serve,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``bplab``'s parser: one subparser per entry of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="bplab", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The PyTorch back-propagation tutorials as a DVC + MLflow pipeline: `dvc repro`\n"
+        "runs it; these commands work with what it recorded in MLflow.",
+        epilog=EXAMPLES)
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    for name, sub in SUBCOMMANDS.items():
+        subparser = commands.add_parser(name, help=sub.summary, description=sub.description,
+                                        epilog=f"examples:\n{sub.examples}",
+                                        formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_arguments(subparser)
+        subparser.set_defaults(run=sub.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``bplab <command>``; an error in the user's input ends with one line and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BplabError as exc:
+        print(f"bplab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bplab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
