@@ -60,5 +60,5 @@ def test_system_metrics_sample_cost_is_measured_against_a_real_run(tmp_path: Pat
     assert sample["share_of_a_core"] == pytest.approx(sample["cpu_s"] / 10.0)
     report = system_metrics.markdown({"mode": "quick", "date": "today", "sample": sample, "stage": {
         "interval_s": 10.0, "pairs": 1,
-        **{m: {"off": 2.0, "on": 2.02, "overhead": 0.01, "noise_off": 0.0} for m in ("training_s", "total_s")}}})
+        **{m: {"off": 2.0, "on": 2.02, "overhead": 0.01, "spread": 0.0} for m in ("training_s", "total_s")}}})
     assert f"{100 * sample['share_of_a_core']:.3f}% of one core" in report and "+1.00%" in report
