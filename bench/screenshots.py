@@ -5,7 +5,8 @@ with the artifact locations rewritten to the copy), so the real store is only re
 
 - ``runs-table.png``: an experiment opened on its runs table, one row per run, named after the variant;
 - ``compare.png``: two runs compared, the parallel-coordinates plot of the params that differ;
-- ``model-metrics.png``: a run's "Model metrics" tab, its per-epoch curves;
+- ``model-metrics.png``: a run's "Model metrics" tab, its per-epoch curves (``lr`` among them);
+- ``system-metrics.png``: its "System metrics" tab, MLflow's samples of CPU, memory, disk, network;
 - ``registry.png``: the registered models, one per dataset, with the version aliased ``@champion``.
 
 Usage (after ``make repro``; needs ``make browser``)::
@@ -88,8 +89,13 @@ def take(base: str, experiment_id: str, runs, out: Path) -> None:
         capture(page, out / "compare.png")
         page.set_viewport_size({"width": 1400, "height": 1350})  # every chart of the run, three rows
         page.goto(f"{base}/#/experiments/{experiment_id}/runs/{runs[0].info.run_id}/model-metrics")
-        page.wait_for_function(_EVERY_CHART_DRAWN, arg=len(runs[0].data.metrics))
+        model_metrics = [m for m in runs[0].data.metrics if not m.startswith("system/")]  # their own tab
+        page.wait_for_function(_EVERY_CHART_DRAWN, arg=len(model_metrics))
         capture(page, out / "model-metrics.png")
+        if system := [m for m in runs[0].data.metrics if m.startswith("system/")]:
+            page.goto(f"{base}/#/experiments/{experiment_id}/runs/{runs[0].info.run_id}/system-metrics")
+            page.wait_for_function(_EVERY_CHART_DRAWN, arg=len(system))
+            capture(page, out / "system-metrics.png")
         page.set_viewport_size({"width": 1400, "height": 600})
         page.goto(f"{base}/#/models")
         for model in (*MODELS, "champion"):

@@ -46,7 +46,9 @@ def test_sigterm_ends_the_run_as_killed(mlflow_repo: Path) -> None:
 
 # Modules that may import mlflow: the recorder writes, the registry registers and reads versions,
 # compare reads runs.
-MLFLOW_OWNERS = {"src/bplab/recorder.py", "src/bplab/registry.py", "src/bplab/compare.py"}
+MLFLOW_OWNERS = {"src/bplab/recorder.py", "src/bplab/registry.py", "src/bplab/compare.py",
+                 "src/bplab/reproduce.py",  # reads a run's record back; writes nothing
+                 "src/bplab/sweep_record.py"}  # tags trial runs with their study; the study run's per-trial metrics
 
 
 def test_only_the_recorder_registry_and_compare_reach_mlflow() -> None:

@@ -81,7 +81,7 @@ def test_the_reachability_check_goes_through_the_proxy_like_mlflow_does(forward_
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     track.check_reachable("http://tracking.invalid:5000")  # only the proxy can reach this name
-    assert seen == ["http://tracking.invalid:5000/"]
+    assert seen == ["http://tracking.invalid:5000/api/2.0/mlflow/experiments/search?max_results=1"]
 
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "tracking.invalid")

@@ -37,6 +37,7 @@ class TrackingServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
              "--artifacts-destination", str(self.root / "server-artifacts")],
+            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job workers: 3 fewer processes
             stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_http(f"{self.uri}/health", self.process, log, timeout_s=120)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bplab.errors import BplabError
-from bplab.track import Terminated
+from bplab.track import Terminated, refusal
 
 
 @contextmanager
@@ -17,8 +17,9 @@ def stage_process(stage: str) -> Iterator[None]:
     """The body of a stage's process: how it ends, on an error, an interrupt, or success.
 
     A :class:`BplabError` prints as ``<stage>: error: <message>`` and exits 2, without a
-    traceback. An interrupt (Ctrl-C, or SIGTERM turned into one by
-    :meth:`bplab.recorder.Recorder.run`) exits 130 or 143, the shell's codes for those signals.
+    traceback; so does an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`).
+    An interrupt (Ctrl-C, or SIGTERM turned into one by :meth:`bplab.recorder.Recorder.run`)
+    exits 130 or 143, the shell's codes for those signals.
 
     When the stage's work is done, the objects alive are frozen out of the garbage collector:
     the interpreter's final collection then skips the millions that torch, MLflow and SQLAlchemy
@@ -36,5 +37,11 @@ def stage_process(stage: str) -> Iterator[None]:
         print(f"{stage}: {'terminated' if terminated else 'interrupted'}; nothing was written as a result, "
               "and its MLflow run (if any) is marked KILLED", file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+    except Exception as exc:
+        refused = refusal(exc)  # an MLflow server's 401 or 403, past the check at the run's start
+        if refused is None:
+            raise
+        print(f"{stage}: error: {refused}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         gc.freeze()

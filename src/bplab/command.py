@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bplab import compare, registry, track
+from bplab import compare, registry, sweep, track
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 
@@ -149,14 +149,50 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0  # not reached: execve does not return
 
 
+def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bplab reproduce``'s arguments."""
+    parser.add_argument("run_id", help="the MLflow run id of a training run (the run page, or models/V/run.json)")
+    parser.add_argument("--any-commit", action="store_true",
+                        help="rerun a run made at another git commit on this checkout's code")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """``bplab reproduce``: :func:`bplab.reproduce.reproduce`."""
+    from bplab import reproduce
+
+    track.check_reachable(track.tracking_uri())
+    return reproduce.reproduce(args.run_id, any_commit=args.any_commit)
+
+
 COMPARE_ABOUT = compare.__doc__.split("\n\n")[1]  # the paragraph of the module's docstring on the table
 EXAMPLES = """\
 examples:
   bplab compare                          # one table per dataset: params, test metrics, champion
   bplab serve boston                     # models:/boston@champion on http://127.0.0.1:5001
+  bplab reproduce <run_id>               # rerun a recorded training, metrics side by side
+  bplab sweep boston_module --trials 20 -j 2 --param lr=log:1e-4:0.1   # Optuna search, DVC experiments
   bplab serve --help                     # a command's options and more examples"""
 
 SUBCOMMANDS: dict[str, Subcommand] = {
+    "reproduce": Subcommand(
+        summary="rerun a recorded training run as a DVC experiment and compare its metrics",
+        description=f"""\
+Reads what a training run recorded (reproduce/params.yaml, its git commit), runs
+`dvc exp run -f -S <key>=<value> ... train@<variant> evaluate@<variant>` with the
+params that shaped it, and prints the new run's metrics beside the original's: on the
+same commit, on a CPU, they are equal to the last digit. Exit status 0 when every
+metric is equal, 1 when some differ, 2 when the run cannot be reproduced here (unknown
+run, another commit without --any-commit). The experiment's results are applied to the
+workspace, as `dvc exp run` does; `dvc exp show` lists it.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab reproduce 044735f6a1b24c6f9e0d1c2b3a4f5e6d
+  bplab reproduce $(jq -r .run_id models/boston_module/run.json)
+  bplab reproduce 044735f6a1b24c6f9e0d1c2b3a4f5e6d --any-commit   # on this checkout's code""",
+        add_arguments=reproduce_arguments,
+        run=run_reproduce,
+    ),
     "compare": Subcommand(
         summary="the study at a glance: one table per dataset, from MLflow",
         description=f"{COMPARE_ABOUT}\n\n{STORE_NOTE}\nSame as `python -m bplab.compare`.",
@@ -187,6 +223,34 @@ version under the alias, or a port in use ends with one line naming it, exit sta
         add_arguments=serve_arguments,
         run=run_serve,
     ),
+    "sweep": Subcommand(
+        summary="search a variant's params with Optuna, each trial a DVC experiment",
+        description=f"""\
+Asks an Optuna study (ask/tell; TPE by default, seeded) for trials and runs each one as a
+DVC experiment, `dvc exp run --queue -n <study>-t<n> -S <key>=<value> ... train@<variant>
+evaluate@<variant>`, J at a time (`dvc queue start -j J`). Each trial is told the
+experiment's test metric (the dataset's champion metric unless --metric), or FAIL with
+the reason printed. At the end: the best params and the `dvc exp apply` line that keeps them.
+
+--trials N is the study's size: the sweep asks until the study holds N trials. The study
+lives in sweeps/<study>.journal (or --storage, an Optuna database URL): run the command
+again after an interruption and it takes over the trials left running, then asks for the
+rest; several sweeps on one study (same --study and --storage) share its N trials.
+
+Each trial's MLflow run is tagged sweep_study and sweep_trial; the study has its own run,
+sweep-<study>, in the dataset's experiment: best_value per trial (step = trial number)
+and sweep/param_importances.png. A bad --param, variant or metric ends with one line
+naming it, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab sweep boston_module --trials 20 -j 2 --param lr=log:1e-4:0.1 --param batch_size=choice:32,64,128
+  bplab sweep boston_module --trials 20 --param momentum=float:0:0.9 --param epochs=int:5:50
+  bplab sweep mnist_mlp --study mlp-lr --trials 8 --param lr=log:1e-3:1 --param init=choice:default,kaiming
+  bplab sweep boston_module --study shared --storage postgresql://user@db/optuna --param lr=log:1e-4:0.1""",
+        add_arguments=sweep.add_arguments,
+        run=sweep.run,
+    ),
 }
 
 
@@ -198,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "runs it; these commands work with what it recorded in MLflow.",
         epilog=EXAMPLES)
     commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
-    for name, sub in SUBCOMMANDS.items():
+    for name, sub in sorted(SUBCOMMANDS.items()):  # listed alphabetically in --help
         subparser = commands.add_parser(name, help=sub.summary, description=sub.description,
                                         epilog=f"examples:\n{sub.examples}",
                                         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -23,3 +23,7 @@ class ModelFileError(BplabError):
 
 class TrackingUnavailable(BplabError):
     """The MLflow tracking server named by MLFLOW_TRACKING_URI cannot be reached."""
+
+
+class TrackingRefused(BplabError):
+    """The MLflow tracking server answered, but refused the credentials (HTTP 401) or the request (403)."""

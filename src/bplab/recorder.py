@@ -52,6 +52,7 @@ for _name, _value in {_RETRIES: _BOUNDED_RETRIES, "MLFLOW_HTTP_REQUEST_BACKOFF_F
 # serve`` refused the CPU-exported model (MLflow 3.17, measured on an H100). The networks are
 # small and always exported on the CPU, so they are served there, on any machine.
 SERVING_DEVICE = "cpu"
+REPRODUCE_FOLDER = "reproduce"  # a training run's artifacts for `bplab reproduce`
 
 
 def _experiment_id(name: str) -> str:
@@ -243,6 +244,20 @@ class Recorder:
         import mlflow
 
         mlflow.log_dict(track.redact_all(dict(values)), file_name)
+
+    def log_reproduction(self, params: Mapping[str, Any], resolved: Mapping[str, Any], lock: str | None,
+                         changes: list[str] | None) -> None:
+        """What it takes to rerun this run, under ``reproduce/``: the ``params.yaml`` it ran with,
+        its resolved variant params (JSON), ``dvc.lock`` as it stood, and the uncommitted changes
+        (``git status --porcelain``) when the tree was dirty. URLs lose their credentials."""
+        import mlflow
+
+        mlflow.log_dict(track.redact_all(dict(params)), f"{REPRODUCE_FOLDER}/params.yaml")
+        mlflow.log_dict(track.redact_all(dict(resolved)), f"{REPRODUCE_FOLDER}/variant.json")
+        if lock is not None:
+            mlflow.log_text(lock, f"{REPRODUCE_FOLDER}/dvc.lock")
+        if changes:
+            mlflow.log_text("\n".join(changes) + "\n", f"{REPRODUCE_FOLDER}/git_status.txt")
 
     def log_directory(self, directory: Path, folder: str) -> None:
         """Log every file under ``directory`` as artifacts under ``folder``."""

@@ -119,7 +119,7 @@ def register(model_uri: str, name: str, variant: str, run_id: str, score: Score)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from bplab.track import redact
+    from bplab.track import redact, refusal
 
     client = MlflowClient()
     store = redact(mlflow.get_tracking_uri())
@@ -136,8 +136,9 @@ def register(model_uri: str, name: str, variant: str, run_id: str, score: Score)
             if client.get_registered_model(name).aliases.get(CHAMPION) != champion:
                 client.set_registered_model_alias(name, CHAMPION, champion)
     except MlflowException as exc:
-        raise RegistryError(f"registered model {name!r} in {store}: {exc.message}; "
-                            f"the alias {CHAMPION!r} was not moved") from None
+        refused = refusal(exc)  # a server's 401 or 403: who was refused, and what to do
+        why = f": {refused}" if refused else f" in {store}: {exc.message}"
+        raise RegistryError(f"registered model {name!r}{why}; the alias {CHAMPION!r} was not moved") from None
     except Timeout:
         raise RegistryError(f"registered model {name!r}: another process held {lock.lock_file} "
                             f"for over {LOCK_TIMEOUT_S} s; the alias {CHAMPION!r} was not moved") from None

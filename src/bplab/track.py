@@ -6,15 +6,21 @@ Nothing here imports mlflow: :mod:`bplab.recorder` is the one module that writes
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import urllib.parse
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bplab.errors import TrackingUnavailable
+from bplab.errors import TrackingRefused, TrackingUnavailable
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+# How MLflow's client logs in to a tracking server (besides plugins): basic auth, or a bearer token.
+USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
+# What check_reachable asks: any user may, and MLflow's basic-auth app checks the credentials first.
+_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 # The experiment tag that tells MLflow 3's UI an experiment is for model training, not GenAI:
 # "custom_model_development" is the "Machine learning" kind of the UI's ExperimentKind (3.17.2's
 # build). With it the UI does not guess the kind from the runs and traces; a kind a user picks in
@@ -84,24 +90,114 @@ def redact_all(value: Any) -> Any:
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, naming ``uri``, when an HTTP tracking server does not answer.
+    """Fail fast, naming ``uri``, when an HTTP tracking server does not answer or refuses the credentials.
 
-    MLflow's own client retries with backoff for minutes before giving up. The check goes the way
-    MLflow's requests go (the ``requests`` library), so ``HTTP(S)_PROXY`` and ``NO_PROXY`` apply;
-    any HTTP answer, even an error status, means the server is there.
+    MLflow's own client retries with backoff for minutes before giving up, and a server that
+    refuses the credentials shows up as a traceback at the first call that needs them. The check
+    asks what any user of the server may ask (one experiment of ``experiments/search``), the way
+    MLflow's requests go: through the ``requests`` library, so ``HTTP(S)_PROXY`` and ``NO_PROXY``
+    apply, with MLflow's credentials (:func:`_mlflow_login`) and TLS settings. Any HTTP answer
+    means the server is there; 401 or 403 means it refused who is asking, unless an auth plugin
+    signs MLflow's requests (``MLFLOW_TRACKING_AUTH``, AWS SigV4), which this check cannot copy.
     """
     if urllib.parse.urlparse(uri).scheme not in {"http", "https"}:
         return
     import requests
 
+    login = _mlflow_login()
     try:
-        requests.head(uri, timeout=timeout_s, allow_redirects=False).close()
+        with requests.get(f"{uri.rstrip('/')}{_PROBE}", headers=login.headers, timeout=timeout_s,
+                          allow_redirects=False, **_tls_options()) as answer:
+            status = answer.status_code
     except requests.RequestException as exc:
         reason = exc.__class__.__name__ if isinstance(exc, requests.Timeout) else _root_cause(exc)
         raise TrackingUnavailable(
             f"cannot reach the MLflow tracking server at {redact(uri)} ({TRACKING_ENV}): {reason}. "
             f"Start the server, or unset {TRACKING_ENV} to use the local store {default_tracking_uri()}"
         ) from None
+    if status in (401, 403) and not login.plugin:
+        raise TrackingRefused(_refused(uri, status, login.who))
+
+
+@dataclass(frozen=True)
+class _Login:
+    """What MLflow's client sends an HTTP tracking server to say who it is."""
+
+    headers: dict[str, str]
+    who: str | None  # for messages: "user 'alice'", never a password or token; None without credentials
+    plugin: bool  # an auth plugin signs MLflow's requests instead (MLFLOW_TRACKING_AUTH, AWS SigV4)
+
+
+def _mlflow_login() -> _Login:
+    """The credentials MLflow's client sends, read as it reads them (``mlflow.utils.credentials``):
+    ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD`` from the environment, each else
+    from ``~/.mlflow/credentials``, as HTTP basic auth; without both, ``MLFLOW_TRACKING_TOKEN`` as
+    a bearer token."""
+    import base64
+    import configparser
+
+    stored = configparser.ConfigParser()
+    stored.read(Path("~/.mlflow/credentials").expanduser())
+    section = stored["mlflow"] if stored.has_section("mlflow") else {}
+    username = os.environ.get(USERNAME_ENV) or section.get(USERNAME_ENV.lower())
+    password = os.environ.get(PASSWORD_ENV) or section.get(PASSWORD_ENV.lower())
+    plugin = bool(os.environ.get("MLFLOW_TRACKING_AUTH")) or _true("MLFLOW_TRACKING_AWS_SIGV4")
+    if username and password:
+        basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return _Login({"Authorization": f"Basic {basic}"}, f"user {username!r}", plugin)
+    if token := os.environ.get(TOKEN_ENV):
+        return _Login({"Authorization": f"Bearer {token}"}, f"the token in {TOKEN_ENV}", plugin)
+    return _Login({}, None, plugin)
+
+
+def _true(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to true, as MLflow reads its boolean settings."""
+    return os.environ.get(name, "").strip().lower() in {"true", "1"}
+
+
+def _tls_options() -> dict[str, Any]:
+    """MLflow's TLS settings for its requests: ``MLFLOW_TRACKING_INSECURE_TLS``,
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH`` (a CA bundle) and ``MLFLOW_TRACKING_CLIENT_CERT_PATH``."""
+    verify: bool | str = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or not _true("MLFLOW_TRACKING_INSECURE_TLS")
+    return {"verify": verify, "cert": os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None}
+
+
+def _refused(uri: str, status: int, who: str | None, endpoint: str | None = None) -> str:
+    """One line for a 401 or 403 from the server at ``uri``: who was refused and what to change.
+
+    Names the user, never the password or token; the URI is shown without credentials.
+    """
+    server = f"the MLflow tracking server at {redact(uri)} ({TRACKING_ENV})"
+    if who is None and "@" in urllib.parse.urlsplit(uri).netloc:
+        who = f"the user in {TRACKING_ENV}"
+    on = f" on {endpoint}" if endpoint else ""
+    if who is None:
+        return (f"{server} requires credentials (HTTP {status}{on}) and none are set: "
+                f"set {USERNAME_ENV} and {PASSWORD_ENV} (or {TOKEN_ENV}) to an account of that server")
+    if status == 401:
+        check = TOKEN_ENV if who.startswith("the token") else f"{USERNAME_ENV} and {PASSWORD_ENV}"
+        return f"credentials refused by {server}: HTTP 401 for {who}{on}; check {check}"
+    return (f"permission denied by {server}: HTTP 403 for {who}{on}; its admin can grant it "
+            "(EDIT or MANAGE on the experiment or registered model)")
+
+
+# MlflowException's error codes for a server's HTTP 401 and 403.
+_REFUSAL_CODES = {"UNAUTHENTICATED": 401, "CUSTOMER_UNAUTHORIZED": 401, "PERMISSION_DENIED": 403}
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The one-line message for ``exc`` if it is an HTTP tracking server's 401 or 403, else ``None``.
+
+    Recognises MLflow's ``MlflowException`` by its ``error_code`` (this module does not import
+    mlflow), for a refusal that comes after :func:`check_reachable` passed: a user who may read
+    but not write an experiment, say.
+    """
+    status = _REFUSAL_CODES.get(str(getattr(exc, "error_code", "")))
+    uri = tracking_uri()
+    if status is None or urllib.parse.urlparse(uri).scheme not in {"http", "https"}:
+        return None
+    endpoint = re.search(r"endpoint (/\S+)", str(getattr(exc, "message", exc)))
+    return _refused(uri, status, _mlflow_login().who, endpoint and endpoint.group(1))
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -136,8 +232,20 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def git_changes() -> list[str] | None:
+    """The working tree's uncommitted changes, as ``git status --porcelain`` lines (untracked files
+    included, ignored ones not); ``None`` outside git."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain"], cwd=repo_root(), capture_output=True,
+                             text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.splitlines()
+
+
 def run_tags(*, dataset: str, stage: str, variant: str | None = None) -> dict[str, str]:
-    """The contract's tags: variant, dataset, stage, git commit, and dvc_exp under ``dvc exp run``."""
+    """The contract's tags: variant, dataset, stage, git commit and whether the tree was dirty, and
+    dvc_exp under ``dvc exp run``."""
     tags = {"dataset": dataset, "stage": stage}
     if variant is not None:
         tags["variant"] = variant
@@ -145,6 +253,7 @@ def run_tags(*, dataset: str, stage: str, variant: str | None = None) -> dict[st
     if commit:
         tags["git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
+        tags["git_dirty"] = str(bool(git_changes())).lower()
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = exp
     return tags

@@ -188,8 +188,23 @@ def _fit(job: _Job, on_epochs) -> int:
                controls=job.controls)
 
 
-def _fit_recorded(job: _Job, params: Params, recorder: Recorder,
-                  clock: StageClock) -> tuple[list[EpochRecord], dict[str, Any]]:
+def _reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
+    """What ``bplab reproduce`` needs of this run: params.yaml, the resolved variant, dvc.lock, git changes."""
+    import yaml
+
+    variant = params.train[name]
+    resolved = {"variant": name, "seed": params.seed, "device": params.device,
+                "tracking": params.tracking.model_dump(mode="json"), "train": variant.model_dump(mode="json"),
+                "data": getattr(params.data, variant.dataset).model_dump(mode="json")}
+    lock, file = root / "dvc.lock", root / "params.yaml"
+    # The file as the stage read it; a caller that passed params without one gets them as validated.
+    raw = yaml.safe_load(file.read_text()) if file.exists() else params.model_dump(mode="json")
+    return {"params": raw, "resolved": resolved, "lock": lock.read_text() if lock.exists() else None,
+            "changes": track.git_changes()}
+
+
+def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClock,
+                  root: Path) -> tuple[list[EpochRecord], dict[str, Any]]:
     """Train, sending each report's epochs to MLflow, a checkpoint and the progress bar; the history."""
     from tqdm.auto import tqdm
 
@@ -208,6 +223,7 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder,
                                 | {"device": str(job.placement.device), "world_size": job.placement.world})
             x, y = job.data.splits["train"]
             recorder.log_training_data(x, y, job.source, f"{job.variant.dataset}-train", job.train_digest)
+            recorder.log_reproduction(**_reproduction(root, params, job.name))
             write_bytes_atomic(job.checkpoint, checkpoint(0))  # a kill in the first epoch resumes this run
         else:
             recorder.set_tags({"resumed_after_epoch": str(job.resume.epoch)})
@@ -311,7 +327,7 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
                 recorder = run.enter_context(
                     Recorder.run(variant.dataset, name, tags, run_id=job.resume and job.resume.run_id,
                                  system_metrics_s=params.tracking.system_metrics))
-            history, stop = _fit_recorded(job, params, recorder, clock)
+            history, stop = _fit_recorded(job, params, recorder, clock, root)
             record = _publish(job, history, stop, recorder, clock, root)
     finally:
         distributed.stop(placement)

@@ -1,0 +1,137 @@
+"""DVC experiments the way ``bplab sweep`` runs them: queued by name, run by DVC's queue workers,
+read back from git.
+
+``dvc exp run --queue -n NAME -S key=value ... targets`` stashes an experiment, ``dvc queue start
+-j J`` runs up to J at a time, each in its own copy under ``.dvc/tmp/exps``, and ``dvc queue
+status`` lists them by name (Queued, Running, Success, Failed). A finished experiment is a git
+commit under ``refs/exps/<baseline[:2]>/<baseline[2:]>/<NAME>``, where the baseline is the commit
+it was queued on: its metrics and params are read from there with ``git show``, which costs
+milliseconds where ``dvc exp show`` collects every experiment. The queue workers run detached, so
+experiments go on when the process that queued them dies; a later sweep picks them up by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+from bplab.errors import BplabError
+
+_STAGE_ERROR = re.compile(r"[\w-]+@[\w-]+: error: ")  # how a bplab stage reports an error it understands
+State = Literal["pending", "done", "failed", "missing"]
+
+
+class DvcFailed(BplabError):
+    """A ``dvc`` command exited non-zero; the message is its last error line."""
+
+
+def _dvc() -> list[str]:
+    beside = Path(sys.executable).with_name("dvc")  # this environment's DVC, whether or not PATH has it
+    # Wait for DVC's repository lock rather than fail at once: two sweeps on one repository, or a
+    # queue worker collecting its result, hold it for moments at a time.
+    return [str(beside) if beside.is_file() else "dvc", "--wait-for-lock"]
+
+
+def _last_error(output: str) -> str:
+    """The most telling line of a DVC command's output: its last ``ERROR``/``error`` line, else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1]
+
+
+def dvc(repo: Path, *args: str, timeout: float = 600) -> str:
+    """Run ``dvc ARGS`` in ``repo``; its standard output, or :class:`DvcFailed` naming its error."""
+    # DVC's queue workers start `dvc`, and the stages `python`, by name: this environment's go first.
+    env = {**os.environ, "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+    result = subprocess.run([*_dvc(), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise DvcFailed(f"dvc {' '.join(args[:3])} ... exited {result.returncode}: "
+                        f"{_last_error(result.stderr + result.stdout)}")
+    return result.stdout
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``git ARGS`` in ``repo``, not checked."""
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=60)
+
+
+def head(repo: Path) -> str:
+    """The commit experiments queued now are based on."""
+    found = git(repo, "rev-parse", "HEAD")
+    if found.returncode != 0:
+        raise DvcFailed(f"{repo} has no git commit to base experiments on: {found.stderr.strip()}")
+    return found.stdout.strip()
+
+
+def enqueue(repo: Path, name: str, overrides: list[str], targets: list[str]) -> None:
+    """``dvc exp run --queue -n NAME -S ... TARGETS``."""
+    sets = [arg for value in overrides for arg in ("-S", value)]
+    dvc(repo, "exp", "run", "--queue", "-n", name, *sets, *targets)
+
+
+def start(repo: Path, jobs: int) -> None:
+    """``dvc queue start -j JOBS``: workers for the queue, up to ``jobs`` of them (running ones count)."""
+    dvc(repo, "queue", "start", "-j", str(jobs))
+
+
+def parse_statuses(listing: str) -> dict[str, str]:
+    """``dvc queue status``'s table as ``{name: status}``; a name listed twice keeps its last row."""
+    found = {}
+    for line in listing.splitlines():
+        words = line.split()  # Task  Name  Created (one or more words)  Status
+        if len(words) >= 4 and words[-1] in {"Queued", "Running", "Success", "Failed"}:
+            found[words[1]] = words[-1]
+    return found
+
+
+def statuses(repo: Path) -> dict[str, str]:
+    """The queue's experiments by name: Queued, Running, Success or Failed."""
+    return parse_statuses(dvc(repo, "queue", "status"))
+
+
+def exp_ref(baseline: str, name: str) -> str:
+    """The git ref of experiment ``name`` queued on commit ``baseline`` (DVC's layout)."""
+    return f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+
+
+def exists(repo: Path, baseline: str, name: str) -> bool:
+    """Whether experiment ``name`` of ``baseline`` has finished and been collected."""
+    return git(repo, "rev-parse", "--verify", "--quiet", exp_ref(baseline, name)).returncode == 0
+
+
+def state(repo: Path, baseline: str, name: str, listed: dict[str, str] | None) -> State:
+    """Where experiment ``name`` stands: done (its commit exists), failed, pending (queued or
+    running), or missing: neither queued nor done, or a success whose commit is not there.
+    ``listed`` is :func:`statuses`; without it, anything but done is pending."""
+    if exists(repo, baseline, name):
+        return "done"
+    if listed is None:
+        return "pending"
+    status = listed.get(name)
+    if status == "Failed":
+        return "failed"
+    return "missing" if status in {None, "Success"} else "pending"
+
+
+def read_json(repo: Path, baseline: str, name: str, path: str) -> dict:
+    """The JSON file ``path`` of a finished experiment."""
+    shown = git(repo, "show", f"{exp_ref(baseline, name)}:{path}")
+    if shown.returncode != 0:
+        raise DvcFailed(f"experiment {name} has no {path}: {shown.stderr.strip()}")
+    return json.loads(shown.stdout)
+
+
+def failure(repo: Path, name: str) -> str:
+    """Why queued experiment ``name`` failed: the failing stage's own one-line error
+    (``train@V: error: ...``) from ``dvc queue logs``, else DVC's last error line."""
+    try:
+        logs = dvc(repo, "queue", "logs", name)
+    except DvcFailed as exc:
+        return str(exc)
+    stage_errors = [line.strip() for line in logs.splitlines() if _STAGE_ERROR.match(line.strip())]
+    return stage_errors[-1] if stage_errors else _last_error(logs)

@@ -1,0 +1,194 @@
+"""From a recorded training run back to a rerun: ``bplab reproduce <run_id>``.
+
+Every training run logs, under ``reproduce/``, the ``params.yaml`` it ran with, its resolved
+variant params, ``dvc.lock`` as it stood and, when the tree was dirty, ``git status``; its tags
+hold the git commit and ``git_dirty``. Reproducing a run turns the params that shaped it (the top
+level ``seed``, ``device`` and ``tracking``, ``train.<variant>`` and ``data.<dataset>``) into a
+DVC experiment, ``dvc exp run -S <key>=<value> ... train@<variant> evaluate@<variant>``, forced
+so that it really trains, and sets the new run's final metrics beside the original's. On the same
+commit, on a CPU, they are equal to the last digit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bplab import track
+from bplab.errors import BplabError
+
+# Metrics that differ between any two runs: wall times and the machine's samples.
+UNREPEATABLE = ("epoch_seconds", "system/")
+# The params files a reproduction sets from the run's own; other changes are reported, not redone.
+RECORDED_FILES = {"params.yaml", "dvc.lock"}
+
+
+class ReproduceError(BplabError):
+    """The run cannot be reproduced here as asked (unknown run, another commit, no record)."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a training run recorded of how it was made."""
+
+    run_id: str
+    variant: str
+    dataset: str
+    commit: str | None
+    changes: list[str]  # git status --porcelain lines, when the tree was dirty
+    params: dict[str, Any]  # its params.yaml
+    metrics: dict[str, float]
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(track.tracking_uri())
+
+
+def recorded(run_id: str) -> Recorded:
+    """The run's record, or a :class:`ReproduceError` saying what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ReproduceError(f"no run {run_id!r} in {track.redact(track.tracking_uri())}") from None
+    tags = run.data.tags
+    if tags.get("stage") != "train" or "variant" not in tags:
+        raise ReproduceError(f"run {run_id} is not a training run (its stage tag is {tags.get('stage')!r})")
+    try:
+        params = yaml.safe_load(Path(client.download_artifacts(run_id, "reproduce/params.yaml")).read_text())
+    except (MlflowException, OSError):
+        raise ReproduceError(f"run {run_id} has no reproduce/params.yaml: it was made before runs "
+                             "recorded how to rerun them") from None
+    changes: list[str] = []
+    if tags.get("git_dirty") == "true":
+        try:
+            changes = Path(client.download_artifacts(run_id, "reproduce/git_status.txt")).read_text().splitlines()
+        except (MlflowException, OSError):
+            changes = ["(not recorded)"]
+    return Recorded(run_id, tags["variant"], tags["dataset"], tags.get("git_commit"), changes, params,
+                    dict(run.data.metrics))
+
+
+_MISSING = object()
+
+
+def _differences(recorded: Any, present: Any, key: str) -> tuple[dict[str, Any], list[str]]:
+    """The settings that turn ``present`` into ``recorded`` under ``key`` (a whole subtree where the
+    present one is not a mapping), and the keys present now that the run did not have."""
+    if isinstance(recorded, dict) and isinstance(present, dict):
+        settings: dict[str, Any] = {}
+        unset = [f"{key}.{k}" for k in present if k not in recorded]
+        for k, value in recorded.items():
+            more, extra = _differences(value, present.get(k, _MISSING), f"{key}.{k}")
+            settings |= more
+            unset += extra
+        return settings, unset
+    # A URL's credentials were redacted when logged; they pick a source, not the data (checksummed).
+    if present is not _MISSING and (recorded == present or "***" in str(recorded)):
+        return {}, []
+    return {key: recorded}, []
+
+
+def overrides(run: Recorded, current: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The ``-S`` settings that give ``current`` params.yaml the run's values where they shaped it
+    (``seed``, ``device``, ``tracking``, ``train.<variant>``, ``data.<dataset>``), and the keys
+    that cannot be set back (present now, absent then)."""
+    settings: dict[str, Any] = {}
+    unset: list[str] = []
+    for path in ("seed", "device", "tracking", f"train.{run.variant}", f"data.{run.dataset}"):
+        recorded, present = run.params, current
+        for part in path.split("."):
+            recorded = recorded.get(part, _MISSING) if isinstance(recorded, dict) else _MISSING
+            present = present.get(part, _MISSING) if isinstance(present, dict) else _MISSING
+        if recorded is not _MISSING:
+            more, extra = _differences(recorded, present, path)
+            settings |= more
+            unset += extra
+    return settings, unset
+
+
+def check_commit(run: Recorded, any_commit: bool) -> list[str]:
+    """Refuse a run of another commit unless ``any_commit``; the notes to print about the tree."""
+    head = track.git_commit()
+    notes = []
+    if run.commit != head:
+        where = f"commit {run.commit[:12]}" if run.commit else "no git commit"
+        message = (f"run {run.run_id} was made at {where}; this checkout is at "
+                   f"{head[:12] if head else 'no commit'}")
+        if not any_commit:
+            hint = f"`git checkout {run.commit[:12]}` first, or " if run.commit else ""
+            raise ReproduceError(f"{message}: {hint}pass --any-commit to rerun it on this code anyway")
+        notes.append(f"{message}: rerunning it on this code (--any-commit)")
+    unrecorded = [line for line in run.changes if line[3:].strip() not in RECORDED_FILES]
+    if unrecorded:
+        notes.append("the run was made with uncommitted changes that are not reproduced: "
+                     + ", ".join(line[3:].strip() for line in unrecorded))
+    return notes
+
+
+def experiment_command(run: Recorded, settings: dict[str, Any], name: str) -> list[str]:
+    """``dvc exp run``, forced: unchanged stages would otherwise be skipped, or restored from DVC's
+    run cache, and nothing would be retrained. Without a data setting only the variant's two
+    stages run (``-s``); with one, upstream stages rerun too."""
+    command = ["dvc", "exp", "run", "-n", name, "-f"]
+    if not any(key.startswith("data.") for key in settings):
+        command.append("-s")
+    for key, value in settings.items():
+        command += ["-S", f"{key}={json.dumps(value)}"]
+    return [*command, f"train@{run.variant}", f"evaluate@{run.variant}"]
+
+
+def rerun_metrics(run: Recorded, name: str) -> dict[str, float]:
+    """The final metrics of the training run the experiment ``name`` made."""
+    client = _client()
+    experiment = client.get_experiment_by_name(run.dataset)
+    found = client.search_runs([experiment.experiment_id], f"tags.dvc_exp = '{name}' and "
+                               f"attributes.run_name = '{run.variant}'", order_by=["attributes.start_time DESC"])
+    if not found:
+        raise ReproduceError(f"the experiment {name} left no MLflow run of {run.variant}")
+    return dict(found[0].data.metrics)
+
+
+def side_by_side(original: dict[str, float], rerun: dict[str, float]) -> tuple[str, bool]:
+    """A table of each metric, original and rerun, and whether all are equal."""
+    names = sorted(k for k in original if not k.startswith(UNREPEATABLE))
+    width = max(map(len, names), default=6)
+    lines = [f"{'metric':<{width}}  {'original':>22}  {'reproduced':>22}  same"]
+    for key in names:
+        again = rerun.get(key)
+        same = "yes" if again == original[key] else "NO"
+        lines.append(f"{key:<{width}}  {original[key]!r:>22}  {again!r:>22}  {same}")
+    return "\n".join(lines), all(rerun.get(k) == original[k] for k in names)
+
+
+def reproduce(run_id: str, any_commit: bool = False, root: Path | None = None) -> int:
+    """Rerun training run ``run_id`` as a DVC experiment; 0 when every metric comes out equal, 1 if not."""
+    run = recorded(run_id)
+    for note in check_commit(run, any_commit):
+        print(f"bplab reproduce: {note}", file=sys.stderr)
+    root = root or track.repo_root()
+    settings, unset = overrides(run, yaml.safe_load((root / "params.yaml").read_text()))
+    if unset:
+        print(f"bplab reproduce: not in the run's params.yaml, kept as they are now: {', '.join(unset)}",
+              file=sys.stderr)
+    name = f"reproduce-{run_id[:8]}-{time.strftime('%Y%m%d%H%M%S')}"
+    command = experiment_command(run, settings, name)
+    print(f"bplab reproduce: {' '.join(command)}", file=sys.stderr, flush=True)
+    if subprocess.run(command, cwd=root).returncode != 0:
+        raise ReproduceError(f"the experiment {name} failed (its output is above)")
+    table, same = side_by_side(run.metrics, rerun_metrics(run, name))
+    print(table)
+    print(f"{'every metric is equal to the last digit' if same else 'some metrics differ'} "
+          f"(run {run_id} and experiment {name})")
+    return 0 if same else 1

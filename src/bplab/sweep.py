@@ -1,0 +1,380 @@
+"""``bplab sweep <variant>``: a search over params driven by Optuna, each trial a real DVC experiment.
+
+The sweep asks Optuna's study for trials (ask/tell; TPE by default, seeded), queues each as
+``dvc exp run --queue -n <study>-t<number> -S key=value ... train@<variant> evaluate@<variant>``,
+runs them with ``dvc queue start -j J``, and tells the study each one's test metric (the
+dataset's champion metric unless ``--metric`` says otherwise), read from the experiment's
+``metrics/<variant>.json``. A trial whose experiment fails is told FAIL, with the reason printed.
+
+``--trials N`` is the study's size: the sweep asks for trials until the study holds N, keeping up
+to J of its own running, and ends when they have finished. Run again after an interruption, it
+takes over the trials its dead predecessor left running (their experiments went on in DVC's
+queue, or are queued now if they never were), then asks for the rest. Several sweeps on one study
+(same ``--study`` and ``--storage``) share the N trials: Optuna's storage numbers each trial once,
+and the number names its experiment. Sweeps asking at the very same instant can take the study a
+few trials past N, as Optuna's own ``MaxTrialsCallback`` can.
+
+Imports stay light: Optuna, MLflow and the params models are imported when a sweep runs, not by
+``bplab --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bplab import dvc_queue, track
+from bplab.data import catalog
+from bplab.errors import BplabError
+
+if TYPE_CHECKING:
+    from bplab.search_space import Dimension
+
+POLL_S = 1.0  # between two looks for finished experiments (git refs: milliseconds)
+STATUS_EVERY = 5  # polls per `dvc queue status` (about 0.5 s of CPU), which tells failures
+GONE_LISTINGS = 2  # listings in a row an experiment may be neither queued nor done before its trial fails
+UNQUEUED_S = 300  # a trial this old with no experiment name lost its sweep between ask and queue
+HIGHER_IS_BETTER = {"test_acc", "test_r2"}
+# The trial's user attrs: which sweep process holds it, and its DVC experiment.
+HOST, PID, EXP, BASELINE = "sweep_host", "sweep_pid", "dvc_exp", "dvc_baseline"
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,80}")
+
+
+class SweepError(BplabError):
+    """A sweep that cannot start: a bad study name, an unknown variant or metric."""
+
+
+def _count(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bplab sweep``'s arguments."""
+    parser.add_argument("variant", help="the variant to tune: a key under train: in params.yaml")
+    parser.add_argument("--param", action="append", required=True, metavar="KEY=KIND:ARGS",
+                        help="a key under train.<variant> (or a full params key) and its range: log:LO:HI, "
+                             "float:LO:HI, int:LO:HI or choice:A,B,C; repeat for each key")
+    parser.add_argument("--trials", type=_count, default=10,
+                        help="how many trials the study should hold (default: %(default)s)")
+    parser.add_argument("-j", "--jobs", type=_count, default=1,
+                        help="experiments running at once, `dvc queue start -j` (default: %(default)s)")
+    parser.add_argument("--study", help="the study's name (default: the variant); experiments are <study>-t<n>")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna storage: a journal file (default: sweeps/<study>.journal) or a "
+                             "database URL (sqlite:///sweeps.db, postgresql://user@host/db) for several machines")
+    parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int,
+                        help="sampler seed; trial n draws with seed + n (default: params.yaml's seed)")
+    parser.add_argument("--metric", help="the test metric to optimize (default: the dataset's champion metric)")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a sweep needs to know before it asks for its first trial."""
+
+    repo: Path
+    variant: str
+    dataset: str
+    metric: str
+    maximize: bool
+    dimensions: tuple[Dimension, ...]
+    raw: dict[str, Any]  # params.yaml as read
+    study: str
+    trials: int
+    jobs: int
+    sampler: str
+    seed: int
+
+    @property
+    def targets(self) -> list[str]:
+        """The stages each trial runs (DVC adds their upstream stages when those are out of date)."""
+        return [f"train@{self.variant}", f"evaluate@{self.variant}"]
+
+
+def _objective(dataset: catalog.Dataset, name: str, metric: str | None) -> tuple[str, bool]:
+    if metric is None:
+        return dataset.champion.metric, dataset.champion.higher_is_better
+    if metric not in dataset.test_metrics:
+        raise SweepError(f"--metric {metric}: {name} has the test metrics {', '.join(dataset.test_metrics)}")
+    if metric == dataset.champion.metric:
+        return metric, dataset.champion.higher_is_better
+    return metric, metric in HIGHER_IS_BETTER
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Check the command line against params.yaml; every refusal names what is wrong."""
+    from bplab import search_space  # pydantic and the params models: not needed by `bplab --help`
+
+    repo = track.repo_root()
+    raw, params = search_space.read_params(repo / "params.yaml")
+    variant = params.variant(args.variant)
+    metric, maximize = _objective(catalog.dataset(variant.dataset), variant.dataset, args.metric)
+    dimensions = [search_space.parse(spec, args.variant) for spec in args.param]
+    search_space.check(dimensions, raw, args.variant)
+    study = args.study or args.variant
+    if not _STUDY_NAME.fullmatch(study):
+        raise SweepError(f"--study {study!r}: use letters, digits, _ and - (it names DVC experiments)")
+    dvc_queue.head(repo)  # experiments need a commit to start from: say so before asking for trials
+    return Setup(repo, args.variant, variant.dataset, metric, maximize, tuple(dimensions), raw, study,
+                 args.trials, args.jobs, args.sampler, params.seed if args.seed is None else args.seed)
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def say(line: str) -> None:
+    """Print a line of the sweep's report now (the output is often a pipe)."""
+    print(line, flush=True)
+
+
+@dataclass
+class Pending:
+    """A trial whose DVC experiment is queued or running."""
+
+    number: int
+    name: str  # the DVC experiment
+    baseline: str  # the commit it was queued on
+    gone: int = 0  # listings in a row that found it neither queued nor done
+
+
+@dataclass
+class Sweeper:
+    """One sweep process: asks, queues, waits, tells."""
+
+    setup: Setup
+    study: Any  # optuna.Study
+    run_id: str  # the study's MLflow run
+    pending: dict[int, Pending] = field(default_factory=dict)
+    workers_started: bool = False
+
+    def _exp_name(self, number: int) -> str:
+        return f"{self.setup.study}-t{number}"
+
+    def _queue(self, number: int, name: str, values: dict[str, Any], baseline: str) -> None:
+        """Queue trial ``number``'s experiment and wait for it; tell FAIL when DVC refuses it."""
+        from bplab import search_space
+
+        s = self.setup
+        overrides = [search_space.override(d.key, values[d.name], search_space.present(s.raw, d.key))
+                     for d in s.dimensions]
+        try:
+            dvc_queue.enqueue(s.repo, name, overrides, s.targets)
+        except dvc_queue.DvcFailed as exc:
+            self._tell(number, name, None, f"dvc exp run --queue refused it: {exc}")
+            return
+        self.pending[number] = Pending(number, name, baseline)
+        say(f"trial {number} queued as {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+    def ask(self) -> None:
+        """Ask the study for a trial, with every --param drawn, and queue its experiment."""
+        distributions = {d.name: d.distribution() for d in self.setup.dimensions}
+        trial = self.study.ask(fixed_distributions=distributions)
+        name = self._exp_name(trial.number)
+        trial.set_user_attr(HOST, socket.gethostname())
+        trial.set_user_attr(PID, os.getpid())
+        trial.set_user_attr(EXP, name)
+        baseline = dvc_queue.head(self.setup.repo)  # experiments queued now start from HEAD
+        trial.set_user_attr(BASELINE, baseline)
+        self._queue(trial.number, name, dict(trial.params), baseline)
+
+    def _claim(self, trial: Any) -> None:
+        """Mark a running trial as this process's, so that other sweeps starting now leave it."""
+        from optuna.trial import Trial
+
+        handle = Trial(self.study, trial._trial_id)  # a FrozenTrial's storage id has no public name
+        handle.set_user_attr(HOST, socket.gethostname())
+        handle.set_user_attr(PID, os.getpid())
+
+    def recover(self) -> None:
+        """Take over the trials that a sweep of this machine, now dead, left running: wait for
+        their experiments, or queue those it never queued. A trial that lost its sweep before it
+        was named is told FAIL. Trials of live sweeps, or of other machines, are left to them."""
+        from optuna.trial import TrialState
+
+        names = {d.name for d in self.setup.dimensions}
+        listed = None
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = trial.user_attrs
+            if EXP not in attrs:
+                if time.time() - trial.datetime_start.timestamp() > UNQUEUED_S:
+                    self._tell(trial.number, "", None, "its sweep stopped before queueing it")
+                continue
+            if attrs.get(HOST) != socket.gethostname() or _alive(attrs.get(PID)):
+                continue
+            self._claim(trial)
+            listed = dvc_queue.statuses(self.setup.repo) if listed is None else listed
+            pending = Pending(trial.number, attrs[EXP], attrs.get(BASELINE, ""))
+            if dvc_queue.state(self.setup.repo, pending.baseline, pending.name, listed) != "missing":
+                self.pending[trial.number] = pending
+                say(f"trial {trial.number}: taking over {pending.name} from a sweep that stopped")
+            elif names == set(trial.params):
+                say(f"trial {trial.number}: its sweep stopped before queueing it; queueing it now")
+                self._queue(trial.number, pending.name, dict(trial.params), dvc_queue.head(self.setup.repo))
+            else:
+                self._tell(trial.number, pending.name, None, "its sweep stopped before queueing it, and its "
+                           f"params {sorted(trial.params)} are not this sweep's {sorted(names)}")
+
+    def _tell(self, number: int, name: str, value: float | None, reason: str = "") -> None:
+        """Tell the study how trial ``number`` ended, print it, and tag its MLflow run."""
+        from optuna.trial import TrialState
+
+        from bplab import sweep_record
+
+        if value is None:
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            say(f"trial {number} failed: {reason}")
+        else:
+            self.study.tell(number, value, skip_if_finished=True)
+            say(f"trial {number}: {self.setup.metric} {value:.6g} ({name})")
+        if name and sweep_record.tag_trial(self.setup.dataset, name, self.setup.study, number) is None \
+                and value is not None:
+            say(f"trial {number}: no MLflow run is tagged dvc_exp={name}; its study tags are not set")
+        sweep_record.log_progress(self.run_id, self.study.get_trials(deepcopy=False), self.setup.maximize)
+
+    def _outcome(self, pending: Pending, state: str) -> tuple[float | None, str]:
+        """A finished experiment's objective, or ``None`` and why there is none."""
+        s = self.setup
+        if state == "failed":
+            return None, dvc_queue.failure(s.repo, pending.name)
+        if state == "missing":
+            return None, f"experiment {pending.name} is neither queued nor done (removed from the queue?)"
+        metrics = dvc_queue.read_json(s.repo, pending.baseline, pending.name, f"metrics/{s.variant}.json")
+        value = metrics.get(s.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None, f"metrics/{s.variant}.json has {s.metric} = {value!r}"
+        return float(value), ""
+
+    def wait(self) -> None:
+        """Poll until at least one pending trial has finished, and tell each that has. A finished
+        experiment is a git ref (cheap to look for); DVC's queue, asked less often, tells failures."""
+        polls = 0
+        while True:
+            listed = dvc_queue.statuses(self.setup.repo) if polls % STATUS_EVERY == 0 else None
+            polls += 1
+            finished = []
+            for pending in self.pending.values():
+                state = dvc_queue.state(self.setup.repo, pending.baseline, pending.name, listed)
+                pending.gone = pending.gone + 1 if state == "missing" else 0
+                if state in {"done", "failed"} or pending.gone >= GONE_LISTINGS:
+                    finished.append((pending, state))
+            for pending, state in finished:
+                del self.pending[pending.number]
+                try:
+                    value, reason = self._outcome(pending, state)
+                except dvc_queue.DvcFailed as exc:
+                    value, reason = None, str(exc)
+                self._tell(pending.number, pending.name, value, reason)
+            if finished:
+                return
+            time.sleep(POLL_S)
+
+    def run(self) -> None:
+        """Keep up to J trials of this sweep running until the study holds N and they have finished."""
+        while True:
+            room = self.setup.trials - len(self.study.get_trials(deepcopy=False))
+            asked = 0
+            for _ in range(max(0, min(room, self.setup.jobs - len(self.pending)))):
+                self.ask()
+                asked += 1
+            if not self.pending:
+                return
+            if asked or not self.workers_started:
+                dvc_queue.start(self.setup.repo, self.setup.jobs)
+                self.workers_started = True
+            self.wait()
+
+
+def _record(recorder: Any, s: Setup, study: Any, importances: dict[str, float] | None, line: str) -> None:
+    """What the study found, on its MLflow run: the best trial as tags and under the metric's own
+    name (so `bplab compare` shows it), the importances, their picture, and every trial as JSON."""
+    from bplab import sweep_study
+
+    recorder.set_tags({"param_importances": line})
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+               "dvc_exp": t.user_attrs.get(EXP)} for t in study.get_trials(deepcopy=False)]
+    recorder.log_dict({"study": s.study, "metric": s.metric, "trials": trials}, "sweep/trials.json")
+    if importances:
+        recorder.log_metrics({f"importance/{name}": value for name, value in importances.items()})
+        recorder.log_figures({"param_importances.png": sweep_study.importance_figure(study, s.metric)}, folder="sweep")
+    if any(t["state"] == "COMPLETE" for t in trials):
+        best = study.best_trial
+        recorder.set_tags({"best_trial": best.number, "best_exp": best.user_attrs.get(EXP, ""),
+                           "best_value": best.value})
+        recorder.log_metrics({s.metric: best.value})
+
+
+def report(s: Setup, study: Any, recorder: Any) -> int:
+    """Print the study's outcome and the `dvc exp apply` line that keeps its best params; 1 when
+    no trial has completed."""
+    from bplab import sweep_study
+
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for trial in trials:
+        states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+    say(f"study {s.study}: {len(trials)} trials (" + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + ")")
+    importances, line = sweep_study.importances(study)
+    _record(recorder, s, study, importances, line)
+    say(line)
+    if not states.get("complete"):
+        say("no trial has completed: nothing to apply")
+        return 1
+    best = study.best_trial
+    keys = {d.name: d.key for d in s.dimensions}
+    exp = best.user_attrs.get(EXP, f"{s.study}-t{best.number}")
+    say(f"best: trial {best.number}, {s.metric} {best.value:.6g} ({'max' if s.maximize else 'min'} of "
+        f"{states['complete']} complete trials), experiment {exp}:")
+    for name, value in best.params.items():
+        say(f"  {keys.get(name, name)} = {value}")
+    say(f"keep it: dvc exp apply {exp}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """``bplab sweep``: check the command line, open the study and its MLflow run, recover what a
+    stopped sweep left, run the trials, report."""
+    from bplab import sweep_record, sweep_study
+
+    s = setup(args)
+    track.check_reachable(track.tracking_uri())
+    where, shown = sweep_study.storage(args.storage, s.repo, s.study)
+    study, existed = sweep_study.open_study(s.study, where, shown, s.maximize, sweep_study.sampler(s.sampler, s.seed),
+                                            {"variant": s.variant, "metric": s.metric})
+    direction = "maximize" if s.maximize else "minimize"
+    say(f"study {s.study} in {shown} ({'resumed with ' + str(len(study.trials)) + ' trials' if existed else 'new'}): "
+        f"{direction} {s.metric} of {s.variant}, {s.sampler} sampler, seed {s.seed}, up to {s.jobs} at a time")
+    tags = {"dataset": s.dataset, "stage": "sweep", "sweep_variant": s.variant, "sweep_metric": s.metric,
+            "sweep_direction": direction, "sweep_sampler": f"{s.sampler} seed {s.seed}",
+            "sweep_space": " ".join(d.spec for d in s.dimensions)}
+    with sweep_record.study_run(s.dataset, s.study, shown, tags) as recorder:
+        sweeper = Sweeper(s, study, recorder.run_id)
+        try:
+            sweeper.recover()
+            sweeper.run()
+        except KeyboardInterrupt:
+            if sweeper.pending:
+                print(f"bplab sweep: experiments {', '.join(p.name for p in sweeper.pending.values())} go on in "
+                      "DVC's queue (`dvc queue status`); the same command again collects them", file=sys.stderr)
+            raise
+        return report(s, study, recorder)

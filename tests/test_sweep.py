@@ -1,0 +1,243 @@
+"""`bplab sweep`: Optuna asks, DVC runs each trial as a queued experiment, MLflow records them.
+
+The search-space checks and the sampler are unit tests. The end-to-end test runs real sweeps in a
+scratch copy of the repository (boston_module, 3 epochs): a sweep stopped with Ctrl-C once its
+experiment is queued, the sweep that takes it over while a second worker joins the same study,
+and beside them a study whose trial fails in its train stage.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bplab import dvc_queue, search_space
+from conftest import REPO, copy_repository, run, stage_env
+
+BPLAB = Path(sys.executable).with_name("bplab")
+VARIANT = "boston_module"
+SPACE = ["--param", "lr=log:1e-3:0.1", "--param", "batch_size=choice:32,64,128"]
+
+
+def _raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize(("spec", "key", "extremes"), [
+    ("lr=log:1e-3:1", "train.boston_module.lr", (0.001, 1.0)),
+    ("batch_size=choice:32,64,128", "train.boston_module.batch_size", (32, 64, 128)),
+    ("momentum=float:0:0.9", "train.boston_module.momentum", (0.0, 0.9)),
+    ("epochs=int:5:50", "train.boston_module.epochs", (5, 50)),
+    ("init=choice:default,kaiming", "train.boston_module.init", ("default", "kaiming")),
+    ("data.boston.preprocess.test_size=float:0.1:0.3", "data.boston.preprocess.test_size", (0.1, 0.3)),
+])
+def test_a_param_spec_names_a_key_and_a_distribution(spec: str, key: str, extremes: tuple) -> None:
+    dimension = search_space.parse(spec, VARIANT)
+    search_space.check([dimension], _raw(), VARIANT)
+    assert (dimension.key, dimension.extremes()) == (key, extremes)
+    assert type(dimension.extremes()[0]) is type(extremes[0])
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("lr", "expected KEY=KIND:ARGS"),
+    ("lr=lg:1e-3:1", "unknown distribution 'lg'"),
+    ("lr=log:0:1", "a log range needs a positive low bound"),
+    ("lr=float:0.5:0.1", "the low bound 0.5 must be below the high bound 0.1"),
+    ("epochs=int:5:7.5", "'7.5' is not an integer"),
+    ("batch_size=choice:32,,64", "choice takes one or more values"),
+    ("lrr=log:1e-3:1", "train.boston_module.lrr: unknown key"),
+    ("optimizer=choice:sgd,adamx", "train.boston_module.optimizer: Input should be"),
+    ("epochs=int:0:5", "train.boston_module.epochs: Input should be greater than 0"),
+    ("train.boston_adam.lr=log:1e-3:1", "does not reach train@boston_module"),
+])
+def test_a_bad_param_spec_is_refused_naming_it(spec: str, message: str) -> None:
+    with pytest.raises(search_space.SearchSpaceError) as refused:
+        search_space.check([search_space.parse(spec, VARIANT)], _raw(), VARIANT)
+    assert str(refused.value).startswith(f"--param {spec!r}: ") and message in str(refused.value)
+
+
+def test_overrides_are_dvc_set_params() -> None:
+    assert search_space.override("train.v.lr", 0.0123, True) == "train.v.lr=0.0123"
+    assert search_space.override("train.v.lr", 1e-05, True) == "train.v.lr=1e-05"
+    assert search_space.override("train.v.momentum", 0.5, False) == "++train.v.momentum=0.5"  # not in params.yaml
+    assert search_space.override("train.v.batch_size", None, True) == "train.v.batch_size=null"
+    assert search_space.override("train.v.shuffle", False, True) == "train.v.shuffle=false"
+
+
+def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    repo = copy_repository(tmp_path / "repo")
+    for args, message in [
+        ([VARIANT, "--param", "lr=log:-1:1"], "--param 'lr=log:-1:1': a log range needs a positive low bound"),
+        ([VARIANT, *SPACE, "--metric", "test_acc"], "--metric test_acc: boston has the test metrics"),
+    ]:
+        result = subprocess.run([str(BPLAB), "sweep", *args], cwd=repo, env=stage_env(repo), capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2 and result.stdout == "", result
+        assert result.stderr.startswith(f"bplab sweep: error: {message}") and result.stderr.count("\n") == 1, result
+    assert not (repo / "sweeps").exists()
+
+
+def test_queue_status_is_read_by_name() -> None:
+    listing = """\
+Task     Name         Created    Status
+a1b2c3d  s-t0         06:41 AM   Success
+e4f5a6b  s-t1         06:41 AM   Running
+c7d8e9f  s-t2         Nov 27, 2026  Failed
+0a1b2c3  s-t3         06:42 AM   Queued
+
+Worker status: 1 active, 0 idle
+"""
+    assert dvc_queue.parse_statuses(listing) == {"s-t0": "Success", "s-t1": "Running", "s-t2": "Failed",
+                                                 "s-t3": "Queued"}
+
+
+def test_each_trial_draws_from_its_own_number() -> None:
+    import optuna
+
+    from bplab import sweep_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dimension = search_space.parse("lr=log:1e-4:1", VARIANT)
+
+    def draws(seed: int, count: int) -> list[float]:
+        study = optuna.create_study(sampler=sweep_study.sampler("tpe", seed))
+        trials = [study.ask({"lr": dimension.distribution()}) for _ in range(count)]
+        return [t.params["lr"] for t in trials]
+
+    assert draws(0, 3) == draws(0, 3)  # seeded
+    assert draws(0, 3)[1:] == draws(1, 2)  # trial n draws with seed + n, whichever process asks
+    assert len(set(draws(0, 3))) == 3
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def _sweep(repo: Path, *args: str, study: str = "s", space: list[str] = SPACE) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BPLAB), "sweep", VARIANT, "--study", study, "--trials", "3", *space, *args],
+                            cwd=repo, env=stage_env(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _read_until(process: subprocess.Popen[str], text: str) -> str:
+    """What ``process`` printed up to and including the line that holds ``text``."""
+    lines = []
+    while not lines or text not in lines[-1]:
+        lines.append(process.stdout.readline())
+        assert lines[-1], f"the sweep ended before printing {text!r}:\n{''.join(lines)}{process.stderr.read()}"
+    return "".join(lines)
+
+
+def _finish(process: subprocess.Popen[str], printed: str = "") -> str:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, f"exit {process.returncode}\n--- stdout\n{printed}{out}\n--- stderr\n{err}"
+    return printed + out
+
+
+def _queued(output: str) -> list[int]:
+    return [int(line.split()[1]) for line in output.splitlines() if " queued as s-t" in line]
+
+
+@pytest.fixture(scope="module")
+def sweep_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch copy with Boston's data prepared and committed: each trial trains and evaluates only."""
+    repo = copy_repository(tmp_path_factory.mktemp("sweep") / "repo", {f"train.{VARIANT}.epochs": 3})
+    run(["dvc", "repro", "preprocess@boston"], repo)
+    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
+    run([*git, "add", "-A"], repo)
+    run([*git, "commit", "-qm", "boston data"], repo)
+    return repo
+
+
+@pytest.mark.e2e
+def test_a_stopped_sweep_is_taken_over_and_two_workers_share_the_study(sweep_repo: Path) -> None:
+    repo = sweep_repo
+    # A sweep stopped with Ctrl-C once its first experiment is queued...
+    stopped = _sweep(repo)
+    _read_until(stopped, "trial 0 queued as s-t0")
+    stopped.send_signal(signal.SIGINT)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 130 and "experiments s-t0 go on in DVC's queue" in err, err
+    assert err.rstrip().endswith("bplab sweep: interrupted"), err
+    # ...is taken over by the next one, with -j 2, while a second worker joins the study.
+    first = _sweep(repo, "-j", "2")
+    printed = _read_until(first, "trial 0: taking over s-t0 from a sweep that stopped")
+    second = _sweep(repo)
+    # Meanwhile, in a study of its own, a trial whose training fails (boston_module has no layer
+    # "hidden"; only the stage can tell) is told FAIL with the stage's reason.
+    failing = _sweep(repo, "--trials", "1", study="bad", space=["--param", "param_groups.hidden=log:1e-3:1e-2"])
+    out_first, out_second = _finish(first, printed), _finish(second)
+    out_failing, _ = failing.communicate(timeout=300)
+    assert failing.returncode == 1, out_failing  # no trial completed
+    assert "trial 0 failed: train@boston_module: error: train.boston_module.param_groups.hidden: model mlp_model " \
+           "has no layer 'hidden'" in out_failing, out_failing
+    assert "study bad: 1 trials (1 fail)" in out_failing and "nothing to apply" in out_failing, out_failing
+    assert sorted(_queued(out_first) + _queued(out_second)) == [1, 2], out_first + out_second
+    assert len(_queued(out_second)) == 1, out_second
+
+    trials = _study(repo)
+    assert [t["number"] for t in trials] == [0, 1, 2]
+    assert all(t["state"] == "COMPLETE" for t in trials), trials
+    _check_experiments(repo, trials)
+    # The worker that finished last reports the whole study: the best trial and how to keep it.
+    out = next((o for o in (out_first, out_second) if "study s: 3 trials (3 complete)" in o), out_first + out_second)
+    best = min(trials, key=lambda t: t["value"])
+    assert f"best: trial {best['number']}, test_rmse {best['value']:.6g}" in out, out
+    assert out.rstrip().endswith(f"keep it: dvc exp apply s-t{best['number']}"), out
+    _check_mlflow(repo, trials)
+
+
+def _study(repo: Path) -> list[dict]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(repo / "sweeps" / "s.journal")))
+    study = optuna.load_study(study_name="s", storage=storage)
+    return [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
+            for t in study.get_trials()]
+
+
+def _check_experiments(repo: Path, trials: list[dict]) -> None:
+    """Each trial is a DVC experiment named after it, with its params and its metric."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], repo).stdout.split()
+    for trial in trials:
+        (ref,) = [r for r in refs if r.endswith(f"/s-t{trial['number']}")]
+        params = yaml.safe_load(run(["git", "show", f"{ref}:params.yaml"], repo).stdout)["train"][VARIANT]
+        assert (params["lr"], params["batch_size"]) == (trial["params"]["lr"], trial["params"]["batch_size"])
+        metrics = json.loads(run(["git", "show", f"{ref}:metrics/{VARIANT}.json"], repo).stdout)
+        assert metrics["test_rmse"] == trial["value"]
+
+
+def _check_mlflow(repo: Path, trials: list[dict]) -> None:
+    """Each trial's run carries the study and trial number; the study's run the best value so far."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("boston").experiment_id
+    runs = client.search_runs([experiment], "tags.sweep_study = 's'")
+    tagged = sorted((int(r.data.tags["sweep_trial"]), r.data.tags["sweep_study"], r.data.tags["dvc_exp"],
+                     r.data.metrics["test_rmse"]) for r in runs if "sweep_trial" in r.data.tags)
+    assert tagged == [(t["number"], "s", f"s-t{t['number']}", t["value"]) for t in trials]
+    (study_run,) = client.search_runs([experiment], "attributes.run_name = 'sweep-s'")
+    # Each worker logs the steps all of whose trials have finished: two finishing at once may both log one.
+    history = sorted({(m.step, m.value) for m in client.get_metric_history(study_run.info.run_id, "best_value")})
+    values = [t["value"] for t in trials]
+    assert history == [(n, min(values[: n + 1])) for n in range(len(values))]
+    artifacts = {a.path for a in client.list_artifacts(study_run.info.run_id, "sweep")}
+    assert {"sweep/param_importances.png", "sweep/trials.json"} <= artifacts
+    assert study_run.data.tags["best_exp"] == f"s-t{values.index(min(values))}"
+
+
+def test_collecting_waits_for_the_experiment_commit(tmp_path: Path) -> None:
+    repo = tmp_path
+    run(["git", "init", "-q"], repo)
+    assert dvc_queue.state(repo, "ab" * 20, "x", {"x": "Success"}) == "missing"
+    assert dvc_queue.state(repo, "ab" * 20, "x", {"x": "Running"}) == "pending"
+    assert dvc_queue.state(repo, "ab" * 20, "x", {"x": "Failed"}) == "failed"
+    assert dvc_queue.state(repo, "ab" * 20, "x", {}) == "missing"
+    assert dvc_queue.state(repo, "ab" * 20, "x", None) == "pending"  # between two listings of the queue
