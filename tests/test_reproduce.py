@@ -87,3 +87,23 @@ def test_overrides_set_back_what_shaped_the_run_and_leave_the_rest() -> None:
     assert settings == {"seed": 7, f"train.{VARIANT}.lr": 0.001,
                         f"train.{VARIANT}.scheduler": {"name": "step", "step_size": 2}}
     assert unset == [f"train.{VARIANT}.early_stopping"]
+
+
+def test_another_commit_is_refused_unless_asked_and_unrecorded_changes_are_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bplab import reproduce, track
+
+    monkeypatch.setattr(track, "git_commit", lambda: "b" * 40)  # this checkout's HEAD
+    changes = [" M params.yaml", " M dvc.lock", " M src/bplab/networks.py", "?? notes.txt"]
+    run = Recorded("r1", VARIANT, "boston", "a" * 40, changes, {}, {})
+    with pytest.raises(reproduce.ReproduceError, match=f"run r1 was made at commit {'a' * 12}; this checkout is at "
+                                                       f"{'b' * 12}: `git checkout {'a' * 12}` first, or pass "
+                                                       "--any-commit"):
+        reproduce.check_commit(run, any_commit=False)
+    notes = reproduce.check_commit(run, any_commit=True)
+    assert notes[0].endswith("rerunning it on this code (--any-commit)")
+    # params.yaml and dvc.lock are recorded and set back; the rest is named, not silently ignored
+    assert notes[1] == ("the run was made with uncommitted changes that are not reproduced: "
+                        "src/bplab/networks.py, notes.txt")
+    same_commit = Recorded("r2", VARIANT, "boston", "b" * 40, [], {}, {})
+    assert reproduce.check_commit(same_commit, any_commit=False) == []

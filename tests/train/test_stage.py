@@ -39,7 +39,12 @@ def test_flower_run_holds_the_contract(workspace: Path, params: Params, monkeypa
     assert "train_loss_step" not in run.data.metrics
     artifacts = {a.path for a in client().list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/learning_curves.png", "plots/weights.png"}
-    assert [a.path for a in client().list_artifacts(run.info.run_id)] == ["plots", "state_dict"]
+    assert [a.path for a in client().list_artifacts(run.info.run_id)] == ["plots", "reproduce", "state_dict"]
+    # What `bplab reproduce` reads back (this workspace has no dvc.lock and is no git checkout)
+    assert {a.path for a in client().list_artifacts(run.info.run_id, "reproduce")} == {
+        "reproduce/params.yaml", "reproduce/variant.json"}
+    resolved = client().download_artifacts(run.info.run_id, "reproduce/variant.json")
+    assert json.loads(Path(resolved).read_text())["train"]["epochs"] == 30
     inputs = run.inputs.dataset_inputs
     assert len(inputs) == 1 and inputs[0].dataset.name == "flower-train" and inputs[0].dataset.digest
 
