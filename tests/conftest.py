@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -16,6 +13,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+from bplab.browser import free_port, wait_for_http  # noqa: F401 (shared: servers the tests start)
 from bplab.scratch import REPO, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
 
 
@@ -30,28 +28,6 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: boo
         pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n"
                     f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
     return result
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    """Poll ``url`` until it answers 200; fail with the server's log if it exits or takes too long."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert process.poll() is None, f"{process.args[:4]} exited {process.returncode}:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s} s:\n{log.read_text()}"
-        time.sleep(0.3)
 
 
 @pytest.fixture

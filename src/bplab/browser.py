@@ -50,7 +50,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    """Poll ``url`` until it answers 200; raise with the server's log if it exits or takes too long.
+    (The tests wait for their ``mlflow server`` and ``bplab serve`` processes with it too.)"""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -60,9 +62,9 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout_s: fl
         except OSError:
             pass
         if process.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited {process.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"{process.args[:4]} exited {process.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"mlflow ui did not answer {url} in {timeout_s} s:\n{log.read_text()}")
+            raise TimeoutError(f"{url} did not answer in {timeout_s} s:\n{log.read_text()}")
         time.sleep(0.3)
 
 
@@ -84,7 +86,7 @@ def mlflow_ui(backend_uri: str, workdir: Path, timeout_s: float = 180) -> Iterat
             cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_until_up(f"{base}/health", process, log, timeout_s)
+        wait_for_http(f"{base}/health", process, log, timeout_s)
         yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)
