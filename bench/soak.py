@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from bplab import scratch
+from bplab.reproduce import UNREPEATABLE
 from bplab.timings import KILL_ANNOUNCEMENT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,8 +94,7 @@ def _runs(repo: Path, dataset: str, variant: str) -> list[Any]:
 
 def _histories(repo: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
     client = _client(repo)
-    # Wall times and the machine's system/... samples differ between any two runs.
-    names = [m for m in client.get_run(run_id).data.metrics if m != "epoch_seconds" and not m.startswith("system/")]
+    names = [m for m in client.get_run(run_id).data.metrics if not m.startswith(UNREPEATABLE)]
     return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from bplab.data import processed
 from bplab.data.processed import Prepared
+from bplab.reproduce import UNREPEATABLE
 from conftest import REPO, free_port, mlflow_client, set_params, stage_env
 
 
@@ -70,7 +71,7 @@ def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every per-epoch metric of a run as (step, value) pairs; wall times and the machine's
     ``system/...`` samples, which differ between any two runs, left out."""
     client = mlflow_client()
-    names = [m for m in client.get_run(run_id).data.metrics if m != "epoch_seconds" and not m.startswith("system/")]
+    names = [m for m in client.get_run(run_id).data.metrics if not m.startswith(UNREPEATABLE)]
     return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
 
 

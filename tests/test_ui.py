@@ -27,17 +27,17 @@ COMPARED = ("lr", "model.arch")  # params that differ between the two MNIST vari
 def test_experiments_are_marked_for_model_training_and_older_ones_at_their_next_run(mlflow_repo: Path) -> None:
     from mlflow import MlflowClient
 
-    from bplab.recorder import _experiment_id
+    from bplab.recorder import ensure_experiment
 
     client = MlflowClient(track.tracking_uri())
-    created = _experiment_id("flower")
+    created = ensure_experiment("flower")
     assert client.get_experiment(created).tags[KIND] == MODEL_TRAINING
     older = client.create_experiment("mnist")  # as a store from before the tag has it
     assert KIND not in client.get_experiment(older).tags
-    assert _experiment_id("mnist") == older
+    assert ensure_experiment("mnist") == older
     assert client.get_experiment(older).tags[KIND] == MODEL_TRAINING
     chosen = client.create_experiment("boston", tags={KIND: "finetuning"})  # a kind picked in the UI stays
-    assert _experiment_id("boston") == chosen
+    assert ensure_experiment("boston") == chosen
     assert client.get_experiment(chosen).tags[KIND] == "finetuning"
 
 

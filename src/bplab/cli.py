@@ -1,12 +1,15 @@
-"""What every stage entry point shares: user errors and interrupts end with one clear message."""
+"""What every stage entry point shares (user errors and interrupts end with one clear message), and
+how the project's commands start other programs of this environment."""
 
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from bplab.errors import BplabError
 from bplab.track import Terminated, refusal
@@ -45,3 +48,10 @@ def stage_process(stage: str) -> Iterator[None]:
         raise SystemExit(2) from None
     finally:
         gc.freeze()
+
+
+def this_environment_first() -> dict[str, str]:
+    """The environment, with this interpreter's bin directory first on ``PATH``: a child that starts
+    ``python``, ``dvc`` or ``uvicorn`` by name (DVC's stages and queue workers, MLflow's server)
+    then runs this environment's, whether or not it is activated."""
+    return {**os.environ, "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}

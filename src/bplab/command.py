@@ -14,9 +14,9 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from bplab import compare, registry, sweep, track
+from bplab.cli import this_environment_first
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 
@@ -123,8 +123,7 @@ def serve_command(args: argparse.Namespace, uri: str) -> tuple[list[str], dict[s
         command += ["--workers", str(args.workers)]
     # The resolved store, not MLflow's cwd-relative default; and MLflow starts `uvicorn` by name,
     # so this interpreter's bin directory goes first on PATH (no need to activate the venv).
-    env = {**os.environ, track.TRACKING_ENV: uri,
-           "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+    env = this_environment_first() | {track.TRACKING_ENV: uri}
     return command, env
 
 

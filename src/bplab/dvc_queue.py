@@ -13,13 +13,13 @@ experiments go on when the process that queued them dies; a later sweep picks th
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Literal
 
+from bplab.cli import this_environment_first
 from bplab.errors import BplabError
 
 _STAGE_ERROR = re.compile(r"[\w-]+@[\w-]+: error: ")  # how a bplab stage reports an error it understands
@@ -30,7 +30,8 @@ class DvcFailed(BplabError):
     """A ``dvc`` command exited non-zero; the message is its last error line."""
 
 
-def _dvc() -> list[str]:
+def dvc_command() -> list[str]:
+    """``dvc`` of this environment, waiting for DVC's repository lock."""
     beside = Path(sys.executable).with_name("dvc")  # this environment's DVC, whether or not PATH has it
     # Wait for DVC's repository lock rather than fail at once: two sweeps on one repository, or a
     # queue worker collecting its result, hold it for moments at a time.
@@ -47,8 +48,8 @@ def _last_error(output: str) -> str:
 def dvc(repo: Path, *args: str, timeout: float = 600) -> str:
     """Run ``dvc ARGS`` in ``repo``; its standard output, or :class:`DvcFailed` naming its error."""
     # DVC's queue workers start `dvc`, and the stages `python`, by name: this environment's go first.
-    env = {**os.environ, "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
-    result = subprocess.run([*_dvc(), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([*dvc_command(), *args], cwd=repo, env=this_environment_first(), capture_output=True,
+                            text=True, timeout=timeout)
     if result.returncode != 0:
         raise DvcFailed(f"dvc {' '.join(args[:3])} ... exited {result.returncode}: "
                         f"{_last_error(result.stderr + result.stdout)}")

@@ -55,7 +55,7 @@ SERVING_DEVICE = "cpu"
 REPRODUCE_FOLDER = "reproduce"  # a training run's artifacts for `bplab reproduce`
 
 
-def _experiment_id(name: str) -> str:
+def ensure_experiment(name: str) -> str:
     """The id of experiment ``name``, creating it if needed (safe when processes race to create it).
 
     The experiment carries :data:`track.EXPERIMENT_KIND_TAG`, which marks it for model training in
@@ -82,6 +82,20 @@ def _experiment_id(name: str) -> str:
         if key not in found.tags:
             mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
+
+
+def run_of_dvc_exp(experiment: str, exp_name: str, run_name: str | None = None) -> Any | None:
+    """The latest run of ``experiment`` made by the DVC experiment ``exp_name`` (the stages tag
+    their runs ``dvc_exp``; ``run_name``: only that variant's), or ``None``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(track.tracking_uri())
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = f"tags.dvc_exp = '{exp_name}'" + (f" and attributes.run_name = '{run_name}'" if run_name else "")
+    runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
 
 
 def _reason(failure: BaseException) -> str:
@@ -164,7 +178,7 @@ class Recorder:
             logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not 3 INFO lines per stage
         system = system_metrics_s is not None  # explicit: MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is not consulted
 
-        experiment_id = _experiment_id(experiment)
+        experiment_id = ensure_experiment(experiment)
         holder = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if run_id is None:
             _end_orphans(experiment_id, run_name)

@@ -21,10 +21,12 @@ from typing import Any
 
 import yaml
 
-from bplab import track
+from bplab import dvc_queue, track
+from bplab.cli import this_environment_first
 from bplab.errors import BplabError
 
-# Metrics that differ between any two runs: wall times and the machine's samples.
+# Metrics that differ between any two runs of the same training: wall times and the machine's
+# samples (the soak and the resume tests leave them out too).
 UNREPEATABLE = ("epoch_seconds", "system/")
 # The params files a reproduction sets from the run's own; other changes are reported, not redone.
 RECORDED_FILES = {"params.yaml", "dvc.lock"}
@@ -130,18 +132,17 @@ def check_commit(run: Recorded, any_commit: bool) -> list[str]:
             hint = f"`git checkout {run.commit[:12]}` first, or " if run.commit else ""
             raise ReproduceError(f"{message}: {hint}pass --any-commit to rerun it on this code anyway")
         notes.append(f"{message}: rerunning it on this code (--any-commit)")
-    unrecorded = [line for line in run.changes if line[3:].strip() not in RECORDED_FILES]
+    unrecorded = [path for path in (line[3:].strip() for line in run.changes) if path not in RECORDED_FILES]
     if unrecorded:
-        notes.append("the run was made with uncommitted changes that are not reproduced: "
-                     + ", ".join(line[3:].strip() for line in unrecorded))
+        notes.append(f"the run was made with uncommitted changes that are not reproduced: {', '.join(unrecorded)}")
     return notes
 
 
 def experiment_command(run: Recorded, settings: dict[str, Any], name: str) -> list[str]:
-    """``dvc exp run``, forced: unchanged stages would otherwise be skipped, or restored from DVC's
+    """The arguments of ``dvc exp run``, forced: unchanged stages would otherwise be skipped, or restored from DVC's
     run cache, and nothing would be retrained. Without a data setting only the variant's two
     stages run (``-s``); with one, upstream stages rerun too."""
-    command = ["dvc", "exp", "run", "-n", name, "-f"]
+    command = ["exp", "run", "-n", name, "-f"]
     if not any(key.startswith("data.") for key in settings):
         command.append("-s")
     for key, value in settings.items():
@@ -151,13 +152,12 @@ def experiment_command(run: Recorded, settings: dict[str, Any], name: str) -> li
 
 def rerun_metrics(run: Recorded, name: str) -> dict[str, float]:
     """The final metrics of the training run the experiment ``name`` made."""
-    client = _client()
-    experiment = client.get_experiment_by_name(run.dataset)
-    found = client.search_runs([experiment.experiment_id], f"tags.dvc_exp = '{name}' and "
-                               f"attributes.run_name = '{run.variant}'", order_by=["attributes.start_time DESC"])
-    if not found:
+    from bplab.recorder import run_of_dvc_exp
+
+    found = run_of_dvc_exp(run.dataset, name, run.variant)
+    if found is None:
         raise ReproduceError(f"the experiment {name} left no MLflow run of {run.variant}")
-    return dict(found[0].data.metrics)
+    return dict(found.data.metrics)
 
 
 def side_by_side(original: dict[str, float], rerun: dict[str, float]) -> tuple[str, bool]:
@@ -165,11 +165,10 @@ def side_by_side(original: dict[str, float], rerun: dict[str, float]) -> tuple[s
     names = sorted(k for k in original if not k.startswith(UNREPEATABLE))
     width = max(map(len, names), default=6)
     lines = [f"{'metric':<{width}}  {'original':>22}  {'reproduced':>22}  same"]
+    equal = {key: rerun.get(key) == original[key] for key in names}
     for key in names:
-        again = rerun.get(key)
-        same = "yes" if again == original[key] else "NO"
-        lines.append(f"{key:<{width}}  {original[key]!r:>22}  {again!r:>22}  {same}")
-    return "\n".join(lines), all(rerun.get(k) == original[k] for k in names)
+        lines.append(f"{key:<{width}}  {original[key]!r:>22}  {rerun.get(key)!r:>22}  {'yes' if equal[key] else 'NO'}")
+    return "\n".join(lines), all(equal.values())
 
 
 def reproduce(run_id: str, any_commit: bool = False, root: Path | None = None) -> int:
@@ -184,8 +183,9 @@ def reproduce(run_id: str, any_commit: bool = False, root: Path | None = None) -
               file=sys.stderr)
     name = f"reproduce-{run_id[:8]}-{time.strftime('%Y%m%d%H%M%S')}"
     command = experiment_command(run, settings, name)
-    print(f"bplab reproduce: {' '.join(command)}", file=sys.stderr, flush=True)
-    if subprocess.run(command, cwd=root).returncode != 0:
+    print(f"bplab reproduce: dvc {' '.join(command)}", file=sys.stderr, flush=True)
+    dvc = subprocess.run([*dvc_queue.dvc_command(), *command], cwd=root, env=this_environment_first())
+    if dvc.returncode != 0:  # its output is on the terminal
         raise ReproduceError(f"the experiment {name} failed (its output is above)")
     table, same = side_by_side(run.metrics, rerun_metrics(run, name))
     print(table)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bplab.cli import this_environment_first
 
 REPO = Path(__file__).resolve().parents[2]
 _GIT = ["git", "-c", "user.name=bplab-scratch", "-c", "user.email=scratch@bplab.invalid"]
@@ -71,8 +72,7 @@ def stage_env(repo: Path | None = None, **extra: str) -> dict[str, str]:
     """Environment for processes that run stages: this venv's python first on PATH (DVC stages call
     ``python``), MLflow's default store (no ``MLFLOW_TRACKING_URI``), the data mirror, and with a
     ``repo`` that has ``src/bplab``, that repository's own code first on the import path."""
-    env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "DVC_EXP_NAME"}}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = {k: v for k, v in this_environment_first().items() if k not in {"MLFLOW_TRACKING_URI", "DVC_EXP_NAME"}}
     mirror = data_mirror()
     if mirror is not None:
         env["BPLAB_DATA_MIRROR"] = str(mirror)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from bplab import track
-from bplab.recorder import Recorder
+from bplab.recorder import Recorder, ensure_experiment, run_of_dvc_exp
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -38,39 +38,20 @@ def tag_trial(experiment: str, exp_name: str, study: str, number: int) -> str | 
     """Tag the latest run of ``experiment`` whose ``dvc_exp`` is ``exp_name`` with the study and
     trial number; its run id, or ``None`` when there is no such run."""
     client = _client()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    run = run_of_dvc_exp(experiment, exp_name)
+    if run is None:
         return None
-    runs = client.search_runs([found.experiment_id], f"tags.dvc_exp = '{exp_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        return None
-    run_id = runs[0].info.run_id
+    run_id = run.info.run_id
     client.set_tag(run_id, STUDY_TAG, study)
     client.set_tag(run_id, TRIAL_TAG, str(number))
     return run_id
-
-
-def _experiment_id(client: Any, name: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        try:
-            return client.create_experiment(name, artifact_location=track.artifact_location(name),
-                                            tags=track.EXPERIMENT_KIND_TAG)
-        except MlflowException:  # another process made it meanwhile
-            found = client.get_experiment_by_name(name)
-            if found is None:
-                raise
-    return found.experiment_id
 
 
 def _study_run_id(experiment: str, study: str, storage: str) -> str:
     """The study's run: the oldest live run of this study and storage, else a new one. Two workers
     that make it at once both settle on the older run, and the newer is deleted."""
     client = _client()
-    experiment_id = _experiment_id(client, experiment)
+    experiment_id = ensure_experiment(experiment)
 
     def oldest() -> str | None:
         runs = client.search_runs([experiment_id], f"tags.{STUDY_TAG} = '{study}'",

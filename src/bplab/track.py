@@ -243,9 +243,11 @@ def git_changes() -> list[str] | None:
     return out.stdout.splitlines()
 
 
-def run_tags(*, dataset: str, stage: str, variant: str | None = None) -> dict[str, str]:
+def run_tags(*, dataset: str, stage: str, variant: str | None = None,
+             changes: list[str] | None = None) -> dict[str, str]:
     """The contract's tags: variant, dataset, stage, git commit and whether the tree was dirty, and
-    dvc_exp under ``dvc exp run``."""
+    dvc_exp under ``dvc exp run``. ``changes`` are :func:`git_changes`, when the caller has read
+    them already (the train stage records them too: one reading serves both)."""
     tags = {"dataset": dataset, "stage": stage}
     if variant is not None:
         tags["variant"] = variant
@@ -253,7 +255,7 @@ def run_tags(*, dataset: str, stage: str, variant: str | None = None) -> dict[st
     if commit:
         tags["git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
-        tags["git_dirty"] = str(bool(git_changes())).lower()
+        tags["git_dirty"] = str(bool(changes if changes is not None else git_changes())).lower()
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = exp
     return tags

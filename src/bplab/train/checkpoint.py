@@ -6,9 +6,9 @@ learning-rate schedule, early-stopping and shuffling-generator states after the 
 epoch, the history so far, the MLflow run id, and the fingerprint of what shaped the training
 (params, seed, the data's digest, the model's architecture). A later start with the same
 fingerprint resumes from it, on whatever device, and ends with the same numbers as an
-uninterrupted run. A checkpoint of an unfinished training that
-cannot be resumed is set aside (renamed, kept), never silently lost. It holds only tensors and
-plain containers, so it loads with ``torch.load(..., weights_only=True)``.
+uninterrupted run. A checkpoint of an unfinished training that cannot be resumed is set aside
+(renamed, kept), never silently lost. It holds only tensors and plain containers, so it loads
+with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations

@@ -204,8 +204,9 @@ def _reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
 
 
 def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClock,
-                  root: Path) -> tuple[list[EpochRecord], dict[str, Any]]:
-    """Train, sending each report's epochs to MLflow, a checkpoint and the progress bar; the history."""
+                  reproduction: dict[str, Any]) -> tuple[list[EpochRecord], dict[str, Any]]:
+    """Train, sending each report's epochs to MLflow, a checkpoint and the progress bar; the history
+    and how training stopped. A new run also records ``reproduction`` (:func:`_reproduction`)."""
     from tqdm.auto import tqdm
 
     from bplab.train.checkpoint import Checkpoint
@@ -223,7 +224,7 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
                                 | {"device": str(job.placement.device), "world_size": job.placement.world})
             x, y = job.data.splits["train"]
             recorder.log_training_data(x, y, job.source, f"{job.variant.dataset}-train", job.train_digest)
-            recorder.log_reproduction(**_reproduction(root, params, job.name))
+            recorder.log_reproduction(**reproduction)
             write_bytes_atomic(job.checkpoint, checkpoint(0))  # a kill in the first epoch resumes this run
         else:
             recorder.set_tags({"resumed_after_epoch": str(job.resume.epoch)})
@@ -321,13 +322,14 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
             return None
         where = f" on {placement.world} ranks" if placement.world > 1 else ""
         print(f"train@{name}: {job.why}; device {placement.device}{where}", file=sys.stderr)
-        tags = track.run_tags(dataset=variant.dataset, stage="train", variant=name)
+        reproduction = _reproduction(root, params, name)
+        tags = track.run_tags(dataset=variant.dataset, stage="train", variant=name, changes=reproduction["changes"])
         with ExitStack() as run:
             with clock.phase("mlflow_setup"):
                 recorder = run.enter_context(
                     Recorder.run(variant.dataset, name, tags, run_id=job.resume and job.resume.run_id,
                                  system_metrics_s=params.tracking.system_metrics))
-            history, stop = _fit_recorded(job, params, recorder, clock, root)
+            history, stop = _fit_recorded(job, params, recorder, clock, reproduction)
             record = _publish(job, history, stop, recorder, clock, root)
     finally:
         distributed.stop(placement)
