@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,3 +48,14 @@ def test_finish_appends_one_json_line_when_asked(tmp_path: Path, monkeypatch: py
 
 def test_process_start_is_in_the_past() -> None:
     assert 0 < time.time() - process_start_time() < 3600
+
+
+def test_a_process_knows_when_it_started_to_within_its_interpreter_start_up() -> None:
+    # The stage's start-up (process start to first step) is measured from this; psutil's
+    # create_time() is off by the fraction of a second that /proc/stat's boot time drops.
+    code = ("import time; now = time.time(); from bplab.timings import process_start_time; "
+            "print(now - process_start_time())")
+    before = time.time()
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    spawn = time.time() - before
+    assert -0.02 <= age <= spawn + 0.02, (age, spawn)  # /proc counts in 10 ms ticks

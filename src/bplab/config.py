@@ -195,15 +195,22 @@ class VariantParams(Strict):
 
 
 class TrackingParams(Strict):
-    """How much of a training run MLflow records (``history/<variant>.csv`` keeps every epoch)."""
+    """How much of a training run is recorded (in MLflow and ``history/<variant>.csv``)."""
 
-    # Longer runs log every k-th epoch (plus the first and last) so that at most this many points
-    # per metric go to the store: 10000 epochs x 5 metrics cost MLflow's sqlite store ~4 s of CPU,
-    # and its UI draws a few hundred points per curve anyway. None logs every epoch.
+    # Longer runs record every k-th epoch (plus the first and last) so that at most this many
+    # points per metric go to the store: 10000 epochs x 5 metrics cost MLflow's sqlite store ~4 s
+    # of CPU, and its UI draws a few hundred points per curve anyway. The epochs in between are
+    # trained but not evaluated (train.loop). None records every epoch.
     max_epoch_points: PositiveInt | None = 1000
     # MLflow's system metrics (CPU, memory, disk, network; GPU when present) on every training
     # run, sampled every this many seconds; null turns them off. A sample costs ~7 ms of CPU.
     system_metrics: Annotated[float, Field(ge=0.5)] | None = 2.0
+
+
+def record_stride(count: int, max_points: int | None) -> int:
+    """Every how many epochs (or steps) a series of ``count`` is recorded, for at most about
+    ``max_points`` points (``tracking.max_epoch_points``; ``None``: every one)."""
+    return 1 if max_points is None else max(1, -(-count // max_points))
 
 
 class Params(Strict):

@@ -78,12 +78,13 @@ _LINE_NAMES = {"train": "train", "eval": "eval (test split)"}
 
 
 def learning_curves(epochs: Sequence[int], metrics: dict[str, Sequence[float]], title: str = "",
-                    step_losses: Sequence[float] | None = None) -> Figure:
+                    step_losses: Sequence[float] | None = None, steps: Sequence[int] | None = None) -> Figure:
     """The tutorial's curves per epoch: a panel per metric, its train and eval values together.
 
     ``metrics`` maps names such as ``train_loss``, ``eval_loss``, ``train_acc`` to one value per
     epoch; ``train_x`` and ``eval_x`` share panel ``x``, any other name has a panel of its own.
-    ``step_losses`` adds the per-iteration training loss (seed 004 §3.6).
+    ``step_losses`` adds the per-iteration training loss (seed 004 §3.6), at iterations ``steps``
+    (default 1, 2, ...: a training that records every epoch).
     """
     panels: dict[str, list[str]] = {}
     for name in metrics:
@@ -102,7 +103,7 @@ def learning_curves(epochs: Sequence[int], metrics: dict[str, Sequence[float]], 
         ax.legend()
         ax.grid(alpha=0.3)
     if step_losses:
-        axes[-1].plot(range(1, len(step_losses) + 1), step_losses, "r-", linewidth=0.8)
+        axes[-1].plot(steps or range(1, len(step_losses) + 1), step_losses, "r-", linewidth=0.8)
         axes[-1].set(title="train loss per iteration", xlabel="iteration", ylabel="loss")
     if title:
         fig.suptitle(title)

@@ -8,7 +8,6 @@ read (and the registry registers) on their own.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import socket
@@ -25,6 +24,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bplab import plots, track
+from bplab.config import record_stride
 from bplab.errors import TrackingUnavailable
 
 if TYPE_CHECKING:
@@ -312,16 +312,18 @@ class Recorder:
         model.eval()
         with torch.no_grad():
             output = model(example)
-        return Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=_PYTORCH_SERVED_ON_CPU,
-            pytorch_model=model,
-            signature=infer_signature(example.numpy(), output.numpy()),
-            input_example=example.numpy(),
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={version('torch')}", f"mlflow=={version('mlflow')}"],
-        )
+        requirements = {"torch": version("torch"), "mlflow": version("mlflow")}
+        with _requirements_checked_against(requirements):
+            return Model.log(
+                artifact_path=None,
+                name="model",
+                flavor=_PYTORCH_SERVED_ON_CPU,
+                pytorch_model=model,
+                signature=infer_signature(example.numpy(), output.numpy()),
+                input_example=example.numpy(),
+                serialization_format="pt2",
+                pip_requirements=[f"{name}=={v}" for name, v in requirements.items()],
+            )
 
     def log_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Log the weights as the run's ``state_dict`` artifact."""
@@ -329,23 +331,23 @@ class Recorder:
 
         mlflow.pytorch.log_state_dict(state_dict, artifact_path="state_dict")
 
-    def epoch_logger(self, epochs: int, max_points: int | None, record_steps: bool,
-                     steps_done: int = 0) -> EpochLogger:
+    def epoch_logger(self, epochs: int, max_points: int | None, record_steps: bool) -> EpochLogger:
         """An :class:`EpochLogger` for this run (see there), which skips the epochs the run has
         stored already (a resumed run re-trains from its last checkpoint)."""
         from mlflow import MlflowClient
 
         stored = int(MlflowClient().get_run(self.run_id).data.tags.get(LOGGED_THROUGH_TAG, "0"))
-        return EpochLogger(self.run_id, epochs, max_points, record_steps, steps_done, stored)
+        return EpochLogger(self.run_id, epochs, max_points, record_steps, stored)
 
 
 class EpochLogger:
     """Sends epoch records to the run in batches, in order, on a worker thread.
 
-    Each record's metrics and its wall time go at step = epoch; with ``record_steps`` each step's
-    training loss goes as ``train_loss_step`` too. With ``max_points`` set, a run longer than that
-    logs every k-th epoch (and step), plus the first and the last, so a metric gets at most about
-    ``max_points`` points.
+    Each record's metrics and its wall time go at step = epoch: the records are the epochs the
+    training records (:meth:`bplab.train.loop.Schedule.recorded`: with ``max_points`` set, every
+    k-th, the first and the last, so a metric gets at most about ``max_points`` points). With
+    ``record_steps`` the training loss of the steps of those epochs goes as ``train_loss_step``
+    too, every k-th step of the training (and its last) for at most about ``max_points``.
 
     An epoch's values go in one ``log_batch`` call, with the tag that says which epoch the run
     has stored through, so a kill cannot store half an epoch or lose the count; epochs up to
@@ -355,7 +357,7 @@ class EpochLogger:
     """
 
     def __init__(self, run_id: str, epochs: int, max_points: int | None, record_steps: bool,
-                 steps_done: int = 0, stored_through: int = 0) -> None:
+                 stored_through: int = 0) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient()
@@ -368,26 +370,20 @@ class EpochLogger:
         self.epochs = epochs
         self.max_points = max_points
         self.record_steps = record_steps
-        self.steps_done = steps_done
         self.stored_through = stored_through
         self._failure: BaseException | None = None  # the first write that failed: later work is skipped
-
-    def _logged(self, index: int, count: int) -> bool:
-        """Whether point ``index`` (1-based) of ``count`` is logged: the first, the last, every k-th."""
-        stride = 1 if self.max_points is None else math.ceil(count / self.max_points)
-        return index == 1 or index % stride == 0 or index == count
 
     def _epoch_metrics(self, r: EpochRecord, now: int) -> list[Metric]:
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, now, r.epoch) for k, v in r.logged().items()] \
-            if r.final or self._logged(r.epoch, self.epochs) else []
+        metrics = [Metric(k, v, now, r.epoch) for k, v in r.logged().items()]
         if self.record_steps:
-            total_steps = self.epochs * len(r.step_losses)
-            last = self.steps_done + len(r.step_losses) if r.final else None
-            metrics += [Metric("train_loss_step", v, now, step)
-                        for step, v in enumerate(r.step_losses, start=self.steps_done + 1)
-                        if step == last or self._logged(step, total_steps)]
+            per_epoch = len(r.step_losses)  # every epoch has as many steps
+            first = (r.epoch - 1) * per_epoch + 1
+            stride = record_stride(self.epochs * per_epoch, self.max_points)
+            last = first + per_epoch - 1 if r.final else None
+            metrics += [Metric("train_loss_step", v, now, step) for step, v in enumerate(r.step_losses, start=first)
+                        if step == 1 or step % stride == 0 or step == last]
         return metrics
 
     def __call__(self, records: list[EpochRecord]) -> None:
@@ -397,7 +393,6 @@ class EpochLogger:
         through = None
         for r in records:
             metrics = self._epoch_metrics(r, now) if r.epoch > self.stored_through else []
-            self.steps_done += len(r.step_losses)
             if batch and len(batch) + len(metrics) > METRICS_PER_BATCH:
                 self._submit(batch, through)
                 batch = []
@@ -452,6 +447,27 @@ class EpochLogger:
         flight is the one to report. Queued batches are dropped (the checkpoint they precede is
         not written either), so a dead server cannot hold the process."""
         self._writer.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _requirements_checked_against(requirements: Mapping[str, str]) -> Iterator[None]:
+    """While logging a model whose pip requirements are exactly ``requirements``, this
+    environment's own packages: MLflow checks them against the environment through its map of
+    every installed distribution's modules, which ``importlib_metadata.packages_distributions()``
+    builds by reading every package's file list (0.4 to 0.9 s of a training stage, for packages
+    taken from this very environment). The map is given just these packages, then dropped, so
+    anything else that needs MLflow's full map in this process builds it as usual.
+    """
+    from mlflow.utils import requirements_utils
+
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", ...) is not None:  # built already, or renamed
+        yield
+        return
+    requirements_utils._MODULES_TO_PACKAGES = {name: [name] for name in requirements}
+    try:
+        yield
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = requirements_utils._PACKAGES_TO_MODULES = None
 
 
 def _save_pytorch_served_on_cpu(path: str, mlflow_model: Model, **kwargs: Any) -> None:

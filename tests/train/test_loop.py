@@ -340,3 +340,47 @@ def test_only_batchnorm_and_dropout_models_switch_modes_for_evaluation() -> None
     for variant in PARAMS.train.values():
         if variant.model.arch != "batch_net":
             assert not has_mode_dependent_layers(build_model(variant.model, 2, 1)), variant.model.arch
+
+
+def test_only_recorded_epochs_are_evaluated_counted_and_reported() -> None:
+    v = PARAMS.train["flower_sequential"]
+    x, y = make_data("flower", 64)
+    test = make_data("flower", 32, seed=7)
+    model, optimizer, task, generator = setup(v, 0, 2)
+    forwards = {"train": 0, "eval": 0}
+    model.register_forward_hook(lambda *_: forwards.__setitem__(
+        "train" if torch.is_grad_enabled() else "eval", forwards["train" if torch.is_grad_enabled() else "eval"] + 1))
+    calls: list[list[EpochRecord]] = []
+    fit(model, optimizer, task, (x, y), test, Schedule(50, None, None, False, record_every=10), generator,
+        calls.append, report_every_s=0)
+    assert [r.epoch for r in flat(calls)] == [1, 10, 20, 30, 40, 50]
+    assert all(len(call) == 1 for call in calls)  # each report ends at a recorded epoch
+    assert forwards == {"train": 50, "eval": 6}  # the tutorial's 50 steps; evaluated only when recorded
+    # ... with the same numbers as a training that records every epoch
+    model, optimizer, task, generator = setup(v, 0, 2)
+    every: list[list[EpochRecord]] = []
+    fit(model, optimizer, task, (x, y), test, Schedule(50, None, None, False), generator, every.append)
+    by_epoch = {r.epoch: r for r in without_time(flat(every))}
+    assert without_time(flat(calls)) == [dataclasses.replace(by_epoch[e], final=e == 50)
+                                         for e in (1, 10, 20, 30, 40, 50)]
+
+
+def test_a_divergence_between_recorded_epochs_is_named_at_its_own_epoch_and_step() -> None:
+    v = PARAMS.train["boston_module"].model_copy(update={"shuffle": False})
+    x, y = make_data("boston", 128)  # 4 steps of 32 per epoch
+    model, optimizer, task, generator = setup(v, 0, 13)
+    steps = []
+
+    def nan_at_epoch_23_step_3(module, inputs, output):
+        if torch.is_grad_enabled():
+            steps.append(1)
+            if len(steps) == 22 * 4 + 3:
+                return output * float("nan")
+        return None
+
+    model.register_forward_hook(nan_at_epoch_23_step_3)
+    calls: list[list[EpochRecord]] = []
+    with pytest.raises(TrainingDiverged, match=r"at epoch 23, step 3 of 4"):
+        fit(model, optimizer, task, (x, y), (x, y), Schedule(100, 32, None, False, record_every=10), generator,
+            calls.append, report_every_s=0)
+    assert [r.epoch for r in flat(calls)] == [1, 10, 20]  # the recorded epochs before it

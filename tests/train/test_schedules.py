@@ -33,7 +33,8 @@ def variant(base: VariantParams, **changes) -> VariantParams:
 
 
 def train(v: VariantParams, epochs: int, controls_state: dict | None = None, first_epoch: int = 1,
-          model_state: tuple | None = None) -> tuple[list[EpochRecord], torch.nn.Module, Controls, int]:
+          model_state: tuple | None = None,
+          record_every: int = 1) -> tuple[list[EpochRecord], torch.nn.Module, Controls, int]:
     """Train ``v`` on tiny Boston-like data, as the train stage does; optionally from a saved state."""
     x, y = make_data("boston", 128)
     test = make_data("boston", 64, seed=7)
@@ -45,8 +46,8 @@ def train(v: VariantParams, epochs: int, controls_state: dict | None = None, fir
         generator.set_state(model_state[2])
         controls.load_state_dict(controls_state)
     records: list[EpochRecord] = []
-    last = fit(model, optimizer, task, (x, y), test, Schedule(epochs, v.batch_size, None, v.shuffle), generator,
-               records.extend, first_epoch=first_epoch, report_every_s=0, controls=controls)
+    last = fit(model, optimizer, task, (x, y), test, Schedule(epochs, v.batch_size, None, v.shuffle, record_every),
+               generator, records.extend, first_epoch=first_epoch, report_every_s=0, controls=controls)
     return records, model, controls, last
 
 
@@ -110,6 +111,16 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement() -> Non
         "stopped_epoch": last, "best_epoch": stopper.best_epoch,
         "stop_reason": f"early stopping: eval_loss did not improve by more than 0.5 for 3 epochs "
                        f"(best {best:.6g} at epoch {stopper.best_epoch})"}
+
+
+def test_early_stopping_between_recorded_epochs_records_the_stopping_epoch_last() -> None:
+    v = variant(BOSTON, lr=0.05, batch_size=16, early_stopping={"metric": "eval_loss", "patience": 3,
+                                                                 "min_delta": 0.5})
+    every, _, _, last = train(v, 200)
+    sparse, _, controls, sparse_last = train(v, 200, record_every=7)
+    assert sparse_last == last and last % 7 != 0  # every epoch was measured for the stopper; it stopped alike
+    assert [r.epoch for r in sparse] == [1, *range(7, last, 7), last]
+    assert sparse[-1].final and sparse[-1].metrics == every[-1].metrics
 
 
 def test_restore_best_ends_with_the_best_epochs_weights() -> None:

@@ -1,8 +1,14 @@
 """The one training loop every variant uses: full-batch or mini-batch, any task, any optimizer.
 
 Batches are slices (or index_selects, when shuffling) of tensors already in memory. Losses and
-correct counts accumulate on tensors and are read once per epoch, so the hot loop never waits
+correct counts accumulate on tensors and are read once per report, so the hot loop never waits
 on a host sync. A loss that turns NaN or infinite stops training, naming the epoch and step.
+
+A training records the epochs of :meth:`Schedule.recorded`: the first, every k-th and the last
+(``tracking.max_epoch_points`` sets k). Only those are evaluated and have their right
+predictions counted; the others do what the tutorials' loops do (forward, backward, step),
+which for full-batch flower training is most of the time. Early stopping and the plateau
+schedule, which watch a metric, have every epoch measured, and the stopping epoch recorded.
 """
 
 from __future__ import annotations
@@ -65,12 +71,19 @@ class Task:
 
 @dataclass(frozen=True)
 class Schedule:
-    """How to iterate: epochs, batch sizes (None = the whole split at once), shuffling."""
+    """How to iterate: epochs, batch sizes (None = the whole split at once), shuffling, and every
+    how many epochs one is recorded (see :func:`bplab.config.record_stride`)."""
 
     epochs: int
     batch_size: int | None
     eval_batch_size: int | None
     shuffle: bool
+    record_every: int = 1
+
+    def recorded(self, epoch: int) -> bool:
+        """Whether ``epoch`` is recorded (logged, kept in the history): the first, every
+        ``record_every``-th, and the last."""
+        return epoch == 1 or epoch % self.record_every == 0 or epoch == self.epochs
 
 
 @dataclass(frozen=True)
@@ -102,36 +115,45 @@ class _Pending:
 
     Kept as the loop produced them (one 0-d tensor per step) so that an epoch adds no stacking
     or arithmetic of its own: with full-batch training an epoch is a single step, and a few extra
-    tensor ops per epoch would cost as much as the step itself.
+    tensor ops per epoch would cost as much as the step itself. An epoch that was not measured
+    (not recorded, and nothing watches its metrics) has only its step losses, which are still
+    read, so that a divergence is named at the epoch and step where it happened.
     """
 
     epoch: int
     step_losses: list[torch.Tensor]  # each step's mean loss over its whole batch
     batch_sizes: list[int]
-    correct: list[torch.Tensor]  # right predictions per step (empty for regression)
-    eval_loss: torch.Tensor
+    correct: list[torch.Tensor]  # right predictions per step (empty for regression or unmeasured)
+    eval_loss: torch.Tensor | None  # None: not measured
     eval_correct: torch.Tensor | None
     lrs: list[float]  # each parameter group's learning rate as the epoch began
     seconds: float
+    recorded: bool = True
 
 
 def _materialize(pending: list[_Pending], n_train: int, n_eval: int, has_accuracy: bool,
-                 lr_names: list[str]) -> tuple[list[EpochRecord], TrainingDiverged | None]:
+                 lr_names: list[str]) -> tuple[list[tuple[EpochRecord, bool]], TrainingDiverged | None]:
     """Read a batch of epochs to host numbers with one transfer per kind of value.
 
-    Returns the finite epochs, and the error for the first epoch whose loss is not finite.
+    Returns the measured epochs that are finite, each with whether it is recorded, and the error
+    for the first epoch whose loss is not finite.
     """
+    measured = [p for p in pending if p.eval_loss is not None]
     steps = torch.stack([t for p in pending for t in p.step_losses]).tolist()
-    eval_losses = torch.stack([p.eval_loss for p in pending]).tolist()
-    if has_accuracy:
-        correct = torch.stack([t for p in pending for t in p.correct]).tolist()
-        eval_correct = torch.stack([p.eval_correct for p in pending]).tolist()
+    eval_losses = iter(torch.stack([p.eval_loss for p in measured]).tolist() if measured else [])
+    if has_accuracy and measured:
+        correct = torch.stack([t for p in measured for t in p.correct]).tolist()
+        eval_correct = iter(torch.stack([p.eval_correct for p in measured]).tolist())
     # Steps and right-prediction counts are walked separately: under torchrun an epoch's counts
     # arrive already summed over ranks and steps, as one value.
     records, offset, correct_offset = [], 0, 0
-    for i, p in enumerate(pending):
+    for p in pending:
         count = len(p.step_losses)
         step_losses = steps[offset: offset + count]
+        offset += count
+        if p.eval_loss is None:  # not measured: only checked
+            if all(map(math.isfinite, step_losses)):
+                continue
         train_loss = math.fsum(v * size for v, size in zip(step_losses, p.batch_sizes)) / n_train
         if not math.isfinite(train_loss):
             bad = next(j for j, v in enumerate(step_losses) if not math.isfinite(v))
@@ -139,14 +161,13 @@ def _materialize(pending: list[_Pending], n_train: int, n_eval: int, has_accurac
                 f"training diverged: loss is {step_losses[bad]} at epoch {p.epoch}, step {bad + 1} of "
                 f"{count}; lower the learning rate or check the inputs"
             )
-        metrics = {"train_loss": train_loss, "eval_loss": eval_losses[i]}
+        metrics = {"train_loss": train_loss, "eval_loss": next(eval_losses)}
         if has_accuracy:
             metrics["train_acc"] = sum(correct[correct_offset: correct_offset + len(p.correct)]) / n_train
-            metrics["eval_acc"] = eval_correct[i] / n_eval
+            metrics["eval_acc"] = next(eval_correct) / n_eval
         metrics |= zip(lr_names, p.lrs)
-        offset += count
         correct_offset += len(p.correct)
-        records.append(EpochRecord(p.epoch, metrics, step_losses, p.seconds))
+        records.append((EpochRecord(p.epoch, metrics, step_losses, p.seconds), p.recorded))
     return records, None
 
 
@@ -232,12 +253,14 @@ def fit(
     placement: Placement = SINGLE_PROCESS,
     controls: Controls | None = None,
 ) -> int:
-    """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on ``test`` each epoch;
-    return the last epoch trained (earlier when ``controls``' early stopping ends the training).
+    """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on ``test`` each
+    recorded epoch (:meth:`Schedule.recorded`); return the last epoch trained (earlier when
+    ``controls``' early stopping ends the training).
 
-    Every ``report_every_s`` seconds (and after the last epoch) the epochs since the last report
-    are read from the device in one go and passed to ``on_epochs`` (logging, progress,
-    checkpoints). Raises :class:`TrainingDiverged` at the report that sees a non-finite loss.
+    Every ``report_every_s`` seconds (at the next recorded epoch, and after the last epoch) the
+    recorded epochs since the last report are read from the device in one go and passed to
+    ``on_epochs`` (logging, progress, checkpoints). Raises :class:`TrainingDiverged` at the
+    report that sees a non-finite loss.
     ``controls`` (the learning-rate schedule and early stopping) step after each batch or epoch;
     when they watch a metric, each epoch is read as soon as it ends.
 
@@ -258,17 +281,15 @@ def fit(
     model.train()
     while epoch < schedule.epochs:
         epoch += 1
-        started, lrs = time.perf_counter(), learning_rates(optimizer)
         order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-        step_losses, correct, batch_sizes = _train_epoch(model, optimizer, task, train, schedule.batch_size, order,
-                                                         placement, controls.after_batch)
-        eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size, mode_dependent)
-        reports.pending.append(_Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct, lrs,
-                                        time.perf_counter() - started))
-        metrics = reports.read()[-1].metrics if controls.needs_epoch_metrics else None
+        done = _epoch(model, optimizer, task, train, test, schedule, epoch, order, placement, controls,
+                      mode_dependent)
+        reports.pending.append(done)
+        metrics = reports.read().metrics if controls.needs_epoch_metrics else None
         stop = controls.after_epoch(epoch, metrics, model)
         now = time.perf_counter()
-        if now - last_report >= report_every_s or stop or epoch == schedule.epochs:
+        # Reports end at a recorded epoch, so that the state passed along (a checkpoint) is that epoch's.
+        if (done.recorded and now - last_report >= report_every_s) or stop or epoch == schedule.epochs:
             reports.send(final=stop or epoch == schedule.epochs)
             last_report = now
         if stop:
@@ -277,8 +298,28 @@ def fit(
     return epoch
 
 
+def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, train: tuple[torch.Tensor, torch.Tensor],
+           test: tuple[torch.Tensor, torch.Tensor], schedule: Schedule, epoch: int, order: torch.Tensor | None,
+           placement: Placement, controls: Controls, mode_dependent: bool) -> _Pending:
+    """Train one epoch; measure it (learning rates, right predictions, evaluation) only when it is
+    recorded or ``controls`` watch its metrics."""
+    recorded = schedule.recorded(epoch)
+    measured = recorded or controls.needs_epoch_metrics
+    started = time.perf_counter()
+    lrs = learning_rates(optimizer) if measured else []
+    step_losses, correct, batch_sizes = _train_epoch(model, optimizer, task, train, schedule.batch_size, order,
+                                                     placement, controls.after_batch,
+                                                     count_correct=measured and task.has_accuracy)
+    eval_loss = eval_correct = None
+    if measured:
+        eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size, mode_dependent)
+    return _Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct, lrs,
+                    time.perf_counter() - started, recorded)
+
+
 class _Reports:
-    """Epochs on their way to ``on_epochs``: still on the device (``pending``), or read (``ready``)."""
+    """Epochs on their way to ``on_epochs``: still on the device (``pending``), or read (``ready``:
+    the recorded ones)."""
 
     def __init__(self, on_epochs: Callable[[list[EpochRecord]], None], n_train: int, n_eval: int,
                  has_accuracy: bool, lr_names: list[str]) -> None:
@@ -286,41 +327,52 @@ class _Reports:
         self.shape = (n_train, n_eval, has_accuracy, lr_names)
         self.pending: list[_Pending] = []
         self.ready: list[EpochRecord] = []
+        self.latest: EpochRecord | None = None  # the last measured epoch, recorded or not
 
-    def read(self) -> list[EpochRecord]:
-        """Read the pending epochs to host numbers; on a divergence, report the finite ones and raise."""
+    def read(self) -> EpochRecord | None:
+        """Read the pending epochs to host numbers and return the last measured one; on a
+        divergence, report the recorded epochs before it and raise."""
         records, diverged = _materialize(self.pending, *self.shape)
         self.pending = []
-        self.ready += records
+        self.ready += [record for record, recorded in records if recorded]
+        if records:
+            self.latest = records[-1][0]
         if diverged is not None:
             if self.ready:
                 self.on_epochs(self.ready)  # the finite epochs before a divergence are kept too
             raise diverged
-        return self.ready
+        return self.latest
 
     def send(self, final: bool) -> None:
-        """Pass every epoch so far to ``on_epochs``, the last marked ``final`` if training ends."""
+        """Pass the recorded epochs so far to ``on_epochs``; when training ends, the last epoch
+        (recorded, or where early stopping ended it) goes last, marked ``final``."""
         if self.pending:
             self.read()
         if final:
+            if not self.ready or self.ready[-1].epoch != self.latest.epoch:
+                self.ready.append(self.latest)
             self.ready[-1] = dataclasses.replace(self.ready[-1], final=True)
-        self.on_epochs(self.ready)
+        if self.ready:
+            self.on_epochs(self.ready)
         self.ready = []
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
                  train: tuple[torch.Tensor, torch.Tensor], batch_size: int | None, order: torch.Tensor | None,
-                 placement: Placement, after_step: Callable[[], None]) -> tuple[list[torch.Tensor],
-                                                                               list[torch.Tensor], list[int]]:
-    """One pass over the training split: each step's loss and right predictions (on the device), and
-    each global batch's size. ``after_step`` runs after each optimizer step (a per-batch schedule)."""
+                 placement: Placement, after_step: Callable[[], None] | None,
+                 count_correct: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """One pass over the training split: each step's loss and, with ``count_correct``, right
+    predictions (on the device), and each global batch's size. ``after_step`` runs after each
+    optimizer step (a per-batch schedule)."""
     x, y = train
     step_losses: list[torch.Tensor] = []
     correct: list[torch.Tensor] = []
     batch_sizes: list[int] = []
     for start, index, size in _batches(len(x), batch_size, order):
         offset, rows = placement.shard(0, size)
-        if index is None:
+        if index is None and rows == len(x):  # the whole split (full-batch training): no views to make
+            xb, yb = x, y
+        elif index is None:
             xb, yb = x[start + offset: start + offset + rows], y[start + offset: start + offset + rows]
         else:
             part = index[offset: offset + rows]
@@ -337,10 +389,11 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
             loss = task.loss(out, yb)
             loss.backward()
         optimizer.step()
-        after_step()
+        if after_step is not None:
+            after_step()
         step_losses.append(loss.detach())
         batch_sizes.append(size)
-        if task.has_accuracy:
+        if count_correct:
             correct.append(task.correct(out.detach(), yb))
     if placement.world > 1:
         step_losses, correct = _global_sums(step_losses, correct, batch_sizes, placement)

@@ -8,6 +8,7 @@ their state in the checkpoint, so a resumed training continues exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,10 +119,11 @@ class Controls:
         """Whether each epoch's metrics must be read as soon as it ends (plateau, early stopping)."""
         return self.monitor is not None or self.stopper is not None
 
-    def after_batch(self) -> None:
-        """Step a per-batch schedule."""
-        if self.per_batch:
-            self.scheduler.step()
+    @property
+    def after_batch(self) -> Callable[[], None] | None:
+        """What to call after each optimizer step: a per-batch schedule's ``step``, or None
+        (nothing to call in the hot loop)."""
+        return self.scheduler.step if self.per_batch else None
 
     def after_epoch(self, epoch: int, metrics: dict[str, float] | None, model: nn.Module) -> bool:
         """Step a per-epoch schedule and early stopping; True when training stops here.

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bplab import plots, track
-from bplab.config import Params, VariantParams
+from bplab import cli, plots, track
+from bplab.config import Params, VariantParams, record_stride
 from bplab.data import catalog, processed
 from bplab.errors import ParamsError
 from bplab.outputs import publish_directory, write_bytes_atomic, write_text_atomic
@@ -149,7 +149,8 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out), variant.init)
     check_param_groups(model, variant, f"train.{name}")
     check_controls(variant, task.has_accuracy, f"train.{name}")
-    schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle)
+    schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle,
+                        record_stride(variant.epochs, params.tracking.max_epoch_points))
     try:
         check_schedule(model, len(train_xy[0]), schedule, placement.world)
     except BatchSizeError as exc:
@@ -229,8 +230,7 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
         else:
             recorder.set_tags({"resumed_after_epoch": str(job.resume.epoch)})
         logger = recorder.epoch_logger(job.variant.epochs, params.tracking.max_epoch_points,
-                                       record_steps=job.task.kind == "regression",
-                                       steps_done=sum(len(r.step_losses) for r in history))
+                                       record_steps=job.task.kind == "regression")
     try:
         with tqdm(total=job.variant.epochs, initial=job.first_epoch - 1, desc=f"train@{job.name}", unit="epoch",
                   mininterval=1.0) as bar:
@@ -242,8 +242,9 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
                     payload = checkpoint(records[-1].epoch)
                     logger.after_stored(lambda: write_bytes_atomic(job.checkpoint, payload))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in records[-1].metrics.items()}, refresh=False)
-                bar.update(len(records))
+                bar.update(records[-1].epoch - bar.n)
 
+            cli.started()
             clock.first_step = time.time()
             with clock.phase("training"):
                 last_epoch = _fit(job, on_epochs)
@@ -269,13 +270,17 @@ def _publish(job: _Job, history: list[EpochRecord], stop: dict[str, Any], record
     from bplab.train.loop import SECONDS, history_columns
 
     model = job.model.cpu()  # saved and logged for CPU, wherever it trained
-    steps = [v for r in history for v in r.step_losses] if job.task.kind == "regression" else None
+    step_losses = steps = None
+    if job.task.kind == "regression":  # the steps of the recorded epochs (every epoch has as many)
+        step_losses = [v for r in history for v in r.step_losses]
+        steps = [(r.epoch - 1) * len(r.step_losses) + i for r in history for i in range(1, len(r.step_losses) + 1)]
     metrics = history_columns(history)
     epochs, _ = metrics.pop("epoch"), metrics.pop(SECONDS)
     initial = {k: v.cpu().numpy() for k, v in job.initial_weights.items()}
     with clock.phase("pictures"):
         figures = {
-            "learning_curves.png": plots.learning_curves(epochs, metrics, f"{job.name}: learning curves", steps),
+            "learning_curves.png": plots.learning_curves(epochs, metrics, f"{job.name}: learning curves",
+                                                         step_losses, steps),
             "weights.png": plots.weight_histograms(initial, _weights(model),
                                                    f"{job.name}: weights ({job.variant.init} init)"),
         }

@@ -1,0 +1,71 @@
+"""How a stage process starts and ends (bplab.cli): the garbage collector around start-up, exit codes."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+
+import pytest
+
+from bplab.cli import stage_process, started
+from bplab.errors import ParamsError
+
+
+@pytest.fixture
+def collector():
+    """The test process's collector as it was, whatever the test leaves behind."""
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def test_the_collector_is_off_during_start_up_and_back_on_after_started(collector) -> None:
+    gc.enable()
+    seen = []
+    with stage_process("train@x"):
+        seen.append(gc.isenabled())
+        survivor = [object() for _ in range(1000)]  # what start-up creates and keeps
+        frozen_before = gc.get_freeze_count()
+        started()
+        seen.append(gc.isenabled())
+        assert gc.get_freeze_count() >= frozen_before + len(survivor)  # frozen, not walked again
+    assert seen == [False, True]
+    assert gc.isenabled()  # used in-process, the caller's collector is on again
+
+
+def test_a_failing_stage_restores_the_collector_too(collector, capsys: pytest.CaptureFixture[str]) -> None:
+    gc.enable()
+    with pytest.raises(SystemExit) as ended, stage_process("evaluate@x"):
+        assert not gc.isenabled()
+        raise ParamsError("train.x.lr: must be > 0")
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == "evaluate@x: error: train.x.lr: must be > 0\n"
+    assert gc.isenabled()
+
+
+def test_a_stage_process_that_leaves_cycles_after_started_gets_them_collected() -> None:
+    # In a fresh process, as a stage runs: cycles made after started() are reclaimed by the
+    # collector on its own, without anyone calling gc.collect().
+    code = """
+import gc, weakref
+from bplab.cli import stage_process, started
+
+class Node:
+    pass
+
+with stage_process("train@x"):
+    started()
+    probes = []
+    for _ in range(5000):
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        probes.append(weakref.ref(a))
+    print(sum(p() is not None for p in probes))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(result.stdout) < 5000 // 2, result.stdout  # without started() all 5000 would be alive
