@@ -14,7 +14,7 @@ import pytest
 from filelock import FileLock
 
 from bplab.browser import free_port, wait_for_http  # noqa: F401 (shared: servers the tests start)
-from bplab.scratch import REPO, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
+from bplab.scratch import REPO, commit, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
@@ -158,9 +158,7 @@ def _build_tiny_pipeline(root: Path) -> None:
     repo = copy_repository(root / "repo")
     set_params(repo, TINY_PIPELINE)
     result = run(["dvc", "repro"], repo)
-    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
-    run([*git, "add", "-A"], repo)  # the baseline that `dvc metrics diff` and `dvc plots diff` compare with
-    run([*git, "commit", "-qm", "baseline"], repo)
+    commit(repo, "baseline")  # what `dvc metrics diff` and `dvc plots diff` compare with
     (root / "snapshot").mkdir()
     with closing(sqlite3.connect(repo / "mlflow.db")) as source, \
             closing(sqlite3.connect(root / "snapshot" / "mlflow.db")) as snapshot:
@@ -188,3 +186,16 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
                 (root / "FAILED").write_text(f"{type(exc).__name__}: {exc}")
                 raise
     return TinyPipeline(root / "repo", (root / "stdout.txt").read_text(), root / "snapshot" / "mlflow.db")
+
+
+# The files that take longest (about a minute or more each, mostly stage processes), started
+# first: `make test` hands whole files to its workers in collection order, and one of these left
+# for last runs alone on one core while the other workers have finished.
+LONGEST_FIRST = ["test_pipeline.py", "test_soak.py", "test_reliability.py", "test_sweep.py",
+                 "test_tracking_server.py", "test_distributed.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run :data:`LONGEST_FIRST` before the rest, each file's tests in their own order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -34,7 +34,10 @@ def test_quick_benchmark_measures_everything_and_writes_its_report(tmp_path: Pat
         "download@boston", "preprocess@boston", "train@boston_module", "evaluate@boston_module"]
     assert all(s["seconds"] > 0 for s in pipeline["cold"]["stages"])
     assert pipeline["noop"]["stages"] == []
-    assert [s["stage"] for s in pipeline["edit"]["stages"]] == ["train@boston_module", "evaluate@boston_module"]
+    edit = pipeline["edit"]  # `dvc exp run -S`, as a user makes the edit
+    assert [s["stage"] for s in edit["stages"]] == ["train@boston_module", "evaluate@boston_module"]
+    assert [t["stage"] for t in edit["stage_totals"]] == ["train@boston_module", "evaluate@boston_module"]
+    assert 0 < edit["dvc_and_processes_s"] < edit["seconds"]
     assert set(pipeline["metrics"]["boston_module"]) >= {"test_rmse", "test_r2"}
 
     [stage] = results["overheads"]["train_stages"]
@@ -42,11 +45,20 @@ def test_quick_benchmark_measures_everything_and_writes_its_report(tmp_path: Pat
     assert stage["startup_s"] > 0 and stage["wind_down_s"] > 0 and 0 < stage["mlflow_share"] < 1
     during_training = sum(stage["phases_s"][k] for k in ("training", "checkpoints", "mlflow_metrics"))
     assert stage["startup_s"] + during_training + stage["wind_down_s"] == pytest.approx(stage["total_s"], abs=0.05)
+    [evaluate] = results["overheads"]["evaluate_stages"]
+    assert evaluate["stage"] == "evaluate@boston_module"
+    assert evaluate["times_floor"] == pytest.approx(evaluate["total_s"] / results["overheads"]["floor_s"])
     assert set(results["tutorial_loops"]) >= {"mnist_mlp", "flower_twolayer", "boston_adam", "total"}
-    assert len(results["targets"]) == 6  # the MNIST-stage targets need train@mnist_mlp, not in the quick run
+    # Every target but the MNIST stage's (train@mnist_mlp is not in the quick run) and the clean-clone suite's.
+    assert [t["key"] for t in results["targets"]] == [
+        "edit_to_result", "train_overhead", "evaluate_wall", "flower_speedup", "mnist_speedup", "mnist_shapes_bound",
+        "cold_repro", "noop_repro_s"]
+    by_key = {t["key"]: t for t in results["targets"]}
+    assert by_key["edit_to_result"]["value"] == pytest.approx(edit["seconds"] / results["overheads"]["floor_s"])
+    assert by_key["flower_speedup"]["met"] == (results["flower"]["speedup"] >= 1.5)
     for section in ("## Targets", "## Training loops", "## Pipeline", "## Training stages"):
         assert section in report
-    assert "| train@boston_module |" in report
+    assert "| train@boston_module |" in report and "| evaluate@boston_module |" in report
 
 
 def test_system_metrics_sample_cost_is_measured_against_a_real_run(tmp_path: Path,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bplab.reproduce import Recorded, overrides
-from conftest import NO_MIRROR, copy_repository, data_mirror, run, set_params, unavailable
+from conftest import NO_MIRROR, commit, copy_repository, data_mirror, run, set_params, unavailable
 
 VARIANT = "boston_module"
 TINY = {f"train.{VARIANT}.epochs": 5, f"train.{VARIANT}.batch_size": 32}
@@ -35,26 +35,24 @@ def test_a_run_reproduces_to_the_last_digit_and_another_commit_is_refused(tmp_pa
         unavailable(NO_MIRROR)
     repo = copy_repository(tmp_path / "repo", TINY)
     run(["dvc", "repro", "preprocess@boston"], repo)
-    run([*GIT, "add", "-A"], repo)
-    run([*GIT, "commit", "-qm", "data"], repo)  # the run's commit, and a clean tree when it trains
+    commit(repo, "data")  # the run's commit, and a clean tree when it trains
     run(["dvc", "repro", f"evaluate@{VARIANT}"], repo)
     original_id = json.loads((repo / f"models/{VARIANT}/run.json").read_text())["run_id"]
     original = mlflow_run(repo, original_id)
-    commit = original.data.tags["git_commit"]
+    run_commit = original.data.tags["git_commit"]
     assert original.data.tags["git_dirty"] == "false"
     recorded = Path(original.info.artifact_uri.removeprefix("file://")) / "reproduce"
     assert yaml.safe_load((recorded / "params.yaml").read_text())["train"][VARIANT]["epochs"] == 5
     assert json.loads((recorded / "variant.json").read_text())["train"]["epochs"] == 5
     assert "preprocess@boston" in (recorded / "dvc.lock").read_text()
 
-    run([*GIT, "add", "-A"], repo)
-    run([*GIT, "commit", "-qm", "trained"], repo)  # now the checkout is at another commit
+    commit(repo, "trained")  # now the checkout is at another commit
     refused = bplab(repo, "reproduce", original_id)
     assert refused.returncode == 2, refused.stderr
-    assert f"was made at commit {commit[:12]}; this checkout is at " in refused.stderr
+    assert f"was made at commit {run_commit[:12]}; this checkout is at " in refused.stderr
     assert "pass --any-commit" in refused.stderr and "Traceback" not in refused.stderr
 
-    run([*GIT, "checkout", "-q", commit], repo)
+    run([*GIT, "checkout", "-q", run_commit], repo)
     set_params(repo, {f"train.{VARIANT}.lr": 0.5})  # an edit since the run: reproduce sets it back
     result = bplab(repo, "reproduce", original_id)
 

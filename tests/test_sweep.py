@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bplab import dvc_queue, search_space
-from conftest import REPO, copy_repository, run, stage_env
+from conftest import REPO, commit, copy_repository, run, stage_env
 
 BPLAB = Path(sys.executable).with_name("bplab")
 VARIANT = "boston_module"
@@ -119,8 +119,11 @@ def test_each_trial_draws_from_its_own_number() -> None:
 
 
 def _sweep(repo: Path, *args: str, study: str = "s", space: list[str] = SPACE) -> subprocess.Popen[str]:
+    # SIGINT as a terminal delivers it: a suite started in the background (`make test &`) has it
+    # ignored, and children inherit that, so Python would never turn it into KeyboardInterrupt.
     return subprocess.Popen([str(BPLAB), "sweep", VARIANT, "--study", study, "--trials", "3", *space, *args],
-                            cwd=repo, env=stage_env(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=repo, env=stage_env(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _read_until(process: subprocess.Popen[str], text: str) -> str:
@@ -147,9 +150,7 @@ def sweep_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch copy with Boston's data prepared and committed: each trial trains and evaluates only."""
     repo = copy_repository(tmp_path_factory.mktemp("sweep") / "repo", {f"train.{VARIANT}.epochs": 3})
     run(["dvc", "repro", "preprocess@boston"], repo)
-    git = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
-    run([*git, "add", "-A"], repo)
-    run([*git, "commit", "-qm", "boston data"], repo)
+    commit(repo, "boston data")
     return repo
 
 

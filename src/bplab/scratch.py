@@ -35,9 +35,15 @@ def copy_repository(dest: Path, params: dict[str, Any] | None = None, source: Pa
     (dest / "dvc.lock").unlink(missing_ok=True)  # the copy starts with nothing run
     if params:
         set_params(dest, params)
-    for command in (["git", "init", "-q"], [*_GIT, "add", "-A"], [*_GIT, "commit", "-qm", "scratch copy"]):
-        subprocess.run(command, cwd=dest, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True, capture_output=True)
+    commit(dest, "scratch copy")
     return dest
+
+
+def commit(repo: Path, message: str) -> None:
+    """Commit everything in ``repo`` that git does not ignore (``dvc.lock``, ``metrics/`` after a run)."""
+    for command in ([*_GIT, "add", "-A"], [*_GIT, "commit", "-qm", message]):
+        subprocess.run(command, cwd=repo, check=True, capture_output=True)
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any = None, delete: bool = False) -> None:
