@@ -24,8 +24,9 @@ repro: setup
 test: setup lint browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
-# Full-size benchmark (about 15 minutes): writes bench/results.{md,json} and, for the cost of
-# MLflow's system metrics on the MNIST stage, bench/system-metrics.{md,json}.
+# Full-size benchmark (about 25 minutes, 9 of them `make test` on a clean clone of the committed
+# code): writes bench/results.{md,json} and, for the cost of MLflow's system metrics on the MNIST
+# stage, bench/system-metrics.{md,json}.
 bench: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/system_metrics.py
