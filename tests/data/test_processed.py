@@ -78,3 +78,22 @@ def test_dataset_digest_covers_every_value_and_the_shape() -> None:
     assert processed.content_digest(late, y) != base
     assert processed.content_digest(x.reshape(500, 60), y) != base
     assert processed.content_digest(x.astype(np.float64), y) != base
+
+
+def test_loaded_arrays_map_the_files_and_writes_stay_in_the_process(tmp_path: Path) -> None:
+    processed.save(sample(), tmp_path)
+    x, _ = processed.load(tmp_path).splits["train"]
+    assert isinstance(x, np.memmap) and x.mode == "c"  # read as used, from the page cache
+    x[0, 0] = 123.0  # training code may write (torch.from_numpy wants a writable array)...
+    assert processed.load(tmp_path).splits["train"][0][0, 0] == sample().splits["train"][0][0, 0]  # ...not the file
+
+
+@pytest.mark.parametrize("bad", [[np.nan], [np.inf], [-np.inf], [np.inf, -np.inf]])
+def test_a_nan_or_infinite_value_anywhere_is_refused(tmp_path: Path, bad: list[float]) -> None:
+    data = sample()
+    x = data.splits["train"][0].copy()
+    x.flat[-len(bad):] = bad
+    with pytest.raises(DataError, match="x_train contains NaN or infinite values"):
+        processed.save(Prepared({**data.splits, "train": (x, data.splits["train"][1])}), tmp_path)
+    huge = np.full((8, 3), np.finfo(np.float32).max, np.float32)  # finite, however large: accepted
+    processed.save(Prepared({**data.splits, "train": (huge, data.splits["train"][1])}), tmp_path)
