@@ -378,11 +378,10 @@ class EpochLogger:
 
         metrics = [Metric(k, v, now, r.epoch) for k, v in r.logged().items()]
         if self.record_steps:
-            per_epoch = len(r.step_losses)  # every epoch has as many steps
-            first = (r.epoch - 1) * per_epoch + 1
-            stride = record_stride(self.epochs * per_epoch, self.max_points)
-            last = first + per_epoch - 1 if r.final else None
-            metrics += [Metric("train_loss_step", v, now, step) for step, v in enumerate(r.step_losses, start=first)
+            steps = r.step_numbers()
+            stride = record_stride(self.epochs * len(steps), self.max_points)
+            last = steps[-1] if r.final else None
+            metrics += [Metric("train_loss_step", v, now, step) for step, v in zip(steps, r.step_losses)
                         if step == 1 or step % stride == 0 or step == last]
         return metrics
 

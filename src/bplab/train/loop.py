@@ -101,6 +101,12 @@ class EpochRecord:
         """What MLflow records of the epoch: its metrics and its wall time."""
         return self.metrics | {SECONDS: self.seconds}
 
+    def step_numbers(self) -> range:
+        """The training's numbers (from 1) of this epoch's steps: every epoch has as many, so they
+        follow from the epoch alone, whichever epochs before it were recorded."""
+        per_epoch = len(self.step_losses)
+        return range((self.epoch - 1) * per_epoch + 1, self.epoch * per_epoch + 1)
+
 
 def history_columns(history: list[EpochRecord]) -> dict[str, list[float]]:
     """The history as columns: ``epoch``, each metric the records have, and :data:`SECONDS`."""

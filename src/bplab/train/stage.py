@@ -271,9 +271,9 @@ def _publish(job: _Job, history: list[EpochRecord], stop: dict[str, Any], record
 
     model = job.model.cpu()  # saved and logged for CPU, wherever it trained
     step_losses = steps = None
-    if job.task.kind == "regression":  # the steps of the recorded epochs (every epoch has as many)
+    if job.task.kind == "regression":  # the steps of the recorded epochs
         step_losses = [v for r in history for v in r.step_losses]
-        steps = [(r.epoch - 1) * len(r.step_losses) + i for r in history for i in range(1, len(r.step_losses) + 1)]
+        steps = [n for r in history for n in r.step_numbers()]
     metrics = history_columns(history)
     epochs, _ = metrics.pop("epoch"), metrics.pop(SECONDS)
     initial = {k: v.cpu().numpy() for k, v in job.initial_weights.items()}
