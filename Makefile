@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency declarations change, so a second `make setup` takes seconds.
 STAMP  := $(VENV)/.bplab-installed
 
-.PHONY: setup repro test lint browser bench soak clean-venv
+.PHONY: setup repro test lint browser postgres bench soak clean-venv
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ repro: setup
 
 # Test files run in parallel (one file per worker, so module fixtures run once): most of the suite
 # waits on stage processes starting up, and two workers use a 2-core machine's second core.
-test: setup lint browser
+test: setup lint browser postgres
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 # Full-size benchmark (about 25 minutes, 9 of them `make test` on a clean clone of the committed
@@ -47,6 +47,20 @@ browser:
 	         DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; } >$$log 2>&1; \
 	    then rm -f $$log; else cat $$log; echo "could not install chromium: the MLflow UI tests will skip"; fi; \
 	  else echo "no chromium and no way to install it here: the MLflow UI tests will skip"; fi; }
+
+# PostgreSQL for the shared-tracking-server tests and bench (tests/test_shared_server.py,
+# bench/tracking_load.py): Debian's `postgresql`, installed when its server programs are missing
+# and this user may (about 30 s). The tests run their own cluster in a temporary folder; without
+# it they skip, and fail under CI=true.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
+	  if [ "$$sudo" != no ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql for the shared tracking server tests"; log=$$(mktemp); \
+	    if { $$sudo apt-get update -qq && \
+	         DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql; } >$$log 2>&1; \
+	    then rm -f $$log; else cat $$log; echo "could not install postgresql: the PostgreSQL tests will skip"; fi; \
+	  else echo "no PostgreSQL and no way to install it here: the PostgreSQL tests will skip"; fi; }
 
 lint: setup
 	$(BIN)/ruff check src stages tests bench

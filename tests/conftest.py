@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from bplab.browser import free_port, wait_for_http  # noqa: F401 (shared: servers the tests start)
+from bplab.local_servers import free_port, wait_for_http  # noqa: F401 (shared: servers the tests start)
 from bplab.scratch import REPO, commit, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
 
 

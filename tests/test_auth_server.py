@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +21,8 @@ import pytest
 import requests
 
 from bplab import track
-from conftest import REPO, free_port, set_params, stage_env, wait_for_http
+from bplab.local_servers import MlflowServer
+from conftest import REPO, set_params, stage_env
 
 pytestmark = pytest.mark.e2e
 
@@ -59,39 +58,23 @@ class AuthServer:
                                 timeout=30, **kwargs)
 
 
-def _start(root: Path, port: int, admin_password: str) -> subprocess.Popen:
-    (root / "basic_auth.ini").write_text(AUTH_INI.format(users_db=root / "users.db"))
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
-    env |= {"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-            "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,  # the admin's first password; none ships with MLflow
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # CSRF key of the sign-up page
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # GenAI jobs: three fewer processes to start
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        env=env, stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     """The server, with USER created through the REST API by the admin."""
     root = tmp_path_factory.mktemp("auth-server")
-    port = free_port()
+    (root / "basic_auth.ini").write_text(AUTH_INI.format(users_db=root / "users.db"))
     admin_password = secrets.token_urlsafe(16)
-    process = _start(root, port, admin_password)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process, root / "server.log", timeout_s=120)
-        server = AuthServer(f"http://127.0.0.1:{port}", admin_password, secrets.token_urlsafe(16), "")
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,  # the admin's first password; none ships with MLflow
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # CSRF key of the sign-up page
+    with MlflowServer(root, app_name="basic-auth", env=env) as running:
+        server = AuthServer(running.uri, admin_password, secrets.token_urlsafe(16), "")
         created = server.as_admin("POST", "/api/2.0/mlflow/users/create",
                                   json={"username": USER, "password": server.password})
         assert created.status_code == 200, created.text
         made = server.as_admin("POST", "/api/2.0/mlflow/experiments/create", json={"name": "admins-only"})
         assert made.status_code == 200, made.text
         yield AuthServer(server.uri, admin_password, server.password, made.json()["experiment_id"])
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def _stage(workspace: Path, stage: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -15,50 +15,23 @@ import torch
 
 from bplab.config import Params
 from bplab.evaluate import evaluate
+from bplab.local_servers import MlflowServer
 from bplab.train.stage import train
-from conftest import free_port, tiny, wait_for_http
+from conftest import tiny
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 
 
-class TrackingServer:
-    """`mlflow server` with a sqlite backend and a proxied artifact store, on a fixed free port, that
-    can be stopped and started again over the same store."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = self.root / "server.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-             "--artifacts-destination", str(self.root / "server-artifacts")],
-            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job workers: 3 fewer processes
-            stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_http(f"{self.uri}/health", self.process, log, timeout_s=120)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # the server and its workers, as a crash would
-            self.process.wait(timeout=30)
-
-
 @pytest.fixture
-def tracking_server(tmp_path: Path) -> Iterator[TrackingServer]:
-    server = TrackingServer(tmp_path)
-    server.start()
-    try:
+def tracking_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """`mlflow server` over a sqlite store, proxying artifacts, in a folder beside the workspace's files."""
+    (tmp_path / "server").mkdir()
+    with MlflowServer(tmp_path / "server") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-def server(tracking_server: TrackingServer) -> str:
+def server(tracking_server: MlflowServer) -> str:
     return tracking_server.uri
 
 
@@ -118,7 +91,7 @@ def _wait_for_epoch(workspace: Path, process: subprocess.Popen[str], epoch: int)
 
 
 def test_a_server_lost_mid_run_fails_the_stage_fast_and_the_next_run_completes_it(
-        workspace: Path, tracking_server: TrackingServer) -> None:
+        workspace: Path, tracking_server: MlflowServer) -> None:
     from mlflow import MlflowClient
 
     from conftest import stage_env
@@ -126,7 +99,7 @@ def test_a_server_lost_mid_run_fails_the_stage_fast_and_the_next_run_completes_i
     _stage_dir(workspace, epochs=4000)
     process = _start_training(workspace, tracking_server.uri)
     _wait_for_epoch(workspace, process, 1)
-    tracking_server.stop()
+    tracking_server.stop(signal.SIGKILL)  # as a crash would
     lost_at = time.monotonic()
     _, stderr = process.communicate(timeout=120)
     assert time.monotonic() - lost_at < 60  # MLflow's own retries would take about four minutes
@@ -147,11 +120,11 @@ def test_a_server_lost_mid_run_fails_the_stage_fast_and_the_next_run_completes_i
     assert sorted(steps) == list(range(1, 4001))  # every epoch once: none lost, none doubled
 
 
-def test_sigterm_does_not_hang_behind_a_dead_server(workspace: Path, tracking_server: TrackingServer) -> None:
+def test_sigterm_does_not_hang_behind_a_dead_server(workspace: Path, tracking_server: MlflowServer) -> None:
     _stage_dir(workspace, epochs=1_000_000)
     process = _start_training(workspace, tracking_server.uri)
     _wait_for_epoch(workspace, process, 1)
-    tracking_server.stop()
+    tracking_server.stop(signal.SIGKILL)  # as a crash would
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
     _, stderr = process.communicate(timeout=120)

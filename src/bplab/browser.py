@@ -17,16 +17,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bplab.local_servers import free_port, wait_for_http
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -41,31 +40,6 @@ MODEL_TRAINING = "workflowType=machine_learning"
 _ASSISTANT_CLOSED = ("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
                      "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
 TIMEOUT_MS = 120_000  # a cold UI on a busy 2-core machine takes tens of seconds to render a page
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    """Poll ``url`` until it answers 200; raise with the server's log if it exits or takes too long.
-    (The tests wait for their ``mlflow server`` and ``bplab serve`` processes with it too.)"""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[:4]} exited {process.returncode}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer in {timeout_s} s:\n{log.read_text()}")
-        time.sleep(0.3)
 
 
 @contextmanager

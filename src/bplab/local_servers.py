@@ -1,0 +1,225 @@
+"""Real servers on 127.0.0.1, for the tests and the benchmark: ``mlflow server`` over a sqlite or
+PostgreSQL store, and a throwaway PostgreSQL cluster to put behind it.
+
+Each lives in a folder of its own (its data and its log) and stops with its child processes
+when its ``with`` block ends. PostgreSQL refuses to run as root, so under root the cluster runs
+as an unprivileged user (``postgres`` where Debian's package made one, else ``nobody``) and
+dies with the process that started it, even on a ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Self
+
+# PostgreSQL's server programs; Debian keeps them off PATH, under /usr/lib/postgresql/<major>/bin.
+POSTGRES_BIN_ENV = "BPLAB_POSTGRES_BIN"
+_UNPRIVILEGED = ("postgres", "nobody")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    """Poll ``url`` until it answers 200; raise with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited {process.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer in {timeout_s} s:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+def _stop_group(process: subprocess.Popen | None, sig: signal.Signals, timeout_s: float = 30) -> None:
+    """Send ``sig`` to ``process``'s session (it and its workers) and wait; SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout_s)
+    except ProcessLookupError:
+        pass
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 over ``backend_uri`` (default: a sqlite file in ``root``),
+    proxying artifacts to ``root/artifacts``. It keeps its port, so it can be stopped (or killed,
+    as a crash would) and started again over the same store: a restart, as clients see one.
+    """
+
+    def __init__(self, root: Path, backend_uri: str | None = None, app_name: str | None = None,
+                 env: Mapping[str, str] | None = None, workers: int = 1) -> None:
+        self.root = root
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
+        self.app_name = app_name
+        self.workers = workers
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = root / "mlflow-server.log"
+        # A client's MLflow settings are not the server's; no GenAI job workers (three processes it does not
+        # need) and no usage telemetry (nothing here reaches out).
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        self.env |= {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 180) -> Self:
+        """Start the server and wait until ``/health`` answers."""
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", str(self.workers), "--backend-store-uri", self.backend_uri,
+                   "--artifacts-destination", str(self.root / "artifacts")]
+        if self.app_name:
+            command += ["--app-name", self.app_name]
+        with self.log.open("a") as out:
+            self.process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        wait_for_http(f"{self.uri}/health", self.process, self.log, timeout_s)
+        return self
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the server and its workers (``signal.SIGKILL``: as a crash would)."""
+        _stop_group(self.process, sig)
+
+    def __enter__(self) -> Self:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's ``initdb`` and ``postgres``: ``$BPLAB_POSTGRES_BIN``, else the
+    newest ``/usr/lib/postgresql/<major>/bin`` (Debian), else where ``initdb`` is on PATH."""
+    if value := os.environ.get(POSTGRES_BIN_ENV):
+        return Path(value)
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+                    if p.parts[-3].isdigit() else 0)
+    if debian:
+        return debian[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).resolve().parent if found else None
+
+
+class PostgreSQL:
+    """A PostgreSQL cluster of its own in a new temporary folder, listening on 127.0.0.1 only, with one database
+    owned by one login role that has a password (scram-sha-256), as a server's operator would set
+    it up for MLflow. :attr:`uri` is what ``mlflow server --backend-store-uri`` takes.
+    """
+
+    def __init__(self, database: str = "mlflow", role: str = "mlflow") -> None:
+        bindir = postgres_bin()
+        if bindir is None or not (bindir / "postgres").exists():
+            raise FileNotFoundError("PostgreSQL's server programs (initdb, postgres) were not found: install "
+                                    f"Debian's `postgresql` (`make postgres` does) or set {POSTGRES_BIN_ENV}")
+        self.bin = bindir
+        # Not under the caller's temporary folder: pytest's is private to root, and the cluster's
+        # user must reach its own folder.
+        self.root = Path(tempfile.mkdtemp(prefix="bplab-postgres-"))
+        self.data = self.root / "pgdata"
+        self.database, self.role = database, role
+        self.password = secrets.token_urlsafe(16)
+        self.port = free_port()
+        self.log = self.root / "postgres.log"
+        self.process: subprocess.Popen | None = None
+        self.user = next((name for name in _UNPRIVILEGED if _has_user(name)), None) if os.geteuid() == 0 else None
+        if os.geteuid() == 0 and self.user is None:
+            raise RuntimeError("PostgreSQL refuses to run as root, and neither user 'postgres' nor 'nobody' exists")
+
+    @property
+    def uri(self) -> str:
+        """The SQLAlchemy URI of the database, with the role's password in it (never print it)."""
+        return f"postgresql+psycopg://{self.role}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    def _as_owner(self, command: list[str]) -> list[str]:
+        if self.user is None:
+            return command
+        # The server dies with the process that started it: no cluster outlives a killed test run.
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
+                "--pdeathsig=SIGINT", "--", *command]
+
+    def start(self, timeout_s: float = 60) -> Self:
+        """initdb (first time), start the server, and create the role and its database."""
+        if self.user is not None:
+            shutil.chown(self.root, self.user, self.user)
+        fresh = not (self.data / "PG_VERSION").exists()
+        if fresh:
+            subprocess.run(self._as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                           "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                                           "--no-sync"]),
+                           check=True, capture_output=True, cwd=self.root)
+        with self.log.open("a") as out:
+            # listen on 127.0.0.1 only; the Unix socket lives in the cluster's folder, not /var/run.
+            self.process = subprocess.Popen(
+                self._as_owner([str(self.bin / "postgres"), "-D", str(self.data), "-h", "127.0.0.1",
+                                "-p", str(self.port), "-k", str(self.root)]),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
+        if self.user is not None:
+            shutil.chown(self.log, self.user, self.user)
+        self._wait_ready(timeout_s)
+        if fresh:
+            self._admin(f"CREATE ROLE {self.role} LOGIN PASSWORD '{self.password}'",
+                        f"CREATE DATABASE {self.database} OWNER {self.role}")
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                             check=False).returncode != 0:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited {self.process.returncode}:\n{self.log.read_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"postgres did not accept connections in {timeout_s} s:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def _admin(self, *statements: str) -> None:
+        """Run SQL as the cluster's superuser, over its Unix socket (trusted: only its owner reaches it)."""
+        import psycopg
+
+        with psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True) as connection:
+            for statement in statements:
+                connection.execute(statement)
+
+    def stop(self) -> None:
+        """Fast shutdown (open sessions end, committed data stays), then its folder is removed."""
+        _stop_group(self.process, signal.SIGINT)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
