@@ -99,6 +99,40 @@ def test_a_resumed_run_logs_each_epoch_once(mlflow_repo: Path) -> None:
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "train_loss_step")) == list(range(1, 13))
 
 
+def test_epochs_stored_by_a_write_whose_answer_was_lost_are_not_logged_again(mlflow_repo: Path) -> None:
+    """A server that dies after committing a batch's metrics, before its tag (or before answering),
+    leaves epochs the tag does not count: a resumed run must not log them a second time."""
+    from mlflow import MlflowClient
+
+    from bplab.errors import TrackingUnavailable
+
+    client = MlflowClient(track.tracking_uri())
+    with pytest.raises(TrackingUnavailable, match="connection reset"):
+        with Recorder.run("toy", "step", {}) as first:
+            logger = first.epoch_logger(epochs=6, max_points=None, record_steps=True)
+            logger(_epochs(1, 2))
+            logger.wait()
+            logger = first.epoch_logger(epochs=6, max_points=None, record_steps=True)
+            store = logger.client.log_batch
+
+            def metrics_committed_then_lost(run_id, metrics, tags):
+                store(run_id, metrics=metrics)  # the metrics' transaction; the tags' never happens
+                raise ConnectionError("connection reset")
+
+            logger.client.log_batch = metrics_committed_then_lost
+            logger(_epochs(3, 4))  # the checkpoint stays at epoch 2
+            logger.wait()
+    assert client.get_run(first.run_id).data.tags["bplab.logged_through_epoch"] == "2"
+    with Recorder.run("toy", "step", {}, run_id=first.run_id) as resumed:
+        logger = resumed.epoch_logger(epochs=6, max_points=None, record_steps=True)
+        assert logger.stored_through == 4
+        logger(_epochs(3, 4, 5, 6))  # re-trained from epoch 2's checkpoint
+        logger.wait()
+    for key, steps in {"eval_loss": range(1, 7), "epoch_seconds": range(1, 7), "train_loss_step": range(1, 13)}.items():
+        assert sorted(m.step for m in client.get_metric_history(first.run_id, key)) == list(steps), key
+    assert client.get_run(first.run_id).data.tags["bplab.logged_through_epoch"] == "6"
+
+
 def test_after_a_failed_write_no_checkpoint_is_written_and_the_next_report_fails(mlflow_repo: Path) -> None:
     from mlflow import MlflowClient
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,27 @@ def test_the_reachability_check_goes_through_the_proxy_like_mlflow_does(forward_
     with pytest.raises(TrackingUnavailable, match=r"cannot reach the MLflow tracking server at http://tracking.invalid:5000"):
         track.check_reachable("http://tracking.invalid:5000", timeout_s=2)
     assert len(seen) == 1
+
+
+# Variables whose presence turns MLflow 3.17's telemetry off by itself (mlflow.telemetry.utils).
+MLFLOW_SEES_AS_CI = {"CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS",
+                     "TF_BUILD", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION",
+                     "CLOUD_RUN_EXECUTION", "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID", "DO_NOT_TRACK"}
+
+
+def test_mlflow_clients_of_the_pipeline_retry_briefly_and_send_no_telemetry() -> None:
+    """In a process outside CI (MLflow itself turns telemetry off under CI=true), importing the
+    pipeline before mlflow turns MLflow's telemetry off: its thread would delete a
+    variable from os.environ while the metrics writer's requests read the environment."""
+    code = ("import os; import bplab.track; import mlflow; from mlflow.telemetry.utils import is_telemetry_disabled; "
+            "print(is_telemetry_disabled(), os.environ.get('_MLFLOW_TELEMETRY_SESSION_ID'), "
+            "os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])")
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_SEES_AS_CI | {"MLFLOW_DISABLE_TELEMETRY"}}
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert shown.split() == ["True", "None", "4"]
+    wanted = subprocess.run([sys.executable, "-c", code], env=env | {"MLFLOW_DISABLE_TELEMETRY": "false"},
+                            capture_output=True, text=True, check=True).stdout
+    assert wanted.split()[0] == "False"  # what the default prevents
+    user = subprocess.run([sys.executable, "-c", code], env=env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"},
+                          capture_output=True, text=True, check=True).stdout
+    assert user.split()[-1] == "9"  # a user's own setting wins

@@ -34,6 +34,9 @@ ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
 # order of history/<variant>.csv; early stopping and the plateau schedule watch one of them.
 EpochMetric = Literal["train_loss", "eval_loss", "train_acc", "eval_acc"]
 EPOCH_METRICS: tuple[str, ...] = get_args(EpochMetric)
+# Each recorded epoch's wall time, logged after its metrics: a run whose tracking store holds an
+# epoch's SECONDS holds all of that epoch (the recorder resumes logging after it).
+SECONDS = "epoch_seconds"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bplab import plots, track
-from bplab.config import record_stride
+from bplab.config import SECONDS, record_stride
 from bplab.errors import TrackingUnavailable
 
 if TYPE_CHECKING:
@@ -40,12 +40,7 @@ METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 # Tags the recorder keeps on its runs: which process holds the run (to find runs a kill -9 left
 # RUNNING), and the last epoch whose metrics are stored (to log each epoch once across a resume).
 HOST_TAG, PID_TAG, LOGGED_THROUGH_TAG = "bplab.host", "bplab.pid", "bplab.logged_through_epoch"
-# MLflow's HTTP client retries a dead server for about four minutes by default. A stage should
-# fail within seconds and resume on the next `dvc repro`: a few retries, short backoff.
-_RETRIES, _BOUNDED_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"
-for _name, _value in {_RETRIES: _BOUNDED_RETRIES, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}.items():
-    os.environ.setdefault(_name, _value)
+_RETRIES = track.RETRIES_ENV
 # The pyfunc flavor's device. mlflow.pytorch writes ``config: {device: null}``, and its pyfunc
 # loader then picks CUDA whenever a GPU is present; but a torch.export (pt2) program keeps the
 # device it was exported on, so on a GPU machine ``mlflow.pyfunc.load_model`` and ``mlflow models
@@ -102,6 +97,22 @@ def _reason(failure: BaseException) -> str:
     """A store error in a few words: MLflow's HTTP errors repeat the whole request."""
     text = str(getattr(failure, "message", failure))
     return "connection refused" if "Connection refused" in text else text[:300]
+
+
+_DATASET_ATTEMPTS = 3
+
+
+def _lost_dataset_race(failure: Any) -> bool:
+    """Whether a ``log_input`` was refused because another run added the same dataset meanwhile.
+
+    MLflow's store looks for the dataset in the experiment and adds it if missing, in one
+    transaction. Two runs logging the same new dataset at once (trainings on one dataset, started
+    together) both add it; on PostgreSQL or MySQL the second is refused with HTTP 400, a
+    unique-key violation, and its run gets no input (sqlite takes one writer at a time). Asked
+    again, the store finds the dataset and links it.
+    """
+    text = str(getattr(failure, "message", failure)).lower()
+    return "dataset" in text and ("unique" in text or "duplicate" in text)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -223,7 +234,7 @@ class Recorder:
         except MlflowException as exc:
             print(f"could not mark MLflow run {self.run_id} {status} ({_reason(exc)})", file=sys.stderr)
         finally:
-            os.environ[_RETRIES] = retries or _BOUNDED_RETRIES
+            os.environ[_RETRIES] = retries or track.CLIENT_SETTINGS[_RETRIES]
 
     def end(self) -> None:
         """End the run as FINISHED now (the context does it at its end otherwise)."""
@@ -289,12 +300,19 @@ class Recorder:
     def log_training_data(self, x: np.ndarray, y: np.ndarray, source: Path, name: str, digest: str) -> None:
         """The training split as the run's input dataset (name, digest, schema, source path)."""
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         with warnings.catch_warnings():
             # MLflow registers its local-file source for two URI schemes and warns it is ambiguous.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(x, targets=y, source=str(source.resolve()), name=name, digest=digest)
-        mlflow.log_input(dataset, context="training")
+        for attempt in range(1, _DATASET_ATTEMPTS + 1):
+            try:
+                mlflow.log_input(dataset, context="training")
+                return
+            except MlflowException as exc:
+                if attempt == _DATASET_ATTEMPTS or not _lost_dataset_race(exc):
+                    raise
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> ModelInfo:
         """Log ``model`` (on the CPU) as the run's MLflow model ``model``.
@@ -336,7 +354,14 @@ class Recorder:
         stored already (a resumed run re-trains from its last checkpoint)."""
         from mlflow import MlflowClient
 
-        stored = int(MlflowClient().get_run(self.run_id).data.tags.get(LOGGED_THROUGH_TAG, "0"))
+        client = MlflowClient()
+        run = client.get_run(self.run_id)
+        stored = int(run.data.tags.get(LOGGED_THROUGH_TAG, "0"))
+        if SECONDS in run.data.metrics:
+            # A store commits a batch's metrics before its tags: a server that died in between (or
+            # whose answer was lost) holds epochs the tag does not count yet. Each one's SECONDS,
+            # written last, says it is whole.
+            stored = max(stored, *(m.step for m in client.get_metric_history(self.run_id, SECONDS)))
         return EpochLogger(self.run_id, epochs, max_points, record_steps, stored)
 
 
@@ -372,18 +397,22 @@ class EpochLogger:
         self.record_steps = record_steps
         self.stored_through = stored_through
         self._failure: BaseException | None = None  # the first write that failed: later work is skipped
+        self.write_seconds: list[float] = []  # each log_batch call's wall time, retries included
 
     def _epoch_metrics(self, r: EpochRecord, now: int) -> list[Metric]:
+        """The epoch's points, its :data:`SECONDS` last: stored last, it marks the epoch complete."""
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, now, r.epoch) for k, v in r.logged().items()]
+        metrics = []
         if self.record_steps:
             steps = r.step_numbers()
             stride = record_stride(self.epochs * len(steps), self.max_points)
             last = steps[-1] if r.final else None
             metrics += [Metric("train_loss_step", v, now, step) for step, v in zip(steps, r.step_losses)
                         if step == 1 or step % stride == 0 or step == last]
-        return metrics
+        logged = r.logged()
+        return metrics + [Metric(k, v, now, r.epoch) for k, v in logged.items() if k != SECONDS] + [
+            Metric(SECONDS, logged[SECONDS], now, r.epoch)]
 
     def __call__(self, records: list[EpochRecord]) -> None:
         self._raise_failure()
@@ -407,8 +436,12 @@ class EpochLogger:
         from mlflow.entities import RunTag
 
         tag = [RunTag(LOGGED_THROUGH_TAG, str(max(through, self.stored_through)))]
-        self._operations.append(self._writer.submit(self._unless_failed, self.client.log_batch, self.run_id, batch,
-                                                    tags=tag))
+        self._operations.append(self._writer.submit(self._unless_failed, self._store, batch, tag))
+
+    def _store(self, batch: list[Metric], tags: list[Any]) -> None:
+        started = time.perf_counter()
+        self.client.log_batch(self.run_id, metrics=batch, tags=tags)
+        self.write_seconds.append(time.perf_counter() - started)
 
     def after_stored(self, work) -> None:
         """Run ``work()`` on the writer thread after every batch submitted so far is stored (not at

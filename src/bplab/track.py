@@ -29,6 +29,20 @@ _PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 # remembers, or `?workflowType=machine_learning` in the link.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 _EXPS_TMP = (".dvc", "tmp", "exps")
+RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+# How every bplab process's MLflow client behaves, set in the environment before mlflow is imported
+# (values a user sets win). MLflow retries a dead server for about four minutes by default; a stage
+# should ride out a server restart (3.5 to 8 s measured, PostgreSQL or sqlite behind it) and
+# otherwise fail within seconds, to resume on the next `dvc repro`: 4 retries after waits of 0, 2,
+# 4 and 8 s (plus up to 1 s of MLflow's jitter each) hold out for 14 to 18 s.
+# MLflow 3.17's usage telemetry is off: it phones home from a thread, and where it cannot (these
+# machines have no route out) the thread deletes a variable from os.environ while other threads read
+# the environment (requests looks up proxies in it on every call). Under load, a training's
+# metrics writer died of it: KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'.
+CLIENT_SETTINGS = {RETRIES_ENV: "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                   "MLFLOW_DISABLE_TELEMETRY": "true"}
+for _name, _value in CLIENT_SETTINGS.items():
+    os.environ.setdefault(_name, _value)
 
 
 def repo_root(start: Path | None = None) -> Path:

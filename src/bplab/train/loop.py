@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bplab.config import SECONDS
 from bplab.data.catalog import TaskKind
 from bplab.errors import BplabError
 from bplab.train.distributed import Placement, all_sum
@@ -30,10 +31,10 @@ from bplab.train.schedules import Controls, learning_rates, lr_names
 
 SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
 # config.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
-# record by the learning rates the epoch started with (schedules.lr_names). Whatever records
+# record by the learning rates the epoch started with (schedules.lr_names), and config.SECONDS
+# its wall time. Whatever records
 # epochs iterates over a record's metrics: MLflow, the CSV, checkpoints, the progress bar,
 # run.json's final values and the learning curves.
-SECONDS = "epoch_seconds"  # each epoch's wall time: logged and kept beside the metrics
 
 
 class TrainingDiverged(BplabError):
