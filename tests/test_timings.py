@@ -36,9 +36,12 @@ def test_finish_appends_one_json_line_when_asked(tmp_path: Path, monkeypatch: py
         with clock.phase("training"):
             time.sleep(0.01)
         clock.last_step = time.time()
+        if name == "train@a":
+            clock.samples["log_batch_s"] = [0.0123456, 0.5]
         clock.finish()
     records = [json.loads(line) for line in target.read_text().splitlines()]
     assert [r["stage"] for r in records] == ["train@a", "train@b"]
+    assert records[0]["log_batch_s"] == [0.01235, 0.5] and "log_batch_s" not in records[1]  # each call, whole
     for r in records:
         assert r["startup_s"] > 0 and r["wind_down_s"] >= 0 and r["peak_rss_mib"] > 10
         # each figure is rounded to 1e-4 s on its own, so their sum may exceed the total by that much twice

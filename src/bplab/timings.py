@@ -73,6 +73,7 @@ class StageClock:
         self._stack: list[tuple[str, float]] = []
         self._entries: dict[str, int] = {}
         self._kill_at = _kill_point()
+        self.samples: dict[str, list[float]] = {}  # per-call durations kept whole (``log_batch_s``)
 
     def _maybe_killed(self, name: str, at_end: bool) -> None:
         if self._kill_at == (self.stage, name, self._entries[name], at_end):
@@ -109,6 +110,7 @@ class StageClock:
             "phases_s": {k: round(v, 4) for k, v in self.seconds.items()},
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
+        record |= {name: [round(v, 5) for v in values] for name, values in self.samples.items()}
         if self.first_step is not None and self.last_step is not None:
             record["startup_s"] = round(self.first_step - self.started, 4)
             record["wind_down_s"] = round(ended - self.last_step, 4)

@@ -250,6 +250,7 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
                 last_epoch = _fit(job, on_epochs)
         with clock.phase("mlflow_metrics"):
             logger.wait()
+        clock.samples["log_batch_s"] = logger.write_seconds
         clock.last_step = time.time()  # the wind-down starts once every epoch is stored, not before
     finally:
         logger.close()  # on an error, the epochs logged so far are kept
