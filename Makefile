@@ -24,12 +24,14 @@ repro: setup
 test: setup lint browser postgres
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
-# Full-size benchmark (about 25 minutes, 9 of them `make test` on a clean clone of the committed
-# code): writes bench/results.{md,json} and, for the cost of MLflow's system metrics on the MNIST
-# stage, bench/system-metrics.{md,json}.
-bench: setup
+# Full-size benchmark (about 35 minutes, 10 of them `make test` on a clean clone of the committed
+# code): writes bench/results.{md,json}; for the cost of MLflow's system metrics on the MNIST
+# stage, bench/system-metrics.{md,json}; and for a shared tracking server under load (PostgreSQL
+# and sqlite behind `mlflow server`), bench/tracking-load.{md,json}.
+bench: setup postgres
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/system_metrics.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/tracking_load.py
 
 # Full fault campaign (about 10 minutes): writes bench/soak-results.md and bench/soak-results.json.
 soak: setup

@@ -191,7 +191,7 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
 # The files that take longest (about a minute or more each, mostly stage processes), started
 # first: `make test` hands whole files to its workers in collection order, and one of these left
 # for last runs alone on one core while the other workers have finished.
-LONGEST_FIRST = ["test_pipeline.py", "test_soak.py", "test_reliability.py", "test_sweep.py",
+LONGEST_FIRST = ["test_shared_server.py", "test_pipeline.py", "test_soak.py", "test_reliability.py", "test_sweep.py",
                  "test_tracking_server.py", "test_distributed.py"]
 
 
