@@ -10,16 +10,16 @@ a throwaway PostgreSQL cluster or a sqlite file, then:
    recorded (its `history/boston_module.csv`, and the steps of `train_loss_step`) must be in the
    store exactly once, every run must end FINISHED, and `boston@champion` must be the version with
    the best test score. Each training times its own `log_batch` calls (`BPLAB_TIMINGS`).
-2. **Log-only load**: 8 client processes (4 in the short version) each log runs the way a training does (params and
-   tags, then batches of 100 epoch metrics) with nothing else to do: what the store itself
-   takes. Every point must arrive.
-3. **A server restart** (PostgreSQL only): 3 trainings are logging when `mlflow server` is killed
-   and started again on the same port and database. Each rides it out on its bounded retries,
-   or exits 2 naming the server and is started again, resuming from its checkpoint; either
-   way each run must hold every epoch exactly once and end FINISHED.
+2. **Log-only load**: 8 client processes (4 in the short version) each log runs the way a
+   training does (params and tags, then batches of 100 epoch metrics) with nothing else to do:
+   what the store itself takes. Every point must arrive.
+3. **A server restart** (PostgreSQL only): 3 trainings (2 in the short version) are logging
+   when `mlflow server` is killed and started again on the same port and database. Each rides it
+   out on its bounded retries, or exits 2 naming the server and is started again, resuming from
+   its checkpoint; either way each run must hold every epoch exactly once and end FINISHED.
 
-Writes bench/tracking-load.{md,json}. `--quick` is the short version the test suite runs
-(tests/test_shared_server.py uses these functions directly).
+Writes bench/tracking-load.{md,json}. `--quick` is the short version; the test suite runs it on
+PostgreSQL (tests/test_shared_server.py uses these functions directly).
 
     .venv/bin/python bench/tracking_load.py [--quick] [--out DIR]
 """
@@ -75,7 +75,8 @@ class Sizes:
     server_workers: int = 2
 
 
-QUICK = Sizes(epochs=150, train_rows=160, clients=4, runs_per_client=2, batches_per_run=5, restart_epochs=2000)
+QUICK = Sizes(epochs=150, train_rows=160, clients=4, runs_per_client=2, batches_per_run=5, restart_trainings=2,
+              restart_epochs=2000)
 
 
 # ---------------------------------------------------------------------------------------------
