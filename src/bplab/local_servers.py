@@ -146,7 +146,9 @@ class PostgreSQL:
         self.port = free_port()
         self.log = self.root / "postgres.log"
         self.process: subprocess.Popen | None = None
-        self.user = next((name for name in _UNPRIVILEGED if _has_user(name)), None) if os.geteuid() == 0 else None
+        # The owner's numeric ids: Debian's nobody has no group of its name (its group is nogroup).
+        self.user = next((_account(name) for name in _UNPRIVILEGED if _account(name)), None) \
+            if os.geteuid() == 0 else None
         if os.geteuid() == 0 and self.user is None:
             raise RuntimeError("PostgreSQL refuses to run as root, and neither user 'postgres' nor 'nobody' exists")
 
@@ -159,13 +161,13 @@ class PostgreSQL:
         if self.user is None:
             return command
         # The server dies with the process that started it: no cluster outlives a killed test run.
-        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
+        return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups",
                 "--pdeathsig=SIGINT", "--", *command]
 
     def start(self, timeout_s: float = 60) -> Self:
         """initdb (first time), start the server, and create the role and its database."""
         if self.user is not None:
-            shutil.chown(self.root, self.user, self.user)
+            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         fresh = not (self.data / "PG_VERSION").exists()
         if fresh:
             subprocess.run(self._as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
@@ -179,7 +181,7 @@ class PostgreSQL:
                                 "-p", str(self.port), "-k", str(self.root)]),
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
         if self.user is not None:
-            shutil.chown(self.log, self.user, self.user)
+            os.chown(self.log, self.user.pw_uid, self.user.pw_gid)
         self._wait_ready(timeout_s)
         if fresh:
             self._admin(f"CREATE ROLE {self.role} LOGIN PASSWORD '{self.password}'",
@@ -217,9 +219,8 @@ class PostgreSQL:
         self.stop()
 
 
-def _has_user(name: str) -> bool:
+def _account(name: str) -> pwd.struct_passwd | None:
     try:
-        pwd.getpwnam(name)
+        return pwd.getpwnam(name)
     except KeyError:
-        return False
-    return True
+        return None
