@@ -32,7 +32,7 @@ _EXPS_TMP = (".dvc", "tmp", "exps")
 RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 # How every bplab process's MLflow client behaves, set in the environment before mlflow is imported
 # (values a user sets win). MLflow retries a dead server for about four minutes by default; a stage
-# should ride out a server restart (3.5 to 8 s measured, PostgreSQL or sqlite behind it) and
+# should ride out a server restart (3 to 7 s measured, PostgreSQL or sqlite behind it) and
 # otherwise fail within seconds, to resume on the next `dvc repro`: 4 retries after waits of 0, 2,
 # 4 and 8 s (plus up to 1 s of MLflow's jitter each) hold out for 14 to 18 s.
 # MLflow 3.17's usage telemetry is off: it phones home from a thread, and where it cannot (these
