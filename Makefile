@@ -37,32 +37,30 @@ bench: setup postgres
 soak: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/soak.py
 
-# Headless Chromium for the MLflow UI tests (tests/test_ui.py) and bench/screenshots.py: Debian's
-# `chromium`, installed when missing and this user may (root, or sudo without a password; about
-# 30 s). Without it the UI tests skip, and fail under CI=true.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# $(call debian_package,PACKAGE,CHECK,WHAT): install Debian's PACKAGE unless the shell command
+# CHECK succeeds, when this user may (root, or sudo without a password); otherwise say that WHAT
+# will skip (and fail under CI=true).
+define debian_package
+	@{ $(2); } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
 	  if [ "$$sudo" != no ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the MLflow UI tests"; log=$$(mktemp); \
+	    echo "installing Debian's $(1) for $(3)"; log=$$(mktemp); \
 	    if { $$sudo apt-get update -qq && \
-	         DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; } >$$log 2>&1; \
-	    then rm -f $$log; else cat $$log; echo "could not install chromium: the MLflow UI tests will skip"; fi; \
-	  else echo "no chromium and no way to install it here: the MLflow UI tests will skip"; fi; }
+	         DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(1); } >$$log 2>&1; \
+	    then rm -f $$log; else cat $$log; echo "could not install $(1): $(3) will skip"; fi; \
+	  else echo "no $(1) and no way to install it here: $(3) will skip"; fi; }
+endef
 
-# PostgreSQL for the shared-tracking-server tests and bench (tests/test_shared_server.py,
-# bench/tracking_load.py): Debian's `postgresql`, installed when its server programs are missing
-# and this user may (about 30 s). The tests run their own cluster in a temporary folder; without
-# it they skip, and fail under CI=true.
+# Headless Chromium for the MLflow UI tests (tests/test_ui.py) and bench/screenshots.py (about 30 s
+# to install); Playwright's own browser download is never used.
+browser:
+	$(call debian_package,chromium,command -v chromium,the MLflow UI tests)
+
+# PostgreSQL's server programs for the shared-tracking-server tests and bench
+# (tests/test_shared_server.py, bench/tracking_load.py; about 30 s to install). The tests run
+# their own cluster in a temporary folder, not the package's.
 postgres:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
-	  if [ "$$sudo" != no ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's postgresql for the shared tracking server tests"; log=$$(mktemp); \
-	    if { $$sudo apt-get update -qq && \
-	         DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql; } >$$log 2>&1; \
-	    then rm -f $$log; else cat $$log; echo "could not install postgresql: the PostgreSQL tests will skip"; fi; \
-	  else echo "no PostgreSQL and no way to install it here: the PostgreSQL tests will skip"; fi; }
+	$(call debian_package,postgresql,ls /usr/lib/postgresql/*/bin/postgres || command -v postgres,the PostgreSQL tests)
 
 lint: setup
 	$(BIN)/ruff check src stages tests bench
