@@ -159,3 +159,36 @@ def test_evaluating_the_same_training_again_registers_no_second_version(workspac
     assert len(mlflow_client().search_model_versions("name = 'flower'")) == 1
     run = mlflow_client().get_run(mlflow_client().get_model_version("flower", "1").run_id)
     assert [m.value for m in mlflow_client().get_metric_history(run.info.run_id, "test_acc")] == [first["test_acc"]]
+
+
+def test_an_evaluate_on_another_machine_cannot_leave_the_alias_on_a_worse_version(
+        model_uri: str, mlflow_repo: Path) -> None:
+    """The lock file is one machine's. Here the worse version's process reads the registry before
+    the better version exists and moves the alias after the better one's process has: its move is
+    stale, and it must see so and put the alias back on the better version."""
+    worker = [sys.executable, str(REPO / "tests/helpers/registry_worker.py"), model_uri, "toy"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(), "PYTHONPATH": str(REPO / "src")}
+    rounds = {name: mlflow_repo / name for name in ("worse", "better", "tmp-a", "tmp-b")}
+    for folder in rounds.values():
+        folder.mkdir()
+    overtaken = rounds["better"] / "done-better-0"  # the better version is registered and aliased
+    worse = subprocess.Popen([*worker, "worse", str(rounds["worse"]), "0.5"], cwd=mlflow_repo, text=True,
+                             env=env | {"TMPDIR": str(rounds["tmp-a"]), "REGISTRY_WORKER_HOLD": str(overtaken)},
+                             stderr=subprocess.PIPE)
+    try:
+        (rounds["worse"] / "go-0").touch()
+        deadline = time.monotonic() + 120
+        while not overtaken.with_name(overtaken.name + ".read").exists():  # it has read: only its own version
+            assert worse.poll() is None, worse.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (rounds["better"] / "go-0").touch()
+        better = subprocess.run([*worker, "better", str(rounds["better"]), "0.9"], cwd=mlflow_repo, text=True,
+                                env=env | {"TMPDIR": str(rounds["tmp-b"])}, capture_output=True, timeout=120)
+        assert better.returncode == 0, better.stderr
+        assert overtaken.read_text() == "2"  # which releases the worse one, to move the alias from its old read
+    finally:
+        worse.wait(timeout=120)
+    assert worse.returncode == 0, worse.stderr.read()
+    assert (rounds["worse"] / "done-worse-0").read_text() == "1"
+    assert champion_version() == "2"  # not the stale move to version 1

@@ -6,8 +6,9 @@ alone, so it is always the best version among those scored on the same test spli
 just registered; a version without a readable metric is never champion, and ties keep the earlier
 version. The choice and the move of the alias happen under a lock shared by every process on
 this machine that uses the same tracking store, so concurrent evaluate stages (``dvc queue start
--j N``) cannot leave the alias on a worse version. Processes on other machines sharing one tracking
-server are not covered by that lock: the next evaluate of the dataset corrects a stale alias.
+-j N``) do not contend; processes on other machines sharing one tracking server are not covered
+by that lock, so after moving the alias an evaluate reads the registry again and moves it on if a
+better version appeared meanwhile: no evaluate leaves the alias on a worse version.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bplab.errors import BplabError
 CHAMPION = "champion"
 TEST_DIGEST_TAG = "test_digest"
 LOCK_TIMEOUT_S = 300
+SETTLE_ROUNDS = 5
 
 
 class RegistryError(BplabError):
@@ -107,6 +109,27 @@ def _lock_file(tracking_uri: str, name: str) -> Path:
     return Path(tempfile.gettempdir()) / f"bplab-registry-{key}.lock"
 
 
+def _settle_champion(client: Any, name: str, version: str, score: Score, store: str) -> tuple[str, float]:
+    """Put the alias on the best version, reading the registry again after each move until the
+    alias and the best version agree (at most :data:`SETTLE_ROUNDS` moves); the champion.
+
+    The lock covers this machine only. An evaluate on another machine may register a better
+    version after our read, or move the alias from a read older than ours: whoever moves the
+    alias reads again afterwards, so the last move is always checked against every version
+    registered before it, and a stale one corrected.
+    """
+    for _ in range(SETTLE_ROUNDS):
+        best = best_version(_all_versions(client, name), score)
+        if best is None:  # the version just registered has its tags: only a broken store gets here
+            raise RegistryError(f"registered model {name!r} in {store}: version {version} lost its "
+                                f"{score.metric} or {TEST_DIGEST_TAG} tag; no champion chosen")
+        if client.get_registered_model(name).aliases.get(CHAMPION) == best[0]:
+            return best
+        client.set_registered_model_alias(name, CHAMPION, best[0])
+    # Still moving: evaluates on other test splits disagree on what is best. The last to register wins.
+    return best
+
+
 def register(model_uri: str, name: str, variant: str, run_id: str, score: Score) -> Registration:
     """Register ``model_uri`` as a new version of model ``name``, then put ``champion`` on the best version.
 
@@ -128,13 +151,7 @@ def register(model_uri: str, name: str, variant: str, run_id: str, score: Score)
     try:
         with lock:
             version = _version_of(client, name, run_id, model_uri, tags)
-            best = best_version(_all_versions(client, name), score)
-            if best is None:  # the version just registered has its tags: only a broken store gets here
-                raise RegistryError(f"registered model {name!r} in {store}: version {version} lost its "
-                                    f"{score.metric} or {TEST_DIGEST_TAG} tag; no champion chosen")
-            champion, value = best
-            if client.get_registered_model(name).aliases.get(CHAMPION) != champion:
-                client.set_registered_model_alias(name, CHAMPION, champion)
+            champion, value = _settle_champion(client, name, version, score, store)
     except MlflowException as exc:
         refused = refusal(exc)  # a server's 401 or 403: who was refused, and what to do
         why = f": {refused}" if refused else f" in {store}: {exc.message}"

@@ -4,10 +4,15 @@ Usage: registry_worker.py MODEL_URI NAME WORKER ROUNDS_DIR VALUE [VALUE ...]
 
 For round r it waits until ROUNDS_DIR/go-r exists, calls :func:`bplab.registry.register` with
 the r-th value (higher is better), then writes ROUNDS_DIR/done-WORKER-r holding the version.
+
+With ``REGISTRY_WORKER_HOLD=FILE`` it stops once, right after its first read of the registry's
+versions: it writes FILE.read and waits until FILE exists before it moves the alias (a process on
+another machine overtaking it between its read and its move).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +20,25 @@ from pathlib import Path
 from bplab import registry
 
 
+def _held_after_first_read(hold: Path) -> None:
+    read_versions = registry.best_version
+    held = []
+
+    def best_version(*args, **kwargs):
+        best = read_versions(*args, **kwargs)
+        if not held:
+            held.append(True)
+            hold.with_name(hold.name + ".read").touch()
+            while not hold.exists():
+                time.sleep(0.01)
+        return best
+
+    registry.best_version = best_version
+
+
 def main(model_uri: str, name: str, worker: str, rounds_dir: str, *values: str) -> None:
+    if hold := os.environ.get("REGISTRY_WORKER_HOLD"):
+        _held_after_first_read(Path(hold))
     rounds = Path(rounds_dir)
     for index, value in enumerate(values):
         while not (rounds / f"go-{index}").exists():
