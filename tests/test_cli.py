@@ -69,3 +69,36 @@ with stage_process("train@x"):
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(result.stdout) < 5000 // 2, result.stdout  # without started() all 5000 would be alive
+
+
+DEFERRED = """
+import os, signal, sys
+from bplab.cli import interrupts_deferred, progress_bar
+from bplab.track import Terminated
+
+def terminated(signum, frame):
+    raise Terminated(f"received signal {signum}")
+
+if sys.argv[1] == "handler":
+    signal.signal(signal.SIGTERM, terminated)
+try:
+    with interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGTERM if sys.argv[1] != "ctrl-c" else signal.SIGINT)
+        bar = progress_bar(total=3, disable=True)  # built whole: its exception waits for the block's end
+        print("built", flush=True)
+    print("not reached", flush=True)
+except KeyboardInterrupt as exc:
+    print(type(exc).__name__, bar.total, flush=True)
+"""
+
+
+@pytest.mark.parametrize(("mode", "shown", "code"), [
+    ("handler", ["built", "Terminated 3"], 0),  # a stage's SIGTERM handler raises once the bar exists
+    ("ctrl-c", ["built", "KeyboardInterrupt 3"], 0),
+    ("default", ["built"], -15)])  # no handler: the process ends by the signal, after the block
+def test_an_interrupt_during_a_progress_bars_making_takes_effect_once_it_is_made(
+        mode: str, shown: list[str], code: int) -> None:
+    result = subprocess.run([sys.executable, "-c", DEFERRED, mode], capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stderr
+    assert result.stdout.split("\n")[:-1] == shown
+    assert "Traceback" not in result.stderr

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from bplab import track
+from bplab.cli import progress_bar
 from bplab.config import Strict
 from bplab.errors import DownloadError
 from bplab.outputs import write_bytes_atomic
@@ -114,8 +114,8 @@ def _read(location: str, timeout_s: float, label: str) -> bytes:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s)/file only
             total = response.length
             chunks: list[bytes] = []
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                      leave=False, mininterval=0.5) as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                              leave=False, mininterval=0.5) as bar:
                 while chunk := response.read(_CHUNK):
                     chunks.append(chunk)
                     bar.update(len(chunk))

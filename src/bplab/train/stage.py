@@ -208,8 +208,6 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
                   reproduction: dict[str, Any]) -> tuple[list[EpochRecord], dict[str, Any]]:
     """Train, sending each report's epochs to MLflow, a checkpoint and the progress bar; the history
     and how training stopped. A new run also records ``reproduction`` (:func:`_reproduction`)."""
-    from tqdm.auto import tqdm
-
     from bplab.train.checkpoint import Checkpoint
 
     history = list(job.resume.history) if job.resume else []
@@ -232,8 +230,8 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
         logger = recorder.epoch_logger(job.variant.epochs, params.tracking.max_epoch_points,
                                        record_steps=job.task.kind == "regression")
     try:
-        with tqdm(total=job.variant.epochs, initial=job.first_epoch - 1, desc=f"train@{job.name}", unit="epoch",
-                  mininterval=1.0) as bar:
+        with cli.progress_bar(total=job.variant.epochs, initial=job.first_epoch - 1, desc=f"train@{job.name}",
+                              unit="epoch", mininterval=1.0) as bar:
             def on_epochs(records: list[EpochRecord]) -> None:
                 with clock.phase("mlflow_metrics"):
                     logger(records)
