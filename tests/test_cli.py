@@ -81,6 +81,7 @@ def terminated(signum, frame):
 
 if sys.argv[1] == "handler":
     signal.signal(signal.SIGTERM, terminated)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even where a background run ignores SIGINT
 try:
     with interrupts_deferred():
         os.kill(os.getpid(), signal.SIGTERM if sys.argv[1] != "ctrl-c" else signal.SIGINT)
