@@ -63,3 +63,11 @@ def test_a_cluster_dies_with_the_process_that_started_it(postgres_available: Non
         assert time.monotonic() < deadline, f"postgres {pid} outlived the process that started it"
         time.sleep(0.1)
     subprocess.run(["rm", "-rf", root], check=True)
+
+
+def test_a_cluster_that_cannot_start_says_why_and_leaves_nothing(postgres_available: None) -> None:
+    cluster = PostgreSQL()
+    cluster.data.write_text("not a folder")  # where initdb must make the cluster's folder
+    with pytest.raises(RuntimeError, match=r"initdb exited 1:\n(.|\n)*pgdata"):
+        cluster.start()
+    assert not cluster.root.exists()

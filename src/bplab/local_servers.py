@@ -137,6 +137,11 @@ class PostgreSQL:
             raise FileNotFoundError("PostgreSQL's server programs (initdb, postgres) were not found: install "
                                     f"Debian's `postgresql` (`make postgres` does) or set {POSTGRES_BIN_ENV}")
         self.bin = bindir
+        # The owner's numeric ids: Debian's nobody has no group of its name (its group is nogroup).
+        self.user = next((_account(name) for name in _UNPRIVILEGED if _account(name)), None) \
+            if os.geteuid() == 0 else None
+        if os.geteuid() == 0 and self.user is None:
+            raise RuntimeError("PostgreSQL refuses to run as root, and neither user 'postgres' nor 'nobody' exists")
         # Not under the caller's temporary folder: pytest's is private to root, and the cluster's
         # user must reach its own folder.
         self.root = Path(tempfile.mkdtemp(prefix="bplab-postgres-"))
@@ -146,11 +151,6 @@ class PostgreSQL:
         self.port = free_port()
         self.log = self.root / "postgres.log"
         self.process: subprocess.Popen | None = None
-        # The owner's numeric ids: Debian's nobody has no group of its name (its group is nogroup).
-        self.user = next((_account(name) for name in _UNPRIVILEGED if _account(name)), None) \
-            if os.geteuid() == 0 else None
-        if os.geteuid() == 0 and self.user is None:
-            raise RuntimeError("PostgreSQL refuses to run as root, and neither user 'postgres' nor 'nobody' exists")
 
     @property
     def uri(self) -> str:
@@ -165,15 +165,26 @@ class PostgreSQL:
                 "--pdeathsig=SIGINT", "--", *command]
 
     def start(self, timeout_s: float = 60) -> Self:
-        """initdb (first time), start the server, and create the role and its database."""
+        """initdb (first time), start the server, and create the role and its database; on a
+        failure, what was started is stopped and the folder removed."""
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout_s: float) -> None:
         if self.user is not None:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         fresh = not (self.data / "PG_VERSION").exists()
         if fresh:
-            subprocess.run(self._as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-                                           "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-                                           "--no-sync"]),
-                           check=True, capture_output=True, cwd=self.root)
+            made = subprocess.run(self._as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                                  "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                                                  "--no-sync"]),
+                                  capture_output=True, text=True, cwd=self.root)
+            if made.returncode != 0:
+                raise RuntimeError(f"initdb exited {made.returncode}:\n{made.stdout}{made.stderr}")
         with self.log.open("a") as out:
             # listen on 127.0.0.1 only; the Unix socket lives in the cluster's folder, not /var/run.
             self.process = subprocess.Popen(
@@ -186,7 +197,6 @@ class PostgreSQL:
         if fresh:
             self._admin(f"CREATE ROLE {self.role} LOGIN PASSWORD '{self.password}'",
                         f"CREATE DATABASE {self.database} OWNER {self.role}")
-        return self
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
