@@ -2,7 +2,7 @@
 
 It needs the test extras (Playwright for Python drives the browser) and Debian's ``chromium``,
 which ``make browser`` (part of ``make test``) installs; Playwright's own browser download is
-never used. :func:`mlflow_ui` starts ``mlflow ui`` on a store, :func:`chromium_page` gives a page
+never used. :func:`mlflow_ui` serves the UI of a store, :func:`chromium_page` gives a page
 in a fresh browser profile, and the ``open_*`` functions load a UI page and wait until its real
 content has rendered (the UI is a single-page app: the first HTML holds none of it).
 
@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bplab.local_servers import free_port, wait_for_http
+from bplab.local_servers import MlflowServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -44,31 +41,13 @@ TIMEOUT_MS = 120_000  # a cold UI on a busy 2-core machine takes tens of seconds
 
 @contextmanager
 def mlflow_ui(backend_uri: str, workdir: Path, timeout_s: float = 180) -> Iterator[str]:
-    """Run ``mlflow ui`` over ``backend_uri`` on 127.0.0.1 (a free port) and yield its base URL.
-
-    It runs in ``workdir`` (its log goes to ``workdir/mlflow-ui.log``) and is stopped, with its
-    workers, on exit.
-    """
-    port = free_port()
-    log = workdir / "mlflow-ui.log"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no GenAI job workers: faster to start, fewer processes
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend_uri,
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    """Serve the MLflow UI over ``backend_uri`` on 127.0.0.1 (``mlflow server``, a free port) and
+    yield its base URL; its log and proxied artifacts go in ``workdir``. Stopped, with its workers, on exit."""
+    server = MlflowServer(workdir, backend_uri).start(timeout_s)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{base}/health", process, log, timeout_s)
-        yield base
+        yield server.uri
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
+        server.stop()
 
 
 @contextmanager
