@@ -40,7 +40,6 @@ METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 # Tags the recorder keeps on its runs: which process holds the run (to find runs a kill -9 left
 # RUNNING), and the last epoch whose metrics are stored (to log each epoch once across a resume).
 HOST_TAG, PID_TAG, LOGGED_THROUGH_TAG = "bplab.host", "bplab.pid", "bplab.logged_through_epoch"
-_RETRIES = track.RETRIES_ENV
 # The pyfunc flavor's device. mlflow.pytorch writes ``config: {device: null}``, and its pyfunc
 # loader then picks CUDA whenever a GPU is present; but a torch.export (pt2) program keeps the
 # device it was exported on, so on a GPU machine ``mlflow.pyfunc.load_model`` and ``mlflow models
@@ -227,14 +226,14 @@ class Recorder:
             return
         # The stage is failing already, perhaps because the store is gone: one attempt, no retries
         # (a Ctrl-C must not wait behind them), and its error is reported, not raised.
-        retries = os.environ.get(_RETRIES)
-        os.environ[_RETRIES] = "0"
+        retries = os.environ.get(track.RETRIES_ENV)
+        os.environ[track.RETRIES_ENV] = "0"
         try:
             mlflow.end_run(status)
         except MlflowException as exc:
             print(f"could not mark MLflow run {self.run_id} {status} ({_reason(exc)})", file=sys.stderr)
         finally:
-            os.environ[_RETRIES] = retries or track.CLIENT_SETTINGS[_RETRIES]
+            os.environ[track.RETRIES_ENV] = retries or track.CLIENT_SETTINGS[track.RETRIES_ENV]
 
     def end(self) -> None:
         """End the run as FINISHED now (the context does it at its end otherwise)."""
@@ -411,8 +410,9 @@ class EpochLogger:
             metrics += [Metric("train_loss_step", v, now, step) for step, v in zip(steps, r.step_losses)
                         if step == 1 or step % stride == 0 or step == last]
         logged = r.logged()
-        return metrics + [Metric(k, v, now, r.epoch) for k, v in logged.items() if k != SECONDS] + [
-            Metric(SECONDS, logged[SECONDS], now, r.epoch)]
+        seconds = logged.pop(SECONDS)
+        metrics += [Metric(k, v, now, r.epoch) for k, v in logged.items()]
+        return [*metrics, Metric(SECONDS, seconds, now, r.epoch)]
 
     def __call__(self, records: list[EpochRecord]) -> None:
         self._raise_failure()
