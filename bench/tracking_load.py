@@ -123,10 +123,10 @@ def workspace(path: Path, sizes: Sizes, lr: float, epochs: int | None = None) ->
 def start_stage(stage: str, where: Path, uri: str) -> subprocess.Popen[str]:
     """``stages/<stage>.py boston_module`` in ``where``, logging to ``uri``, its stage timings in
     ``where/timings.jsonl``."""
-    log = (where / f"{stage}.log").open("a")
-    return subprocess.Popen([sys.executable, f"stages/{stage}.py", VARIANT], cwd=where, text=True,
-                            env=stage_env(MLFLOW_TRACKING_URI=uri, BPLAB_TIMINGS=str(where / "timings.jsonl")),
-                            stdout=log, stderr=subprocess.STDOUT)
+    with (where / f"{stage}.log").open("a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, f"stages/{stage}.py", VARIANT], cwd=where, text=True,
+                                env=stage_env(MLFLOW_TRACKING_URI=uri, BPLAB_TIMINGS=str(where / "timings.jsonl")),
+                                stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish(processes: dict[Path, subprocess.Popen[str]], timeout_s: float = 900) -> dict[Path, int]:
@@ -160,18 +160,19 @@ def expected_points(where: Path) -> dict[str, list[int]]:
     """Each metric's steps a training in ``where`` recorded, from its own files: the epochs of
     ``history/<variant>.csv`` for every column, and the steps of those epochs that
     ``train_loss_step`` keeps (every k-th of the training, the first and the last)."""
-    import yaml
+    from bplab.config import load_params
 
     with (where / "history" / f"{VARIANT}.csv").open() as f:
         rows = list(csv.DictReader(f))
     epochs = [int(r["epoch"]) for r in rows]
     columns = [c for c in rows[0] if c != "epoch" and all(r[c] != "" for r in rows)]
     expected = {column: epochs for column in columns}
-    train = yaml.safe_load((where / "params.yaml").read_text())
-    variant, max_points = train["train"][VARIANT], train["tracking"]["max_epoch_points"]
+    params = load_params(where / "params.yaml")
+    variant = params.train[VARIANT]
     per_epoch = math.ceil(np.load(where / "data" / "processed" / DATASET / "x_train.npy", mmap_mode="r").shape[0]
-                          / variant["batch_size"])
-    total, stride = variant["epochs"] * per_epoch, record_stride(variant["epochs"] * per_epoch, max_points)
+                          / variant.batch_size)
+    total = variant.epochs * per_epoch
+    stride = record_stride(total, params.tracking.max_epoch_points)
     expected["train_loss_step"] = [step for e in epochs for step in range((e - 1) * per_epoch + 1, e * per_epoch + 1)
                                    if step == 1 or step % stride == 0 or step == total]
     return expected
