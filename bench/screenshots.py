@@ -1,7 +1,8 @@
 """Screenshots of the MLflow UI for the README walk-through, taken in headless Chromium.
 
-It starts `mlflow ui` on a copy of the repository's store (``mlflow.db`` and ``mlartifacts/``,
-with the artifact locations rewritten to the copy), so the real store is only read, and writes:
+It starts `mlflow server` (what `mlflow ui` runs) on a copy of the repository's store
+(``mlflow.db`` and ``mlartifacts/``, with the artifact locations rewritten to the copy), so the
+real store is only read, and writes:
 
 - ``runs-table.png``: an experiment opened on its runs table, one row per run, named after the variant;
 - ``compare.png``: two runs compared, the parallel-coordinates plot of the params that differ;

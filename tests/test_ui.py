@@ -1,5 +1,5 @@
-"""The MLflow UI as a trainer sees it: a real `mlflow ui` over the tiny pipeline's store, loaded in
-headless Chromium (Debian's `chromium`, driven by Playwright)."""
+"""The MLflow UI as a trainer sees it: a real `mlflow server` (what `mlflow ui` runs) over the tiny
+pipeline's store, loaded in headless Chromium (Debian's `chromium`, driven by Playwright)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def store(tiny_pipeline: TinyPipeline) -> MlflowClient:
 
 @pytest.fixture(scope="module")
 def ui(tiny_pipeline: TinyPipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The base URL of `mlflow ui` over a snapshot of the tiny pipeline's store."""
+    """The base URL of the MLflow UI over a snapshot of the tiny pipeline's store."""
     with browser.mlflow_ui(f"sqlite:///{tiny_pipeline.store}", tmp_path_factory.mktemp("ui")) as base:
         yield base
 
