@@ -370,6 +370,13 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     return _validated(model, raw, source)
 
 
+def read_yaml(text: str) -> Any:
+    """``text`` parsed as YAML the way the stages and DVC's ``-S`` read params: a safe loader
+    (no tags that build objects) that reads ``1e-3`` as a float (YAML 1.2), not as the string
+    ``'1e-3'`` that ``yaml.safe_load`` (YAML 1.1) makes of it. Raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; the single entry point every stage uses."""
     path = Path(path)
@@ -378,7 +385,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OSError as exc:
         raise ParamsError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        raw = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from None
     return parse_params(raw, str(path))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bplab.config import Params, _Yaml12Loader, parse_params
+from bplab.config import Params, parse_params, read_yaml
 from bplab.errors import BplabError, ParamsError
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def _fail(spec: str, why: str) -> SearchSpaceError:
 def scalar(text: str) -> Any:
     """``text`` read as a YAML 1.2 scalar, as DVC's ``-S`` reads it: ``1e-3`` is a float, ``sgd`` a string."""
     try:
-        value = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        value = read_yaml(text)
     except yaml.YAMLError:
         value = text
     return text if isinstance(value, (list, dict)) else value
@@ -116,7 +116,7 @@ def _choices(spec: str, args: str) -> tuple[Any, ...]:
 def read_params(path: Path) -> tuple[dict[str, Any], Params]:
     """params.yaml as read (the mapping) and validated."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        raw = read_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ParamsError(f"cannot read {path}: {exc}") from None
     return raw, parse_params(raw, str(path.name))
