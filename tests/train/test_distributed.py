@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,11 +82,24 @@ def _node(workspace: Path, name: str, overrides: dict) -> Path:
     return node
 
 
-def _torchrun(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _torchrun(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """torchrun with 2 ranks; past ``timeout`` it and its ranks (each in a session of its own) are
+    killed and the test fails."""
+    import psutil
+
     torchrun = Path(sys.executable).parent / "torchrun"
-    return subprocess.run([str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
-                           f"--rdzv-endpoint=127.0.0.1:{free_port()}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    command = [str(torchrun), "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", *args]
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for child in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
+                child.kill()
+            stdout, stderr = process.communicate()
+            pytest.fail(f"torchrun still running after {timeout} s\n--- stderr\n{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.mark.e2e
@@ -137,3 +151,24 @@ def test_an_empty_share_of_a_batch_trains_and_a_one_row_batchnorm_share_is_refus
             "rank 1 row(s) of a batch of") in refused.stderr
     # torchrun prints its own traceback when a rank fails; none of the stage's frames are in it
     assert "src/bplab/" not in refused.stderr and 'stages/train.py", line' not in refused.stderr
+
+
+@pytest.mark.e2e
+def test_a_rank_that_fails_ends_every_rank_at_once_with_its_one_line_error(workspace: Path) -> None:
+    overrides = {"train.flower_sequential.epochs": 5}
+    first, second = _node(workspace, "node0", overrides), _node(workspace, "node1", overrides)
+    (second / "data/processed/flower/transform.json").unlink()  # only rank 1's node lacks the processed data
+    env = stage_env(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+
+    started = time.monotonic()
+    failed = _torchrun(str(REPO / "tests/helpers/rank_dirs.py"), str(first), str(second), "--",
+                       "stages/train.py", "flower_sequential", cwd=first, env=env, timeout=90)
+
+    assert failed.returncode != 0
+    assert time.monotonic() - started < 60  # was a hang of 30 minutes (gloo's timeout) on a barrier
+    error = "data/processed/flower/transform.json: missing; run the preprocess stage first"
+    lines = failed.stderr.splitlines()
+    assert f"train@flower_sequential: error: {error}" in lines  # rank 1's own
+    assert f"train@flower_sequential: error: rank 1 failed: {error}" in lines  # rank 0 ends with it
+    assert "src/bplab/" not in failed.stderr and 'stages/train.py", line' not in failed.stderr
+    assert not (first / "checkpoints").exists() and not (first / "models").exists()

@@ -108,13 +108,18 @@ def read(path: Path) -> bytes | None:
         return None
 
 
+def load(raw: bytes, path: Path) -> Checkpoint:
+    """The checkpoint in ``raw`` (read from ``path``), loaded without running code from it."""
+    payload = load_without_code(path, "a training checkpoint", data=raw)
+    return Checkpoint(**{**payload, "history": _history_records(payload["history"])})
+
+
 def decide(raw: bytes | None, path: Path, expected: dict[str, str], epochs: int) -> Resumption:
     """Whether the checkpoint ``raw`` (read from ``path``) is resumed, set aside, or replaced."""
     if raw is None:
         return Resumption(None, "no checkpoint", False)
     try:
-        payload = load_without_code(path, "a training checkpoint", data=raw)
-        checkpoint = Checkpoint(**{**payload, "history": _history_records(payload["history"])})
+        checkpoint = load(raw, path)
     except ModelFileError as exc:
         return Resumption(None, f"unreadable checkpoint: {exc}", True)
     except (TypeError, KeyError, AttributeError, ValueError) as exc:

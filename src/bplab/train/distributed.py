@@ -9,12 +9,21 @@ and writes outputs. gloo on CPU, nccl on CUDA.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from bplab.errors import ParamsError
+from bplab.errors import BplabError, ParamsError
+
+T = TypeVar("T")
+
+
+class RankFailed(BplabError):
+    """Another rank of a torchrun job failed (the message is that rank's), or left the job early."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +68,89 @@ def start(device_setting: str) -> Placement:
     return Placement(dist.get_rank(), dist.get_world_size(), device)
 
 
-def stop(placement: Placement) -> None:
-    """Leave the process group, after every rank has finished."""
+@contextmanager
+def joined(device_setting: str) -> Iterator[Placement]:
+    """This process's place (:func:`start`) for the block, and the process group left at its end.
+
+    A block that ends well waits for every rank (a barrier) before leaving. One that raises leaves
+    at once: a rank that failed and then waited at the barrier, while the others waited in another
+    collective for it, hung the job until gloo's 30-minute timeout, and the timeout's traceback
+    replaced its one-line error. Once this rank has exited, torchrun ends the others, and a rank
+    blocked in a collective with it gets an error from gloo at once.
+    """
+    placement = start(device_setting)
+    try:
+        yield placement
+    except BaseException:
+        _leave(placement)
+        raise
+    if placement.world > 1:
+        try:
+            dist.barrier()
+        except RuntimeError as exc:  # the barrier is the last collective: a rank failed after training
+            _leave(placement)
+            raise RankFailed(f"another rank ended without finishing ({_first_line(exc)})") from None
+    _leave(placement)
+
+
+def _leave(placement: Placement) -> None:
     if placement.world > 1 and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def together(placement: Placement, work: Callable[[], T]) -> T:
+    """``work()`` on this rank, then every rank learns whether it failed on any.
+
+    Every rank calls it at the same point, around work without collectives of its own (a rank's
+    own data and disk, rank 0's decisions). Where ``work`` raised on some rank, every rank ends
+    there: the failing ones with their own exception, the others with :class:`RankFailed` holding
+    the first failing rank's one-line error. Without it the others went on to their next
+    collective and waited there for a rank that never came.
+    """
+    try:
+        result = work()
+    except Exception as exc:
+        _failures(str(exc) if isinstance(exc, BplabError) else f"{type(exc).__name__}: {_first_line(exc)}",
+                  placement)
+        raise
+    failures = _failures("", placement)
+    if failures:
+        rank, message = failures[0]
+        raise RankFailed(f"rank {rank} failed: {message}")
+    return result
+
+
+def _failures(message: str, placement: Placement) -> list[tuple[int, str]]:
+    """Every rank's failure message (``""``: none), gathered on every rank: the failed ones' ``(rank, message)``."""
+    if placement.world == 1:
+        return [(0, message)] if message else []
+    try:
+        return [(rank, text) for rank, text in enumerate(_gather_text(message, placement)) if text]
+    except RuntimeError as exc:  # a rank died instead of reporting
+        raise RankFailed(f"another rank left the job ({_first_line(exc)})") from None
+
+
+def _gather_text(text: str, placement: Placement) -> list[str]:
+    """Every rank's ``text`` on every rank: their lengths, then (only where one is not empty) the bytes."""
+    data = text.encode()
+    size = torch.tensor([len(data)], dtype=torch.int64, device=placement.device)
+    sizes = [torch.empty_like(size) for _ in range(placement.world)]
+    dist.all_gather(sizes, size)
+    lengths = [int(s.item()) for s in sizes]
+    if max(lengths) == 0:  # the usual case: one gather of a number
+        return [""] * placement.world
+    buffer = torch.zeros(max(lengths), dtype=torch.uint8)
+    if data:
+        buffer[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    buffer = buffer.to(placement.device)
+    buffers = [torch.empty_like(buffer) for _ in range(placement.world)]
+    dist.all_gather(buffers, buffer)
+    return [bytes(b.cpu().numpy()[:n]).decode() for b, n in zip(buffers, lengths)]
 
 
 def wrap(model: torch.nn.Module, placement: Placement) -> torch.nn.Module:

@@ -108,24 +108,34 @@ def _weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def _resumption(path: Path, expected: dict[str, str], epochs: int, placement: Placement) -> Resumption:
-    """Rank 0 reads the checkpoint and decides; every rank resumes from the same bytes."""
-    from bplab import recorder
+    """Rank 0 alone reads the checkpoint and decides, on its fingerprint; every rank follows that
+    decision: it resumes from the same bytes, or starts afresh. (Ranks on other nodes have other
+    disks, where a checkpoint may be missing or stale, and each rank deciding on its own
+    fingerprint could resume where rank 0 started afresh.)"""
     from bplab.train import distributed
+    from bplab.train.checkpoint import Resumption, load
+
+    decision, raw = distributed.together(placement, lambda: _decide(path, expected, epochs) if placement.is_main
+                                         else (None, None))
+    raw = distributed.from_main(raw, placement)
+    if placement.is_main:
+        return decision
+    return Resumption(None if raw is None else load(raw, path), "as rank 0 decided", False)
+
+
+def _decide(path: Path, expected: dict[str, str], epochs: int) -> tuple[Resumption, bytes | None]:
+    """Rank 0's decision on the checkpoint at ``path``, and the bytes to resume from (None: afresh)."""
+    from bplab import recorder
     from bplab.train.checkpoint import Resumption, decide, read, set_aside
 
-    raw = None
-    if placement.is_main:
-        raw = read(path)
-        decision = decide(raw, path, expected, epochs)
-        if decision.checkpoint is not None and not recorder.run_exists(decision.checkpoint.run_id):
-            decision = Resumption(None, f"checkpoint {path} belongs to MLflow run {decision.checkpoint.run_id}, "
-                                        "which no longer exists", True)
-        if decision.set_aside:
-            decision = Resumption(None, f"{decision.why}; kept as {set_aside(path)}; starting afresh", False)
-        if decision.checkpoint is None:
-            raw = None
-    raw = distributed.from_main(raw, placement)
-    return decision if placement.is_main else decide(raw, path, expected, epochs)
+    raw = read(path)
+    decision = decide(raw, path, expected, epochs)
+    if decision.checkpoint is not None and not recorder.run_exists(decision.checkpoint.run_id):
+        decision = Resumption(None, f"checkpoint {path} belongs to MLflow run {decision.checkpoint.run_id}, "
+                                    "which no longer exists", True)
+    if decision.set_aside:
+        decision = Resumption(None, f"{decision.why}; kept as {set_aside(path)}; starting afresh", False)
+    return decision, raw if decision.checkpoint is not None else None
 
 
 def _prepare(name: str, params: Params, variant: VariantParams, placement: Placement, root: Path) -> _Job:
@@ -162,21 +172,25 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
         "data": {"train": train_digest, "test": processed.content_digest(*data.splits["test"])},
         "model": {key: list(value.shape) for key, value in model.state_dict().items()},
     })
-    resumption = _resumption(checkpoint_file(name, root), digest, variant.epochs, placement)
-    resume = resumption.checkpoint
     model = model.to(placement.device)
     optimizer = build_optimizer(model, variant)
     controls = build_controls(optimizer, variant, len(train_xy[0]))
     generator = torch.Generator().manual_seed(params.seed)
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        controls.load_state_dict(resume.controls)
-        generator.set_state(resume.generator)
-        initial_weights = resume.initial_weights
     return _Job(name, variant, placement, source, data, task, train_xy, test_xy, n_out, model, optimizer,
                 controls, generator, schedule, initial_weights, train_digest, digest, checkpoint_file(name, root),
-                resume, resumption.why)
+                None, "")
+
+
+def _resume(job: _Job) -> None:
+    """The job's state from its checkpoint when rank 0 decides to resume it (every rank alike)."""
+    resumption = _resumption(job.checkpoint, job.fingerprint, job.variant.epochs, job.placement)
+    job.resume, job.why = resumption.checkpoint, resumption.why
+    if job.resume is not None:
+        job.model.load_state_dict(job.resume.model)
+        job.optimizer.load_state_dict(job.resume.optimizer)
+        job.controls.load_state_dict(job.resume.controls)
+        job.generator.set_state(job.resume.generator)
+        job.initial_weights = job.resume.initial_weights
 
 
 def _fit(job: _Job, on_epochs) -> int:
@@ -318,9 +332,10 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
     from bplab.train import distributed
 
     clock = StageClock(f"train@{name}")
-    placement = distributed.start(params.device)
-    try:
-        job = _prepare(name, params, variant, placement, root)
+    with distributed.joined(params.device) as placement:
+        # A rank that fails here (its own data, disk or device) ends every rank, with its error.
+        job = distributed.together(placement, lambda: _prepare(name, params, variant, placement, root))
+        _resume(job)
         if not placement.is_main:  # the other ranks train their shares; rank 0 logs and writes
             _fit(job, lambda records: None)
             return None
@@ -335,7 +350,5 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
                                  system_metrics_s=params.tracking.system_metrics))
             history, stop = _fit_recorded(job, params, recorder, clock, reproduction)
             record = _publish(job, history, stop, recorder, clock, root)
-    finally:
-        distributed.stop(placement)
     clock.finish()
     return record
