@@ -143,7 +143,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     import torch
 
     from bplab.models import build_model, initialize
-    from bplab.train.checkpoint import fingerprint
+    from bplab.train.checkpoint import code_digests, fingerprint
     from bplab.train.loop import BatchSizeError, Schedule, Task, check_schedule
     from bplab.train.optim import build_optimizer, check_param_groups
     from bplab.train.schedules import build_controls, check_controls
@@ -171,6 +171,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
         "params": {"variant": variant.model_dump(mode="json"), "seed": params.seed},
         "data": {"train": train_digest, "test": processed.content_digest(*data.splits["test"])},
         "model": {key: list(value.shape) for key, value in model.state_dict().items()},
+        "code": code_digests(root, name, variant.dataset),
     })
     model = model.to(placement.device)
     optimizer = build_optimizer(model, variant)
@@ -228,7 +229,8 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
 
     def checkpoint(epoch: int) -> bytes:  # the state now, to be written once its epochs are stored
         return Checkpoint(job.fingerprint, recorder.run_id, epoch, job.model.state_dict(), job.optimizer.state_dict(),
-                          job.generator.get_state(), job.initial_weights, history, job.controls.state_dict()).to_bytes()
+                          job.generator.get_state(), job.initial_weights, history, job.controls.state_dict(),
+                          job.variant.epochs).to_bytes()
 
     with clock.phase("mlflow"):
         if job.resume is None:
