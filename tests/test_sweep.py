@@ -242,3 +242,36 @@ def test_collecting_waits_for_the_experiment_commit(tmp_path: Path) -> None:
     assert dvc_queue.state(repo, "ab" * 20, "x", {"x": "Failed"}) == "failed"
     assert dvc_queue.state(repo, "ab" * 20, "x", {}) == "missing"
     assert dvc_queue.state(repo, "ab" * 20, "x", None) == "pending"  # between two listings of the queue
+
+
+
+def test_a_trial_whose_experiment_left_the_queue_is_told_fail(mlflow_repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    import optuna
+    from mlflow import MlflowClient
+
+    from bplab import sweep, track
+
+    repo = mlflow_repo / "repo"
+    repo.mkdir()
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)  # a real, empty queue: s-t0 is in none of its listings, as after
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # `dvc queue remove s-t0`
+    study = optuna.create_study(study_name="s")
+    study.ask()
+    client = MlflowClient(track.tracking_uri())
+    run_id = client.create_run(client.create_experiment("boston")).info.run_id
+    setup = sweep.Setup(repo, VARIANT, "boston", "test_rmse", False, (), {}, "s", 1, 1, "tpe", 0)
+    sweeper = sweep.Sweeper(setup, study, run_id, {0: sweep.Pending(0, "s-t0", "ab" * 20)})
+    monkeypatch.setattr(sweep, "POLL_S", 0.05)  # a listing of the queue every 0.25 s, not every 5 s
+
+    waiting = threading.Thread(target=sweeper.wait, daemon=True)
+    waiting.start()
+    waiting.join(timeout=60)
+
+    assert not waiting.is_alive(), "the sweep still waits for an experiment that left the queue"
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL and not sweeper.pending
+    assert "trial 0 failed: experiment s-t0 is neither queued nor done (removed from the queue?)" in \
+        capsys.readouterr().out

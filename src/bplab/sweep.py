@@ -275,7 +275,8 @@ class Sweeper:
             finished = []
             for pending in self.pending.values():
                 state = dvc_queue.state(self.setup.repo, pending.baseline, pending.name, listed)
-                pending.gone = pending.gone + 1 if state == "missing" else 0
+                if listed is not None:  # "pending" without a listing only means "not done": no news
+                    pending.gone = pending.gone + 1 if state == "missing" else 0
                 if state in {"done", "failed"} or pending.gone >= GONE_LISTINGS:
                     finished.append((pending, state))
             for pending, state in finished:
