@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from bplab.errors import BplabError, ParamsError
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class RankFailed(BplabError):
@@ -103,7 +103,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def together(placement: Placement, work: Callable[[], T]) -> T:
+def together(placement: Placement, work: Callable[[], _T]) -> _T:
     """``work()`` on this rank, then every rank learns whether it failed on any.
 
     Every rank calls it at the same point, around work without collectives of its own (a rank's
@@ -115,8 +115,9 @@ def together(placement: Placement, work: Callable[[], T]) -> T:
     try:
         result = work()
     except Exception as exc:
-        _failures(str(exc) if isinstance(exc, BplabError) else f"{type(exc).__name__}: {_first_line(exc)}",
-                  placement)
+        with suppress(RankFailed):  # another rank gone too: this rank's own error is still the one to tell
+            _failures(str(exc) if isinstance(exc, BplabError) else f"{type(exc).__name__}: {_first_line(exc)}",
+                      placement)
         raise
     failures = _failures("", placement)
     if failures:
