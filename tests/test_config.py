@@ -238,8 +238,13 @@ def test_a_bad_scheduler_is_named_without_the_union_tag(value: Any, expected: st
 
 @pytest.mark.parametrize(("value", "expected"), [
     ({"patience": 0}, "train.mnist_mlp.early_stopping.patience: Input should be greater than 0 (got 0)"),
-    ({"metric": "accuracy"}, "train.mnist_mlp.early_stopping.metric: Input should be 'train_loss', 'eval_loss', "
-                             "'train_acc' or 'eval_acc' (got 'accuracy')"),
+    ({"metric": "accuracy"}, "train.mnist_mlp.early_stopping.metric: Input should be 'train_loss', 'val_loss', "
+                             "'train_acc' or 'val_acc' (got 'accuracy')"),
+    ({"metric": "test_loss"}, "train.mnist_mlp.early_stopping.metric: Value error, 'test_loss': the test split is "
+                              "reported, never used to choose a model; watch a validation metric (val_loss, "
+                              "val_acc) or a training one"),
+    ({"metric": "eval_acc"}, "train.mnist_mlp.early_stopping.metric: Value error, 'eval_acc' is now called "
+                             "'val_acc': per-epoch metrics are measured on the validation split"),
     ({"restore": True}, "train.mnist_mlp.early_stopping.restore: unknown key; allowed keys: metric, mode, patience, "
                         "min_delta, restore_best"),
     ({"min_delta": -1.0}, "train.mnist_mlp.early_stopping.min_delta: Input should be greater than or equal to 0"),

@@ -62,7 +62,7 @@ def test_a_run_reproduces_to_the_last_digit_and_another_commit_is_refused(tmp_pa
     lines = result.stdout.splitlines()  # DVC's own output, then the table, then the verdict
     header = next(i for i, line in enumerate(lines) if line.split() == ["metric", "original", "reproduced", "same"])
     rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1: -1]}
-    assert {"test_rmse", "test_r2", "train_loss", "eval_loss", "lr"} <= set(rows)
+    assert {"test_rmse", "test_r2", "train_loss", "val_loss", "lr"} <= set(rows)
     assert all(row[-1] == "yes" for row in rows.values())
     assert rows["test_rmse"][:2] == [repr(original.data.metrics["test_rmse"])] * 2
     experiments = run(["dvc", "exp", "show", "--json"], repo).stdout

@@ -163,12 +163,39 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return reproduce.reproduce(args.run_id, any_commit=args.any_commit)
 
 
+def promote_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bplab promote``'s arguments."""
+    parser.add_argument("dataset", help="the registered model: a dataset (boston, flower, mnist, ...)")
+    parser.add_argument("version", help="the registered version to make champion, as the registry lists it (5)")
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    """``bplab promote``: move ``<dataset>@champion`` to a version on purpose, saying what it held before."""
+    _check_dataset(args.dataset)
+    uri = track.tracking_uri()
+    track.check_reachable(uri)
+    compare.check_store(uri)
+    before, chosen = registry.promote(args.dataset, args.version, uri)
+    tags = chosen.tags
+    scores = ", ".join(f"{k} {v}" for k, v in tags.items() if k.startswith(("val_", "test_")) and k != "val_digest"
+                       and k != registry.TEST_DIGEST_TAG)
+    print(f"bplab promote: {args.dataset}@{registry.CHAMPION} moved from "
+          f"{'version ' + before if before else 'no version'} to version {chosen.version} "
+          f"({tags.get('variant', 'variant unknown')}{'; ' + scores if scores else ''})")
+    if tags.get(registry.COMMITTED_TAG) != "true":
+        print(f"bplab promote: note: version {chosen.version} was not scored on the committed split; the next "
+              f"evaluate on the committed split puts {registry.CHAMPION} back on the best version scored there",
+              file=sys.stderr)
+    return 0
+
+
 COMPARE_ABOUT = compare.__doc__.split("\n\n")[1]  # the paragraph of the module's docstring on the table
 EXAMPLES = """\
 examples:
-  bplab compare                          # one table per dataset: params, test metrics, champion
+  bplab compare                          # one table per dataset: params, val and test metrics, champion
   bplab serve boston                     # models:/boston@champion on http://127.0.0.1:5001
   bplab reproduce <run_id>               # rerun a recorded training, metrics side by side
+  bplab promote mnist 7                  # mnist@champion on version 7, on purpose
   bplab sweep boston_module --trials 20 -j 2 --param lr=log:1e-4:0.1   # Optuna search, DVC experiments
   bplab serve --help                     # a command's options and more examples"""
 
@@ -191,6 +218,24 @@ workspace, as `dvc exp run` does; `dvc exp show` lists it.
   bplab reproduce 044735f6a1b24c6f9e0d1c2b3a4f5e6d --any-commit   # on this checkout's code""",
         add_arguments=reproduce_arguments,
         run=run_reproduce,
+    ),
+    "promote": Subcommand(
+        summary="move a dataset's champion alias to a registered version on purpose",
+        description=f"""\
+evaluate puts <dataset>@champion on the best version by the validation metric among the
+versions scored on the committed split (the one HEAD's params and code make); a version
+scored on another split (an uncommitted edit, a queued experiment over data.* params) is
+registered but never takes the alias by itself. `bplab promote DATASET VERSION` moves the
+alias to VERSION on purpose, and prints which version held it before (to move it back).
+The next evaluate on the committed split puts it back on the best version scored there.
+An unknown dataset or version ends with one line naming it, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab promote mnist 7                  # mnist@champion is now version 7
+  bplab promote boston 3                 # back to version 3""",
+        add_arguments=promote_arguments,
+        run=run_promote,
     ),
     "compare": Subcommand(
         summary="the study at a glance: one table per dataset, from MLflow",
@@ -228,7 +273,8 @@ version under the alias, or a port in use ends with one line naming it, exit sta
 Asks an Optuna study (ask/tell; TPE by default, seeded) for trials and runs each one as a
 DVC experiment, `dvc exp run --queue -n <study>-t<n> -S <key>=<value> ... train@<variant>
 evaluate@<variant>`, J at a time (`dvc queue start -j J`). Each trial is told the
-experiment's test metric (the dataset's champion metric unless --metric), or FAIL with
+experiment's validation metric (the dataset's champion metric, val_acc or val_rmse,
+unless --metric names another validation metric; test metrics are refused), or FAIL with
 the reason printed. At the end: the best params and the `dvc exp apply` line that keeps them.
 
 --trials N is the study's size: the sweep asks until the study holds N trials. The study

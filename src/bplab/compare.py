@@ -29,6 +29,14 @@ def _champion_run(client: Any, dataset: str) -> str | None:
         return None
 
 
+def check_store(tracking_uri: str) -> None:
+    """Refuse a sqlite store that does not exist yet: MLflow would create an empty one on first
+    use, and a lookup must not leave one behind."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise registry.RegistryError(f"no MLflow store at {track.redact(tracking_uri)}: run `dvc repro` here "
+                                     f"first, or set {track.TRACKING_ENV}")
+
+
 def aliased_version(name: str, tracking_uri: str, alias: str = registry.CHAMPION) -> Any:
     """The version of registered model ``name`` that holds ``alias`` in the store ``tracking_uri``.
 
@@ -40,10 +48,7 @@ def aliased_version(name: str, tracking_uri: str, alias: str = registry.CHAMPION
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
     store = track.redact(tracking_uri)
-    # MLflow would create an empty sqlite store on first use: a lookup must not leave one behind.
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise registry.RegistryError(f"no MLflow store at {store}: run `dvc repro` here first, "
-                                     f"or set {track.TRACKING_ENV}")
+    check_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     try:
         version = client.get_registered_model(name).aliases.get(alias)

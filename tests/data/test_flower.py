@@ -59,13 +59,17 @@ def test_preprocess_gives_float32_tensors_and_optional_standardisation(tmp_path:
     flower.write_raw(tmp_path, FlowerDownload())
     raw = flower.preprocess(tmp_path, FlowerPreprocess())
     x, y = raw.splits["train"]
-    assert (x.dtype, x.shape, y.dtype, y.shape) == (np.float32, (400, 2), np.float32, (400, 1))
-    assert raw.transform == {"standardize": False}
+    assert (x.dtype, x.shape, y.dtype, y.shape) == (np.float32, (360, 2), np.float32, (360, 1))
+    assert raw.splits["val"][0].shape == (40, 2) and raw.splits["test"][0].shape == (400, 2)
+    assert raw.transform == {"standardize": False, "validation": {"val_size": 0.1, "val_seed": 0, "n_train": 360,
+                                                                  "n_val": 40}}
     scaled = flower.preprocess(tmp_path, FlowerPreprocess(standardize=True))
     xs, _ = scaled.splits["train"]
+    # Fitted on the 360 training points alone: the validation points are as unseen as the test points.
     np.testing.assert_allclose(xs.mean(axis=0), 0, atol=1e-6)
     np.testing.assert_allclose(xs.std(axis=0), 1, atol=1e-5)
-    assert len(scaled.transform["mean"]) == 2
+    np.testing.assert_allclose(scaled.transform["mean"], x.astype(np.float64).mean(axis=0), rtol=1e-6)
+    assert abs(scaled.splits["val"][0].mean(axis=0)).max() > 1e-3
 
 
 def test_malformed_csv_names_the_file(tmp_path: Path) -> None:

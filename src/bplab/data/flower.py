@@ -11,10 +11,10 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from bplab import plots
-from bplab.config import NonNegativeFloat, Seed, Strict
+from bplab.config import NonNegativeFloat, PreprocessParams, Seed, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import FetchedFile
-from bplab.data.processed import Prepared
+from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class FlowerDownload(Strict):
         return value
 
 
-class FlowerPreprocess(Strict):
+class FlowerPreprocess(PreprocessParams):
     standardize: bool = False
 
 
@@ -110,11 +110,14 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def preprocess(raw_dir: Path, params: FlowerPreprocess) -> Prepared:
-    """x float32 (n, 2), y float32 (n, 1) per split; optionally standardised on the train split."""
-    splits = {split: read_split(raw_dir / name) for split, name in SPLIT_FILES.items()}
-    transform: dict[str, object] = {"standardize": params.standardize}
+    """x float32 (n, 2), y float32 (n, 1) per split: the validation points carved from the training
+    points; optionally standardised with the remaining training points' mean and std."""
+    train, test = (read_split(raw_dir / name) for name in SPLIT_FILES.values())
+    train, val, validation = carve_validation(*train, params, "data.flower.preprocess")
+    splits = {"train": train, "val": val, "test": test}
+    transform: dict[str, object] = {"standardize": params.standardize, "validation": validation}
     if params.standardize:
-        mean, std = splits["train"][0].mean(axis=0), splits["train"][0].std(axis=0)
+        mean, std = train[0].mean(axis=0), train[0].std(axis=0)
         splits = {split: ((x - mean) / std, y) for split, (x, y) in splits.items()}
         transform |= {"mean": mean.tolist(), "std": std.tolist()}
     arrays = {split: (x.astype(np.float32), y.astype(np.float32)) for split, (x, y) in splits.items()}
@@ -147,6 +150,6 @@ DATASET = Dataset(
     preprocess=preprocess,
     preview=preview,
     evaluation_pictures=evaluation_pictures,
-    champion=Champion("test_acc", higher_is_better=True),
-    compare_columns=("test_acc", "test_loss", "train_acc"),
+    champion=Champion("acc"),
+    compare_columns=("val_acc", "test_acc", "test_loss", "train_acc"),
 )
