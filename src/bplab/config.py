@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 from bplab.errors import ParamsError
-from bplab.models import ARCHITECTURES
+from bplab.models import ARCHITECTURES, MAX_PARAMETERS, TOO_MANY, linear_parameters
+from bplab.paths import NAME_LIMIT, name_too_long
 
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 InitName = Literal["default", "normal", "uniform", "constant", "xavier", "kaiming"]
@@ -79,6 +80,16 @@ class ModelSpec(Strict):
     arch: ArchName
     hidden: list[Width] = []
     init_scale: PositiveFloat = 0.01  # only twolayer: the tutorial's randn(...) * 0.01
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden_layers_fit(cls, value: list[int]) -> list[int]:
+        # Only the layers between hidden widths: the input width comes with the data, and
+        # models.build_model checks the whole network before allocating it.
+        count = linear_parameters(value)
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"the layers between hidden widths {value} have {count:,} parameters; {TOO_MANY}")
+        return value
 
     @model_validator(mode="after")
     def _hidden_fits_arch(self) -> ModelSpec:
@@ -259,6 +270,8 @@ class Params(Strict):
         for name in value:
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
                 raise ValueError(f"variant name {name!r} must be letters, digits and _ (it names stages and runs)")
+            if len(name) > NAME_LIMIT:
+                raise ValueError(f"variant {name_too_long(name)}")
         return value
 
     def variant(self, name: str) -> VariantParams:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import resource
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +58,33 @@ def test_csv_round_trip_is_exact(tmp_path: Path) -> None:
     expected_x, expected_y = tutorial_flower()
     np.testing.assert_array_equal(x, expected_x)
     np.testing.assert_array_equal(y, expected_y)
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail with EFBIG, as on a full disk (RLIMIT_FSIZE; SIGXFSZ,
+    which would kill the process, ignored meanwhile)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_write_cut_short_leaves_the_previous_files_whole(tmp_path: Path) -> None:
+    paths = flower.write_raw(tmp_path, FlowerDownload())
+    before = {path: path.read_bytes() for path in paths.values()}
+    bigger = FlowerDownload(n_points=4000, test_points=4000)  # ~160 kB per file, cut off at 64 kB
+    with file_size_limit(64 * 1024), pytest.raises(OSError) as caught:
+        flower.write_raw(tmp_path, bigger)
+    assert caught.value.errno == errno.EFBIG
+    assert {path: path.read_bytes() for path in paths.values()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(flower.SPLIT_FILES.values())  # no partial file left
+    flower.write_raw(tmp_path, bigger)  # with room again, the same write succeeds
+    assert len(flower.read_split(paths["train"])[0]) == 4000
 
 
 def test_preprocess_gives_float32_tensors_and_optional_standardisation(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bplab.errors import ParamsError
+from bplab.paths import NAME_LIMIT, name_too_long
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,6 +117,8 @@ def dataset(name: str) -> Dataset:
     where = f"src/bplab/data/{name}.py"
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ParamsError(f"datasets: {name!r} is not a dataset name (lower-case letters, digits and _)")
+    if len(name) > NAME_LIMIT:
+        raise ParamsError(f"datasets: {name_too_long(name)}")
     try:
         module = importlib.import_module(f"bplab.data.{name}")
     except ModuleNotFoundError as exc:

@@ -16,6 +16,7 @@ from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import FetchedFile
 from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError
+from bplab.outputs import write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,12 +79,14 @@ def generate(n_points: int, petals: int, noise: float, seed: int) -> tuple[np.nd
 
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     # repr() round-trips float64 exactly, so the CSV holds the generator's values bit for bit.
+    # Written atomically: a write cut short (a full disk, a kill) leaves the previous file whole.
     lines = ["x1,x2,label"] + [f"{a!r},{b!r},{int(c)}" for (a, b), c in zip(x.tolist(), y[:, 0])]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_raw(raw_dir: Path, params: FlowerDownload) -> dict[str, Path]:
-    """Generate the training and held-out points into ``raw_dir/{train,test}.csv``."""
+    """Generate the training and held-out points into ``raw_dir/{train,test}.csv``, each file
+    replaced atomically (:mod:`bplab.outputs`)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     splits = {
         "train": generate(params.n_points, params.petals, params.noise, params.seed),

@@ -146,7 +146,8 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     # Classes from every split: a train_limit may leave the highest class out of the training rows.
     n_out = int(max(y.max() for _, y in data.splits.values())) + 1 if task.kind == "multiclass" else 1
     torch.manual_seed(params.seed)
-    model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out), variant.init)
+    model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out, f"train.{name}.model"),
+                       variant.init)
     check_param_groups(model, variant, f"train.{name}")
     check_controls(variant, task.has_accuracy, f"train.{name}")
     schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle,
