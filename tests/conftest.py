@@ -158,8 +158,7 @@ class TinyPipeline:
 
 
 def _build_tiny_pipeline(root: Path) -> None:
-    repo = copy_repository(root / "repo")
-    set_params(repo, TINY_PIPELINE)
+    repo = copy_repository(root / "repo", TINY_PIPELINE)  # committed: the split the champions live on
     result = run(["dvc", "repro"], repo)
     commit(repo, "baseline")  # what `dvc metrics diff` and `dvc plots diff` compare with
     (root / "snapshot").mkdir()
