@@ -27,7 +27,7 @@ ORIGINAL = [f"train.{VARIANT}.lr=1e-5", f"+train.{VARIANT}.momentum=0.5",
 # What reproduce must send to set today's params.yaml back to the run's (in the order of the run's keys).
 SET_BACK = [f"train.{VARIANT}.lr=1e-05", f"train.{VARIANT}.early_stopping={{}}",
             f"+train.{VARIANT}.early_stopping.patience=2", f"+train.{VARIANT}.momentum=0.5",
-            f"+train.{VARIANT}.scheduler={{}}", f"+train.{VARIANT}.scheduler.name='step'",
+            f"+train.{VARIANT}.scheduler={{}}", f"+train.{VARIANT}.scheduler.name=step",
             f"+train.{VARIANT}.scheduler.step_size=2"]
 GIT = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
 
@@ -101,7 +101,7 @@ def test_overrides_set_back_what_shaped_the_run_through_dvcs_own_override_parser
     then["seed"] = 7
     then["train"][VARIANT] = {"lr": 1e-05, "scheduler": {"name": "step", "step_size": 2}, "momentum": 0.5,
                               "param_groups": {"0": 0.1, "hidden": 1e-05}, "model": {"hidden": [10, 10]},
-                              "listed": [{"a": None, "b": "x,y"}, True, -3],
+                              "listed": [{"a": None, "b": "x,y"}, True, -3, "null", "Inf", "nan_ok", "cpu"],
                               "name": "it's \\ a, [b] {c} 1e-05 \\'q\\"}  # Hydra would misread it unquoted
     then["data"]["boston"]["download"]["sources"] = [{"url": "http://***@a/b", "format": "csv"}]  # redacted
     then["data"]["boston"]["preprocess"]["test_size"] = 0.25
@@ -123,6 +123,19 @@ def test_overrides_set_back_what_shaped_the_run_through_dvcs_own_override_parser
     assert rewritten["seed"] == 7 and rewritten["data"]["boston"]["preprocess"] == {"test_size": 0.25}
     assert rewritten["data"]["boston"]["download"] == now["data"]["boston"]["download"]  # not the redacted URL
     assert rewritten["data"]["mnist"] == now["data"]["mnist"] and rewritten["train"]["other"] == {"lr": 1}
+
+
+def test_training_records_params_as_the_stages_read_them(mlflow_repo: Path) -> None:
+    """DVC writes a small lr as ``1e-05``; YAML 1.1 (``yaml.safe_load``) reads that as a string, so
+    the record, and any rerun from it, would carry ``'1e-05'``, which validation refuses."""
+    from bplab.config import load_params
+    from bplab.scratch import REPO
+    from bplab.train.stage import _reproduction
+
+    text = (REPO / "params.yaml").read_text()
+    (mlflow_repo / "params.yaml").write_text(text.replace("    lr: 0.001\n", "    lr: 1e-05\n", 1))
+    record = _reproduction(mlflow_repo, load_params(mlflow_repo / "params.yaml"), VARIANT)
+    assert record["params"]["train"][VARIANT]["lr"] == 1e-05 == record["resolved"]["train"]["lr"]
 
 
 def test_nothing_to_compare_is_never_the_same() -> None:

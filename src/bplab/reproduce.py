@@ -42,6 +42,7 @@ RECORDED_FILES = {"params.yaml", "dvc.lock"}
 # also a number (a list index or a Sequential's layer), in a {name:value} mapping only an identifier.
 KEY_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*")
 DICT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+NOT_STRINGS = {"null", "true", "false", "inf", "nan"}  # names Hydra reads as None, a bool or a float
 INTERPOLATION = "${"  # OmegaConf resolves it when DVC writes -S values: ${oc.env:VAR} reads the environment
 
 
@@ -203,8 +204,8 @@ def check_interpolations(run: Recorded, settings: dict[str, Any], current: dict[
 def hydra_value(value: Any, key: str) -> str:
     """``value`` in Hydra's override grammar, which ``dvc exp run -S`` parses (not JSON: its dict
     keys are bare names): ``null``, ``true``, numbers as Python writes them (``1e-05``, which
-    Hydra reads as a float), strings quoted (so ``a,b`` is no sweep and ``1e-05`` stays a string),
-    ``[...]`` and ``{name:value,...}``."""
+    Hydra reads as a float), strings quoted unless a plain name (so ``a,b`` is no sweep and
+    ``1e-05`` stays a string), ``[...]`` and ``{name:value,...}``."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -230,8 +231,11 @@ def hydra_name(name: Any, key: str, pattern: re.Pattern[str] = DICT_NAME) -> str
 
 
 def _quoted(text: str) -> str:
-    """``text`` single-quoted for Hydra, which un-escapes only backslashes before a quote: a quote
-    inside becomes ``\\'`` after its backslashes are doubled, and so do backslashes at the end."""
+    """``text`` as Hydra reads it back: bare when it is a name Hydra takes for a string (``step``,
+    ``cpu``), else single-quoted. Hydra un-escapes only backslashes before a quote: a quote inside
+    becomes ``\\'`` after its backslashes are doubled, and so do backslashes at the end."""
+    if DICT_NAME.fullmatch(text) and text.lower() not in NOT_STRINGS:
+        return text
     body = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", text)
     body = re.sub(r"(\\+)$", lambda m: m[1] * 2, body)
     return f"'{body}'"
