@@ -150,7 +150,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """``bplab reproduce``'s arguments."""
-    parser.add_argument("run_id", help="the MLflow run id of a training run (the run page, or models/V/run.json)")
+    parser.add_argument("run_id",
+                        help="the MLflow run id of a finished training run (the run page, or models/V/run.json)")
     parser.add_argument("--any-commit", action="store_true",
                         help="rerun a run made at another git commit on this checkout's code")
 
@@ -206,10 +207,19 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 Reads what a training run recorded (reproduce/params.yaml, its git commit), runs
 `dvc exp run -f -S <key>=<value> ... train@<variant> evaluate@<variant>` with the
 params that shaped it, and prints the new run's metrics beside the original's: on the
-same commit, on a CPU, they are equal to the last digit. Exit status 0 when every
-metric is equal, 1 when some differ, 2 when the run cannot be reproduced here (unknown
-run, another commit without --any-commit). The experiment's results are applied to the
-workspace, as `dvc exp run` does; `dvc exp show` lists it.
+same commit, on a CPU, they are equal to the last digit. The -S values are in Hydra's
+syntax, which DVC parses: +key=value for a key today's params.yaml lacks, a sub-section
+(scheduler, early_stopping, param_groups) key by key. Exit status 0 when every metric
+is equal, 1 when some differ, 2 when the run cannot be reproduced here or nothing
+would be proved, with one line saying why:
+  - an unknown run, or one made at another commit (without --any-commit);
+  - a run that did not finish (RUNNING, KILLED, FAILED): no final metrics to match;
+  - a run with no metric to compare (wall times and system samples are left out);
+  - an interpolation, ${{...}}, in a recorded value or in today's params.yaml: DVC would
+    resolve it when it writes -S values (${{oc.env:VAR}} reads a secret into the file,
+    and a mirror URL would send it on); the error names the key, never the value.
+The experiment's results are applied to the workspace, as `dvc exp run` does; `dvc exp
+show` lists it.
 
 {STORE_NOTE}""",
         examples="""\

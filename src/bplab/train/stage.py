@@ -192,15 +192,16 @@ def _fit(job: _Job, on_epochs) -> int:
 
 def _reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
     """What ``bplab reproduce`` needs of this run: params.yaml, the resolved variant, dvc.lock, git changes."""
-    import yaml
+    from bplab.config import read_yaml
 
     variant = params.train[name]
     resolved = {"variant": name, "seed": params.seed, "device": params.device,
                 "tracking": params.tracking.model_dump(mode="json"), "train": variant.model_dump(mode="json"),
                 "data": getattr(params.data, variant.dataset).model_dump(mode="json")}
     lock, file = root / "dvc.lock", root / "params.yaml"
-    # The file as the stage read it; a caller that passed params without one gets them as validated.
-    raw = yaml.safe_load(file.read_text()) if file.exists() else params.model_dump(mode="json")
+    # The file as the stage read it (YAML 1.2: DVC writes 1e-05, which YAML 1.1 reads as a string); a
+    # caller that passed params without one gets them as validated.
+    raw = read_yaml(file.read_text()) if file.exists() else params.model_dump(mode="json")
     return {"params": raw, "resolved": resolved, "lock": lock.read_text() if lock.exists() else None,
             "changes": track.git_changes()}
 
