@@ -81,21 +81,51 @@ def artifact_location(experiment: str) -> str | None:
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
-def redact(uri: str) -> str:
-    """``uri`` without credentials or query string, fit to print (``http://***@host:5000/path``)."""
-    parsed = urllib.parse.urlsplit(uri)
-    if not parsed.netloc and not parsed.query:
-        return uri
-    netloc = parsed.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
+# A URL's scheme; the text from it to the next whitespace is taken as the URL (a password may hold
+# any character but whitespace, so nothing shorter is safe).
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_HOLDS_URL = re.compile(r"\S*://\S*")
+
+
+def redact(text: str) -> str:
+    """``text`` fit to print or log: every URL in it without credentials, query string or fragment
+    (``http://***@host:5000/path``); the rest of the text as it is. ``text`` may be one URL or any
+    message that holds some.
+
+    A URL runs from its scheme to the next whitespace. It has credentials as soon as either
+    grammar that reads URLs here would find some: SQLAlchemy's (a username without ``:`` or ``/``,
+    then ``:`` and a password with any character, ``/``, ``?`` and ``#`` included, up to an ``@``)
+    or the RFC's, which urllib and requests follow (an ``@`` before the first ``/``, ``?`` or
+    ``#``). Everything from the scheme's ``://`` to the URL's last ``@`` is then hidden, so no
+    part of the password shows whichever ``@`` ends it; that hides too much of a URL such as
+    ``https://host:8080/a@b`` (SQLAlchemy would read ``8080/a`` as its password), never too little.
+    """
+    return _HOLDS_URL.sub(lambda found: _redact_word(found.group()), text)
+
+
+def _redact_word(word: str) -> str:
+    """:func:`redact` of a run of text without whitespace that holds ``://``: each URL in it, the
+    last first, so a URL that runs into the next one (``a://u:p@h,b://...``) sees it redacted."""
+    for start in reversed([found.start() for found in _SCHEME.finditer(word)]):
+        word = word[:start] + _redact_url(word[start:])
+    return word
+
+
+def _redact_url(url: str) -> str:
+    """``url`` (from its scheme to the end of its word) without credentials, query string or fragment."""
+    scheme, _, rest = url.partition("://")
+    host = 0
+    first_at = rest.find("@")
+    if first_at >= 0 and "/" not in rest[:first_at].split(":", 1)[0]:
+        rest, host = "***" + rest[rest.rfind("@"):], len("***@")
+    cut = [i for i in (rest.find("?", host), rest.find("#", host)) if i >= 0]
+    return f"{scheme}://{rest[:min(cut)] if cut else rest}"
 
 
 def redact_all(value: Any) -> Any:
     """:func:`redact` applied to every string inside ``value`` (dicts, lists, tuples)."""
     if isinstance(value, str):
-        return redact(value) if "://" in value else value
+        return redact(value)
     if isinstance(value, dict):
         return {key: redact_all(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
