@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bplab.errors import BplabError
-from bplab.track import Terminated, refusal
+from bplab.track import Terminated, redact, refusal
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 def stage_process(stage: str) -> Iterator[None]:
     """The body of a stage's process: how it ends, on an error, an interrupt, or success.
 
-    A :class:`BplabError` prints as ``<stage>: error: <message>`` and exits 2, without a
-    traceback; so does an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`).
+    A :class:`BplabError` prints as ``<stage>: error: <message>`` (URLs in it redacted) and exits
+    2, without a traceback; so does an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`).
     An interrupt (Ctrl-C, or SIGTERM turned into one by :meth:`bplab.recorder.Recorder.run`)
     exits 130 or 143, the shell's codes for those signals.
 
@@ -46,7 +46,7 @@ def stage_process(stage: str) -> Iterator[None]:
     try:
         yield
     except BplabError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
+        print(f"{stage}: error: {redact(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except BplabError as exc:
-        print(f"bplab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bplab {args.command}: error: {track.redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bplab {args.command}: interrupted", file=sys.stderr)
