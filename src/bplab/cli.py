@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +41,9 @@ def stage_process(stage: str) -> Iterator[None]:
     created at import, which saves about a second per stage process (a third of the time of
     ``python -c "import torch, mlflow"``). Files are still closed, by reference counting and
     ``atexit``, as usual. Used in-process (tests), the collector is switched back on after.
+    Any other error ends the process with its traceback, redacted (:func:`redacted_tracebacks`).
     """
+    redacted_tracebacks()
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -90,6 +93,17 @@ def interrupts_deferred() -> Iterator[None]:
                 handler(caught[0], None)
             elif handler == signal.SIG_DFL:
                 os.kill(os.getpid(), caught[0])
+
+
+def redacted_tracebacks() -> None:
+    """From now on, the traceback of an error nobody catches prints with every URL in it redacted,
+    like everything else the process prints: a library's message may quote a URL with its login
+    (MLflow's ``API request to http://user:password@host/... failed``)."""
+    sys.excepthook = _print_redacted
+
+
+def _print_redacted(kind: type[BaseException], value: BaseException, trace: object) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, trace))))
 
 
 def progress_bar(**options: object) -> tqdm:
