@@ -61,6 +61,7 @@ def ensure_experiment(name: str) -> str:
 
     uri = track.tracking_uri()
     track.check_reachable(uri)
+    track.hide_run_links(uri)  # every run is made or resumed through here
     mlflow.set_tracking_uri(uri)
     with track.store_setup_lock(uri):
         found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables

@@ -45,6 +45,18 @@ for _name, _value in CLIENT_SETTINGS.items():
     os.environ.setdefault(_name, _value)
 
 
+# MLflow prints "View run ... at: <tracking URI>/#/experiments/..." when a run on a server ends,
+# with the URI as it was given.
+LINKS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def hide_run_links(uri: str) -> None:
+    """Keep MLflow from printing links to runs under ``uri`` when they would show a login or a query
+    string (``http://alice:s3cret@host``): :func:`redact` cannot reach what MLflow prints itself."""
+    if redact(uri) != uri:
+        os.environ[LINKS_ENV] = "true"
+
+
 def repo_root(start: Path | None = None) -> Path:
     """The DVC repository's root directory.
 
