@@ -93,10 +93,10 @@ def artifact_location(experiment: str) -> str | None:
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
-# A URL's scheme; the text from it to the next whitespace is taken as the URL (a password may hold
-# any character but whitespace, so nothing shorter is safe).
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_HOLDS_URL = re.compile(r"\S*://\S*")
+# A URL runs from its scheme to the next whitespace (a password may hold any character but
+# whitespace, so nothing shorter is safe).
+_WORD = re.compile(r"\S+")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 
 
 def redact(text: str) -> str:
@@ -112,13 +112,21 @@ def redact(text: str) -> str:
     part of the password shows whichever ``@`` ends it; that hides too much of a URL such as
     ``https://host:8080/a@b`` (SQLAlchemy would read ``8080/a`` as its password), never too little.
     """
-    return _HOLDS_URL.sub(lambda found: _redact_word(found.group()), text)
+    return _WORD.sub(_redact_word, text) if "://" in text else text
 
 
-def _redact_word(word: str) -> str:
-    """:func:`redact` of a run of text without whitespace that holds ``://``: each URL in it, the
-    last first, so a URL that runs into the next one (``a://u:p@h,b://...``) sees it redacted."""
-    for start in reversed([found.start() for found in _SCHEME.finditer(word)]):
+def _redact_word(found: re.Match[str]) -> str:
+    """:func:`redact` of a run of text without whitespace: each URL in it, the last first, so that
+    a URL that runs into the next one (``a://u:p@h,b://...``) sees that one redacted already."""
+    word = found.group()
+    starts, at = [], word.find("://")
+    while at >= 0:  # found by hand, in linear time: a regex would backtrack over long runs of letters
+        start = at
+        while start > 0 and word[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        starts.append(start)
+        at = word.find("://", at + 3)
+    for start in reversed(starts):
         word = word[:start] + _redact_url(word[start:])
     return word
 
