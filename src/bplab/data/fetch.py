@@ -1,9 +1,11 @@
 """Fetch one file from an ordered list of sources, verified and written atomically.
 
 Each candidate source is tried in turn: transient network faults are retried with exponential
-backoff, anything else (not found, checksum mismatch, undecodable bytes) moves on to the next
-source at once. The file only appears at its final path after its SHA-256 has matched, via a
-temporary file and ``os.replace``, so an interruption never leaves a half-written file behind.
+backoff, anything else (not found, a refused login, a malformed URL, checksum mismatch,
+undecodable bytes) moves on to the next source at once. The file only appears at its final path
+after its SHA-256 has matched, via a temporary file and ``os.replace``, so an interruption never
+leaves a half-written file behind. A login in a URL is sent as HTTP basic auth; the reasons a
+source failed are redacted (:func:`bplab.track.redact`).
 """
 
 from __future__ import annotations
