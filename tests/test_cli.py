@@ -71,6 +71,21 @@ with stage_process("train@x"):
     assert int(result.stdout) < 5000 // 2, result.stdout  # without started() all 5000 would be alive
 
 
+def test_errors_a_stage_prints_have_their_urls_redacted(collector, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit), stage_process("download@x"):
+        raise ParamsError("data.x.download.mirrors.0: invalid (got 'https://alice:pa/ss@mirror.example/x/')")
+    assert capsys.readouterr().err == \
+        "download@x: error: data.x.download.mirrors.0: invalid (got 'https://***@mirror.example/x/')\n"
+    # An error nobody expected ends the process with its traceback, as Python prints it, redacted.
+    code = ("from bplab.cli import stage_process\nwith stage_process('train@x'):\n"
+            "    raise RuntimeError('API request to http://bob:Pa55/w#rd@tracking.example/api failed')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("Traceback (most recent call last):\n")
+    assert result.stderr.endswith("RuntimeError: API request to http://***@tracking.example/api failed\n")
+    assert "Pa55" not in result.stderr
+
+
 DEFERRED = """
 import os, signal, sys
 from bplab.cli import interrupts_deferred, progress_bar

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bplab import compare, registry, sweep, track
-from bplab.cli import this_environment_first
+from bplab.cli import redacted_tracebacks, this_environment_first
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 
@@ -329,10 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``bplab <command>``; an error in the user's input ends with one line and exit status 2."""
     args = build_parser().parse_args(argv)
+    redacted_tracebacks()
     try:
         return args.run(args)
     except BplabError as exc:
-        print(f"bplab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bplab {args.command}: error: {track.redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bplab {args.command}: interrupted", file=sys.stderr)

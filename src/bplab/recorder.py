@@ -61,6 +61,7 @@ def ensure_experiment(name: str) -> str:
 
     uri = track.tracking_uri()
     track.check_reachable(uri)
+    track.hide_run_links(uri)  # every run is made or resumed through here
     mlflow.set_tracking_uri(uri)
     with track.store_setup_lock(uri):
         found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables
@@ -93,8 +94,9 @@ def run_of_dvc_exp(experiment: str, exp_name: str, run_name: str | None = None) 
 
 
 def _reason(failure: BaseException) -> str:
-    """A store error in a few words: MLflow's HTTP errors repeat the whole request."""
-    text = str(getattr(failure, "message", failure))
+    """A store error in a few words: MLflow's HTTP errors repeat the whole request (redacted before
+    it is cut short, so no URL is cut before its credentials end)."""
+    text = track.redact(str(getattr(failure, "message", failure)))
     return "connection refused" if "Connection refused" in text else text[:300]
 
 
@@ -192,13 +194,13 @@ class Recorder:
         holder = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if run_id is None:
             _end_orphans(experiment_id, run_name)
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags) | holder,
-                                   log_system_metrics=system)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                   tags=track.redact_all(dict(tags)) | holder, log_system_metrics=system)
         else:
             if not run_exists(run_id):
                 raise RunGone(f"MLflow run {run_id} no longer exists in {track.redact(track.tracking_uri())}")
             run = mlflow.start_run(run_id=run_id, log_system_metrics=system)
-            mlflow.set_tags(dict(tags) | holder)
+            mlflow.set_tags(track.redact_all(dict(tags)) | holder)
         recorder = cls(run.info.run_id, run.info.experiment_id)
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
@@ -258,10 +260,10 @@ class Recorder:
             mlflow.log_metrics(changed)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Set tags on the run."""
+        """Set tags on the run (URLs redacted)."""
         import mlflow
 
-        mlflow.set_tags(dict(tags))
+        mlflow.set_tags(track.redact_all(dict(tags)))
 
     def log_dict(self, values: Mapping[str, Any], file_name: str) -> None:
         """Log ``values`` as a JSON or YAML artifact named ``file_name`` (URLs redacted)."""
@@ -273,15 +275,17 @@ class Recorder:
                          changes: list[str] | None) -> None:
         """What it takes to rerun this run, under ``reproduce/``: the ``params.yaml`` it ran with,
         its resolved variant params (JSON), ``dvc.lock`` as it stood, and the uncommitted changes
-        (``git status --porcelain``) when the tree was dirty. URLs lose their credentials."""
+        (``git status --porcelain``) when the tree was dirty. URLs lose their credentials and query
+        strings in each: ``dvc.lock`` holds the same param values as ``params.yaml`` (its text is
+        redacted as it is, so the file keeps its layout)."""
         import mlflow
 
         mlflow.log_dict(track.redact_all(dict(params)), f"{REPRODUCE_FOLDER}/params.yaml")
         mlflow.log_dict(track.redact_all(dict(resolved)), f"{REPRODUCE_FOLDER}/variant.json")
         if lock is not None:
-            mlflow.log_text(lock, f"{REPRODUCE_FOLDER}/dvc.lock")
+            mlflow.log_text(track.redact(lock), f"{REPRODUCE_FOLDER}/dvc.lock")
         if changes:
-            mlflow.log_text("\n".join(changes) + "\n", f"{REPRODUCE_FOLDER}/git_status.txt")
+            mlflow.log_text(track.redact("\n".join(changes) + "\n"), f"{REPRODUCE_FOLDER}/git_status.txt")
 
     def log_directory(self, directory: Path, folder: str) -> None:
         """Log every file under ``directory`` as artifacts under ``folder``."""

@@ -147,8 +147,9 @@ def _alive(pid: Any) -> bool:
 
 
 def say(line: str) -> None:
-    """Print a line of the sweep's report now (the output is often a pipe)."""
-    print(line, flush=True)
+    """Print a line of the sweep's report now (the output is often a pipe), URLs redacted (a failed
+    trial's reason quotes DVC's or a stage's error)."""
+    print(track.redact(line), flush=True)
 
 
 @dataclass
