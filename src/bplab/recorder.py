@@ -36,7 +36,13 @@ if TYPE_CHECKING:
 
     from bplab.train.loop import EpochRecord
 
-METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+# MLflow's client sends at most 1000 entities (metrics, params and tags together) per request and
+# splits a larger log_batch into several requests (MAX_ENTITIES_PER_BATCH in MLflow 3.17's
+# TrackingServiceClient.log_batch): 1000 metrics and a tag went as 999 metrics with the tag, then
+# the last metric alone. An epoch's batch leaves room for its logged-through tag, so the tag and
+# the epoch's SECONDS (its last metric) always travel in one request.
+ENTITIES_PER_REQUEST = 1000
+METRICS_PER_BATCH = ENTITIES_PER_REQUEST - 1
 # Tags the recorder keeps on its runs: which process holds the run (to find runs a kill -9 left
 # RUNNING), and the last epoch whose metrics are stored (to log each epoch once across a resume).
 HOST_TAG, PID_TAG, LOGGED_THROUGH_TAG = "bplab.host", "bplab.pid", "bplab.logged_through_epoch"
