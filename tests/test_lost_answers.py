@@ -15,7 +15,7 @@ import pytest
 
 from bplab import track
 from bplab.local_servers import MlflowServer
-from bplab.recorder import LOGGED_THROUGH_TAG, Recorder
+from bplab.recorder import CREATION_TAG, LOGGED_THROUGH_TAG, Recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +81,23 @@ def proxy(server: MlflowServer, mlflow_repo: Path, monkeypatch: pytest.MonkeyPat
     yield seen
     httpd.shutdown()
     httpd.server_close()
+
+
+def test_a_create_run_whose_answer_was_lost_leaves_one_run(proxy: Proxy, server: MlflowServer) -> None:
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    proxy.lose[CREATE_RUN] = 1
+    with Recorder.run("lost-create", "step", {}) as recorder:
+        pass
+    creations = [body for method, path, body in proxy.seen if path == CREATE_RUN]
+    assert len(creations) == 2  # MLflow's client sent the POST again, and the server made a run each time
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("lost-create").experiment_id
+    runs = client.search_runs([experiment])  # live runs only
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(recorder.run_id, "FINISHED")]
+    everything = client.search_runs([experiment], run_view_type=ViewType.ALL)
+    assert {r.data.tags[CREATION_TAG] for r in everything} == {recorder.creation} and len(everything) == 2
 
 
 def _epoch(epoch: int, steps: int):

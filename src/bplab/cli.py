@@ -51,7 +51,7 @@ def stage_process(stage: str) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(f"{stage}: {'terminated' if terminated else 'interrupted'}; nothing was written as a result, "
-              "and its MLflow run (if any) is marked KILLED", file=sys.stderr)
+              "and the MLflow run it opened (if any) is marked KILLED", file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
     except Exception as exc:
         refused = refusal(exc)  # an MLflow server's 401 or 403, past the check at the run's start

@@ -138,8 +138,7 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
     x, y = (torch.from_numpy(a) for a in test_split)
     with ExitStack() as run:
         with clock.phase("mlflow_setup"):
-            recorder = run.enter_context(Recorder.run(variant.dataset, name, {registry.TEST_DIGEST_TAG: test_digest},
-                                                      run_id=record["run_id"]))
+            recorder = run.enter_context(Recorder.into(record["run_id"], {registry.TEST_DIGEST_TAG: test_digest}))
         with clock.phase("predict"):
             fresh, whole = _load_both_forms(record, params, name, root)
             outputs = predict(fresh, x, variant.eval_batch_size)
