@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,39 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], ended: pytest.ExceptionI
     lines = [line for line in err.splitlines() if " INFO mlflow" not in line]
     assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in err, err
     return lines[0]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_store_ends_a_stage_with_one_line_naming_it(
+        collector, mlflow_repo: Path, capsys: pytest.CaptureFixture[str], damage: str) -> None:
+    from bplab.recorder import Recorder
+
+    store = mlflow_repo / "mlflow.db"
+    if damage == "garbage":
+        store.write_bytes(os.urandom(8192))
+    else:  # a real store, cut short (made under another name: MLflow keeps a store it has opened)
+        from mlflow import MlflowClient
+
+        MlflowClient(f"sqlite:///{mlflow_repo / 'whole.db'}").create_experiment("x")
+        store.write_bytes((mlflow_repo / "whole.db").read_bytes()[:65536])
+    with pytest.raises(SystemExit) as ended, stage_process("download@flower"):
+        with Recorder.run("flower-data", "download", {}):
+            pass
+    line = _one_line_error(capsys, ended,
+                           f"download@flower: error: the MLflow tracking store sqlite:///{store} is damaged (")
+    reason = "file is not a database" if damage == "garbage" else "database disk image is malformed"
+    assert line.endswith(f"({reason}): restore it from a backup, or move it aside to start an empty store")
+
+
+def test_a_damaged_store_ends_a_bplab_command_with_one_line(mlflow_repo: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from bplab.command import main
+
+    (mlflow_repo / "mlflow.db").write_bytes(os.urandom(8192))
+    assert main(["compare"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bplab compare: error: the MLflow tracking store sqlite:///{mlflow_repo / 'mlflow.db'} "
+                          "is damaged (file is not a database)") and err.count("\n") == 1, err
 
 
 def test_evaluating_a_model_whose_run_is_not_in_the_store_is_one_line(
