@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bplab import dvc_queue, search_space
-from conftest import REPO, commit, copy_repository, run, stage_env
+from conftest import REPO, commit, copy_repository, free_port, run, stage_env
 
 BPLAB = Path(sys.executable).with_name("bplab")
 VARIANT = "boston_module"
@@ -72,17 +72,21 @@ def test_overrides_are_dvc_set_params() -> None:
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     repo = copy_repository(tmp_path / "repo")
+    nobody = f"127.0.0.1:{free_port()}/optuna"  # a database storage nothing answers at
     for args, message in [
         ([VARIANT, "--param", "lr=log:-1:1"], "--param 'lr=log:-1:1': a log range needs a positive low bound"),
         ([VARIANT, *SPACE, "--metric", "test_rmse"], "--metric test_rmse: the test split is reported, never "
                                                      "optimized; use the validation metric val_rmse"),
         ([VARIANT, *SPACE, "--metric", "val_acc"], "--metric val_acc: boston has the validation metrics val_mse, "
                                                    "val_rmse, val_mae, val_r2"),
+        ([VARIANT, *SPACE, "--storage", f"postgresql+psycopg://bob:s3cret@{nobody}"],
+         f"cannot open the sweep storage postgresql+psycopg://***@{nobody}: connection failed: "),
     ]:
         result = subprocess.run([str(BPLAB), "sweep", *args], cwd=repo, env=stage_env(repo), capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode == 2 and result.stdout == "", result
         assert result.stderr.startswith(f"bplab sweep: error: {message}") and result.stderr.count("\n") == 1, result
+        assert "s3cret" not in result.stderr
     assert not (repo / "sweeps").exists()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bplab.errors import BplabError
-from bplab.track import Terminated, redact, refusal
+from bplab.track import Terminated, redact, refusal, store_failure
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -26,7 +26,8 @@ def stage_process(stage: str) -> Iterator[None]:
     """The body of a stage's process: how it ends, on an error, an interrupt, or success.
 
     A :class:`BplabError` prints as ``<stage>: error: <message>`` (URLs in it redacted) and exits
-    2, without a traceback; so does an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`).
+    2, without a traceback; so do an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`)
+    and a tracking store whose database fails (a damaged ``mlflow.db``, :func:`store_failure`).
     An interrupt (Ctrl-C, or SIGTERM turned into one by :meth:`bplab.recorder.Recorder.run`)
     exits 130 or 143, the shell's codes for those signals.
 
@@ -54,13 +55,14 @@ def stage_process(stage: str) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(f"{stage}: {'terminated' if terminated else 'interrupted'}; nothing was written as a result, "
-              "and its MLflow run (if any) is marked KILLED", file=sys.stderr)
+              "and the MLflow run it opened (if any) is marked KILLED", file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
     except Exception as exc:
-        refused = refusal(exc)  # an MLflow server's 401 or 403, past the check at the run's start
-        if refused is None:
+        # An MLflow server's 401 or 403 past the check at the run's start, or the store's database failing
+        message = refusal(exc) or store_failure(exc)
+        if message is None:
             raise
-        print(f"{stage}: error: {refused}", file=sys.stderr)
+        print(f"{stage}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         gc.freeze()

@@ -338,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bplab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = track.refusal(exc) or track.store_failure(exc)  # an MLflow server's 401/403, a damaged store
+        if message is None:
+            raise
+        print(f"bplab {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
                registry.COMMITTED_TAG: str(origin.committed).lower()}
     with ExitStack() as run:
         with clock.phase("mlflow_setup"):
-            recorder = run.enter_context(Recorder.run(variant.dataset, name, digests, run_id=record["run_id"]))
+            recorder = run.enter_context(Recorder.into(record["run_id"], digests))
         with clock.phase("predict"):
             fresh, outputs, disagreement = _outputs(record, params, name, root, splits)
             metrics = {key: value for split, (_, y) in splits.items()

@@ -264,6 +264,48 @@ def refusal(exc: BaseException) -> str | None:
     return _refused(uri, status, _mlflow_login().who, endpoint and endpoint.group(1))
 
 
+def store_failure(exc: BaseException) -> str | None:
+    """The one-line message for ``exc`` if it is the database of the tracking store failing under
+    MLflow (a SQLAlchemy error: a damaged ``mlflow.db``, a database that refuses connections), else
+    ``None``.
+
+    MLflow lets SQLAlchemy's error out as it opens the store, and wraps it later: either way it is
+    in the exception's chain, raised through MLflow's code (not another database's, such as a
+    sweep's Optuna storage). This module does not import either: both are known by their modules.
+    """
+    uri = tracking_uri()
+    if urllib.parse.urlsplit(uri).scheme in {"http", "https", "file", ""}:  # a server's errors come as HTTP
+        return None
+    database = next((e for e in _chain(exc) if type(e).__module__ == "sqlalchemy.exc" and _through_mlflow(e)), None)
+    if database is None:
+        return None
+    reason = (str(getattr(database, "orig", None) or database).strip().splitlines() or ["?"])[0]
+    reason = reason.replace(uri, redact(uri))  # a driver that quotes the URL quotes its password
+    store = f"the MLflow tracking store {redact(uri)}"
+    if uri.startswith("sqlite:") and type(database).__name__ != "OperationalError":  # the file is not sqlite's
+        return (f"{store} is damaged ({reason}): restore it from a backup, or move it aside to start an "
+                "empty store")
+    return f"{store} failed: {reason}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, innermost last."""
+    chain = [exc]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None and inner not in chain:
+        chain.append(inner)
+    return chain
+
+
+def _through_mlflow(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside MLflow's code (a frame of an ``mlflow`` module on its way out)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] == "mlflow":
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost error's message, without the URL (it may hold credentials)."""
     while exc.__cause__ is not None or exc.__context__ is not None:
