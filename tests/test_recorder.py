@@ -162,6 +162,9 @@ def test_a_logged_model_requires_this_torch_and_mlflow_without_scanning_every_pa
     from bplab.config import ModelSpec
     from bplab.models import build_model
 
+    # As in a stage process: no map built yet (an earlier test in this process may have logged a model).
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils, "_PACKAGES_TO_MODULES", None)
     scans = []
     real_scan = importlib_metadata.packages_distributions
     monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or real_scan())
