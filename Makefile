@@ -27,11 +27,13 @@ test: setup lint browser postgres
 # Full-size benchmark (about 35 minutes, 10 of them `make test` on a clean clone of the committed
 # code): writes bench/results.{md,json}; for the cost of MLflow's system metrics on the MNIST
 # stage, bench/system-metrics.{md,json}; and for a shared tracking server under load (PostgreSQL
-# and sqlite behind `mlflow server`), bench/tracking-load.{md,json}.
+# and sqlite behind `mlflow server`), bench/tracking-load.{md,json}; for what early stopping on the
+# test split did to test scores, bench/selection-bias.{md,json} (after `make repro`: it reads data/processed/).
 bench: setup postgres
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/system_metrics.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/tracking_load.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/selection_bias.py
 
 # Full fault campaign (about 10 minutes): writes bench/soak-results.md and bench/soak-results.json.
 soak: setup

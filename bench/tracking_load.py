@@ -111,12 +111,12 @@ def workspace(path: Path, sizes: Sizes, lr: float, epochs: int | None = None) ->
                       f"train.{VARIANT}.batch_size": sizes.batch_size,
                       "tracking.max_epoch_points": sizes.max_epoch_points})
     rng = np.random.default_rng(0)
-    rows = sizes.train_rows + sizes.train_rows // 4
+    rows = sizes.train_rows + 2 * (sizes.train_rows // 4)
     features = rng.normal(size=(rows, 13)).astype(np.float32)
     target = (features @ rng.normal(size=(13, 1)) + 20).astype(np.float32)
-    n = sizes.train_rows
-    processed.save(processed.Prepared({"train": (features[:n], target[:n]), "test": (features[n:], target[n:])}),
-                   path / "data" / "processed" / DATASET)
+    n, m = sizes.train_rows, sizes.train_rows + sizes.train_rows // 4
+    processed.save(processed.Prepared({"train": (features[:n], target[:n]), "val": (features[n:m], target[n:m]),
+                                       "test": (features[m:], target[m:])}), path / "data" / "processed" / DATASET)
     return path
 
 
@@ -201,14 +201,14 @@ def check_every_point_once(client: Any, where: Path) -> int:
 
 
 def check_champion(client: Any, judged_runs: set[str], metric: str, higher_is_better: bool) -> dict[str, Any]:
-    """Fail unless ``boston@champion`` is the best of the versions scored on the test split the
+    """Fail unless ``boston@champion`` is the best of the versions scored on the split the
     ``judged_runs`` were (ties keep the earlier version); those versions' scores."""
-    from bplab.registry import TEST_DIGEST_TAG
+    from bplab.registry import SPLIT_TAG
 
     versions = client.search_model_versions(f"name = '{DATASET}'")
-    splits = {v.tags[TEST_DIGEST_TAG] for v in versions if v.run_id in judged_runs}
-    assert len(splits) == 1, f"the evaluated runs {judged_runs} have versions on test splits {splits}"
-    scores = {int(v.version): float(v.tags[metric]) for v in versions if v.tags[TEST_DIGEST_TAG] in splits}
+    splits = {v.tags[SPLIT_TAG] for v in versions if v.run_id in judged_runs}
+    assert len(splits) == 1, f"the evaluated runs {judged_runs} have versions on splits {splits}"
+    scores = {int(v.version): float(v.tags[metric]) for v in versions if v.tags[SPLIT_TAG] in splits}
     assert {v.run_id for v in versions if int(v.version) in scores} >= judged_runs, "an evaluated run has no version"
     best = (max if higher_is_better else min)(scores.values())
     champion = int(client.get_model_version_by_alias(DATASET, "champion").version)
@@ -255,7 +255,7 @@ def stage_load(uri: str, root: Path, sizes: Sizes) -> dict[str, Any]:
     points = sum(check_every_point_once(client, w) for w in trainings)  # logged during the load
     points_before = sum(check_every_point_once(client, w) for w in judged)
     rule = catalog.dataset(DATASET).champion
-    registry = check_champion(client, {run_id(w) for w in judged}, rule.metric, rule.higher_is_better)
+    registry = check_champion(client, {run_id(w) for w in judged}, rule.selection, rule.higher_is_better)
     seconds = [s for w in trainings for r in timing_records(w) if r["stage"].startswith("train@")
                for s in r.get("log_batch_s", [])]
     return {"trainings": len(training), "evaluates": len(evaluating), "wall_s": round(wall, 2),
@@ -277,7 +277,7 @@ def log_runs(uri: str, worker: int, runs: int, batches: int) -> list[float]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tracking-load")  # one for all clients, as a team's dataset has
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("tracking-load")
-    keys = ("train_loss", "eval_loss", "lr", "grad_norm", SECONDS)
+    keys = ("train_loss", "val_loss", "lr", "grad_norm", SECONDS)
     seconds = []
     for i in range(runs):
         run = client.create_run(experiment_id, run_name=f"client-{worker}-{i}")

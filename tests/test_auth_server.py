@@ -186,3 +186,19 @@ def test_a_refusal_after_the_check_ends_the_stage_with_one_line(
         f"train@boston_module: error: permission denied by the MLflow tracking server at {auth_server.uri} "
         "(MLFLOW_TRACKING_URI): HTTP 403 for user 'alice' on /api/2.0/mlflow/runs/create; its admin can grant it "
         "(EDIT or MANAGE on the experiment or registered model)\n")
+
+
+def test_a_login_in_the_tracking_uri_is_never_printed(
+        mlflow_repo: Path, auth_server: AuthServer, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    from bplab.recorder import Recorder
+
+    for name in (*CREDENTIALS, track.LINKS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    login = f"http://{USER}:{auth_server.password}@"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_server.uri.replace("http://", login))  # MLflow's client takes it
+    with Recorder.run("alice-by-uri", "train", {"stage": "train"}) as recorder:
+        recorder.log_metrics({"x": 1.0})
+    printed = capfd.readouterr()
+    assert auth_server.password not in printed.out + printed.err  # MLflow printed "View run ... at <URI>/#/..."
+    assert requests.get(f"{auth_server.uri}/api/2.0/mlflow/runs/get", params={"run_id": recorder.run_id},
+                        auth=(USER, auth_server.password), timeout=30).json()["run"]["info"]["status"] == "FINISHED"

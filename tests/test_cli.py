@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +74,21 @@ with stage_process("train@x"):
     assert int(result.stdout) < 5000 // 2, result.stdout  # without started() all 5000 would be alive
 
 
+def test_errors_a_stage_prints_have_their_urls_redacted(collector, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit), stage_process("download@x"):
+        raise ParamsError("data.x.download.mirrors.0: invalid (got 'https://alice:pa/ss@mirror.example/x/')")
+    assert capsys.readouterr().err == \
+        "download@x: error: data.x.download.mirrors.0: invalid (got 'https://***@mirror.example/x/')\n"
+    # An error nobody expected ends the process with its traceback, as Python prints it, redacted.
+    code = ("from bplab.cli import stage_process\nwith stage_process('train@x'):\n"
+            "    raise RuntimeError('API request to http://bob:Pa55/w#rd@tracking.example/api failed')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("Traceback (most recent call last):\n")
+    assert result.stderr.endswith("RuntimeError: API request to http://***@tracking.example/api failed\n")
+    assert "Pa55" not in result.stderr
+
+
 DEFERRED = """
 import os, signal, sys
 from bplab.cli import interrupts_deferred, progress_bar
@@ -103,3 +121,61 @@ def test_an_interrupt_during_a_progress_bars_making_takes_effect_once_it_is_made
     assert result.returncode == code, result.stderr
     assert result.stdout.split("\n")[:-1] == shown
     assert "Traceback" not in result.stderr
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], ended: pytest.ExceptionInfo[SystemExit], prefix: str) -> str:
+    """The stage's one error line (MLflow's own INFO log lines aside), checked to be all it said."""
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if " INFO mlflow" not in line]
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_store_ends_a_stage_with_one_line_naming_it(
+        collector, mlflow_repo: Path, capsys: pytest.CaptureFixture[str], damage: str) -> None:
+    from bplab.recorder import Recorder
+
+    store = mlflow_repo / "mlflow.db"
+    if damage == "garbage":
+        store.write_bytes(os.urandom(8192))
+    else:  # a real store, cut short (made under another name: MLflow keeps a store it has opened)
+        from mlflow import MlflowClient
+
+        MlflowClient(f"sqlite:///{mlflow_repo / 'whole.db'}").create_experiment("x")
+        store.write_bytes((mlflow_repo / "whole.db").read_bytes()[:65536])
+    with pytest.raises(SystemExit) as ended, stage_process("download@flower"):
+        with Recorder.run("flower-data", "download", {}):
+            pass
+    line = _one_line_error(capsys, ended,
+                           f"download@flower: error: the MLflow tracking store sqlite:///{store} is damaged (")
+    reason = "file is not a database" if damage == "garbage" else "database disk image is malformed"
+    assert line.endswith(f"({reason}): restore it from a backup, or move it aside to start an empty store")
+
+
+def test_a_damaged_store_ends_a_bplab_command_with_one_line(mlflow_repo: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from bplab.command import main
+
+    (mlflow_repo / "mlflow.db").write_bytes(os.urandom(8192))
+    assert main(["compare"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bplab compare: error: the MLflow tracking store sqlite:///{mlflow_repo / 'mlflow.db'} "
+                          "is damaged (file is not a database)") and err.count("\n") == 1, err
+
+
+def test_evaluating_a_model_whose_run_is_not_in_the_store_is_one_line(
+        collector, workspace: Path, params, capsys: pytest.CaptureFixture[str]) -> None:
+    # As after `dvc pull` of models trained against another store, or with MLFLOW_TRACKING_URI changed
+    from bplab.evaluate import evaluate
+    from bplab.paths import RUN_FILE, model_dir
+
+    model_dir("flower_logreg").mkdir(parents=True)
+    (model_dir("flower_logreg") / RUN_FILE).write_text(json.dumps({"run_id": "0" * 32, "task": "binary"}))
+    with pytest.raises(SystemExit) as ended, stage_process("evaluate@flower_logreg"):
+        evaluate("flower_logreg", params)
+    store = f"sqlite:///{workspace / 'mlflow.db'}"
+    line = _one_line_error(capsys, ended, f"evaluate@flower_logreg: error: MLflow run {'0' * 32} is not in the "
+                                          f"tracking store {store}: it was deleted, or logged to another store")
+    assert "set MLFLOW_TRACKING_URI to the store that holds it, or train again" in line

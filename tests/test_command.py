@@ -112,3 +112,31 @@ def test_serve_refuses_with_one_line_naming_what_is_wrong(mlflow_repo: Path) -> 
                        command)
         assert "cannot reach the MLflow tracking server at http://***@127.0.0.1:" in line
         assert "s3cret" not in line and "token" not in line
+
+
+def test_promote_moves_the_champion_and_says_from_where(mlflow_repo: Path, capsys: pytest.CaptureFixture) -> None:
+    from bplab.command import main
+
+    assert main(["promote", "flower", "1"]) == 2  # no store yet: none is created by looking
+    assert f"no MLflow store at sqlite:///{mlflow_repo / 'mlflow.db'}" in capsys.readouterr().err
+    assert not (mlflow_repo / "mlflow.db").exists()
+    client = mlflow_client()
+    client.create_registered_model("flower")
+    scored = {"variant": "flower_module", "val_acc": "0.9", "test_acc": "0.85", "split_committed": "true"}
+    client.create_model_version("flower", str(mlflow_repo / "a"), tags=scored)
+    other = {"variant": "flower_logreg", "val_acc": "0.95", "test_acc": "0.5", "split_committed": "false"}
+    client.create_model_version("flower", str(mlflow_repo / "b"), tags=other)
+    client.set_registered_model_alias("flower", "champion", "1")
+
+    assert main(["promote", "flower", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out == ("bplab promote: flower@champion moved from version 1 to version 2 (flower_logreg; "
+                   "val_acc 0.95, test_acc 0.5)\n")
+    assert "version 2 was not scored on the committed split" in err
+    assert str(client.get_model_version_by_alias("flower", "champion").version) == "2"
+    assert main(["promote", "flower", "9"]) == 2
+    assert capsys.readouterr().err == ("bplab promote: error: registered model 'flower' has no version '9'; "
+                                       "its versions are 1, 2\n")
+    assert main(["promote", "nosuch", "1"]) == 2
+    assert "unknown dataset 'nosuch'" in capsys.readouterr().err
+    assert str(client.get_model_version_by_alias("flower", "champion").version) == "2"

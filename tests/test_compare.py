@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bplab import compare
+from bplab import compare, registry
 from bplab.config import Params
+from bplab.data import catalog
 from bplab.evaluate import evaluate
 from bplab.train.stage import train
 from conftest import mlflow_client, tiny
@@ -27,16 +28,18 @@ def test_compare_tables_every_variant_with_params_metrics_and_champion(
 
     tables = compare.study(mlflow_client())
     assert set(tables) == {"flower", "boston"}
-    flower = {row["variant"]: row for row in tables["flower"]}
-    assert set(flower) == {"flower_logreg", "flower_module"}
-    assert flower["flower_logreg"]["epochs"] == "12" and flower["flower_logreg"]["test_acc"] is None  # latest run
-    assert flower["flower_module"]["test_acc"] == pytest.approx(results["flower_module"]["test_acc"])
-    champions = [row["variant"] for row in tables["flower"] if row["champion"]]
+    flower = tables["flower"]
+    # flower_logreg's latest run has no test metrics: its evaluated run is shown too, after it
+    assert [(r["variant"], r["epochs"], r["note"]) for r in flower] == [
+        ("flower_logreg", "12", compare.NOT_EVALUATED), ("flower_logreg", "10", ""), ("flower_module", "30", "")]
+    assert flower[0]["test_acc"] is None
+    assert flower[1]["test_acc"] == pytest.approx(results["flower_logreg"]["test_acc"])
+    assert flower[2]["test_acc"] == pytest.approx(results["flower_module"]["test_acc"])
     accuracy = {name: results[name]["test_acc"] for name in ("flower_logreg", "flower_module")}
-    # flower_logreg registered first, so a tie keeps it; its champion run is then the evaluated one,
-    # not the newer run compare shows, and no flower row has the star
+    # flower_logreg registered first, so a tie keeps it; its evaluated run has the star either way
     best = "flower_module" if accuracy["flower_module"] > accuracy["flower_logreg"] else "flower_logreg"
-    assert champions == ([best] if best == "flower_module" else [])
+    assert [(r["variant"], r["epochs"]) for r in flower if r["champion"]] == \
+        [(best, "30" if best == "flower_module" else "10")]
     boston = tables["boston"][0]
     assert boston["test_rmse"] == pytest.approx(results["boston_module"]["test_rmse"]) and boston["champion"] == "★"
     assert len(compare.study(mlflow_client(), every_run=True)["flower"]) == 3
@@ -49,6 +52,47 @@ def test_compare_tables_every_variant_with_params_metrics_and_champion(
     assert "★" in markdown
     printed = capsys.readouterr().out
     assert "flower_module" in printed and f"Written to {out}" in printed
+
+
+def test_the_champion_and_the_last_evaluated_run_stay_in_view(mlflow_repo: Path) -> None:
+    """After a train-only experiment (``dvc exp run -S train.mnist_mlp.epochs=3 train@mnist_mlp``)
+    the variant's newest run has no test metrics, and the champion is an older run still."""
+    client = mlflow_client()
+    experiment = client.create_experiment("mnist")
+    test_metrics = catalog.dataset("mnist").test_metrics
+
+    def finished_run(variant: str, start: int, epochs: int, evaluated: bool) -> str:
+        run = client.create_run(experiment, start_time=start, run_name=variant)
+        client.log_param(run.info.run_id, "epochs", str(epochs))
+        client.log_metric(run.info.run_id, "train_loss", 0.5)
+        for metric in test_metrics if evaluated else ():
+            client.log_metric(run.info.run_id, metric, 0.9)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    champion = finished_run("mnist_mlp", 1000, 20, evaluated=True)
+    batchnet_old = finished_run("mnist_batchnet", 1100, 5, evaluated=True)
+    batchnet = finished_run("mnist_batchnet", 1500, 20, evaluated=True)
+    evaluated = finished_run("mnist_mlp", 2000, 30, evaluated=True)  # evaluated, but not better
+    train_only = finished_run("mnist_mlp", 3000, 3, evaluated=False)
+    client.create_registered_model("mnist")
+    version = client.create_model_version("mnist", (mlflow_repo / "model").as_uri(), run_id=champion,
+                                          tags={"run_id": champion})
+    client.set_registered_model_alias("mnist", registry.CHAMPION, version.version)
+
+    def shown(**options: bool) -> list[tuple[str, str, str, str]]:
+        return [(r["run_id"], r["epochs"], r["champion"], r["note"]) for r in compare.study(client, **options)["mnist"]]
+
+    assert shown() == [
+        (batchnet[:8], "20", "", ""),
+        (train_only[:8], "3", "", compare.NOT_EVALUATED),
+        (evaluated[:8], "30", "", ""),
+        (champion[:8], "20", "★", ""),
+    ]
+    assert batchnet_old[:8] in {row[0] for row in shown(every_run=True)}
+    # An evaluate that failed after registering marks the champion's run FAILED: it stays in view.
+    client.set_terminated(champion, "FAILED")
+    assert shown()[-1] == (champion[:8], "20", "★", "run FAILED")
 
 
 def test_compare_on_an_empty_store_says_so(mlflow_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

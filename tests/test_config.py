@@ -12,6 +12,8 @@ import yaml
 
 from bplab.config import Params, load_params, parse_params
 from bplab.errors import ParamsError
+from bplab.outputs import publish_directory, write_text_atomic
+from bplab.paths import NAME_LIMIT, checkpoint_file, history_file, metrics_file, model_dir
 from bplab.scratch import set_dotted
 from conftest import REPO, run, set_params
 
@@ -123,6 +125,47 @@ def test_variant_names_must_be_identifiers() -> None:
     params = copy.deepcopy(RAW)
     params["train"]["bad name!"] = params["train"]["mnist_mlp"]
     assert "bad name!" in error_for(params)
+
+
+@pytest.mark.parametrize(("hidden", "count"), [
+    ([65536, 65536, 65536], "8,590,065,664"),  # 4.3e9 parameters per layer: dies in the allocator
+    ([32768, 32768], "1,073,774,592"),         # 2**30 + 32768: just over
+])
+def test_hidden_widths_beyond_memory_are_refused_naming_the_key(hidden: list[int], count: str) -> None:
+    message = error_for(edited("train.mnist_mlp.model.hidden", hidden))
+    assert f"train.mnist_mlp.model.hidden: Value error, the layers between hidden widths {hidden} have {count} " \
+           "parameters; at most 1,073,741,824" in message, message
+
+
+def test_hidden_widths_up_to_the_bound_load() -> None:
+    params = parse_params(edited("train.mnist_mlp.model.hidden", [32768, 32767]))  # 1,073,709,057 parameters
+    assert params.train["mnist_mlp"].model.hidden == [32768, 32767]
+
+
+def test_a_variant_name_too_long_for_its_files_is_refused(tmp_path: Path) -> None:
+    longest, too_long = "v" * NAME_LIMIT, "v" * 300
+    params = copy.deepcopy(RAW)
+    params["train"][too_long] = params["train"]["mnist_mlp"]
+    message = error_for(params)
+    assert f"train: Value error, variant name 'vvvvvvvvvvvvvvvvvvvvvvvv'... is 300 bytes long: at most {NAME_LIMIT}" \
+           in message, message
+    params = copy.deepcopy(RAW)
+    params["train"][longest] = params["train"]["mnist_mlp"]
+    assert longest in parse_params(params).train
+    # The longest name accepted names every file it makes, with the writers that make them.
+    write_text_atomic(history_file(longest, tmp_path), "epoch\n")
+    write_text_atomic(metrics_file(longest, tmp_path), "{}")
+    publish_directory(model_dir(longest, tmp_path), lambda staging: (staging / "run.json").write_text("{}"))
+    from bplab.train.checkpoint import set_aside
+
+    checkpoint = checkpoint_file(longest, tmp_path)
+    write_text_atomic(checkpoint, "")
+    assert set_aside(checkpoint).is_file()
+
+
+def test_a_dataset_name_too_long_for_its_files_is_refused() -> None:
+    message = error_for(edited("datasets", ["mnist", "boston", "flower", "d" * 300]))
+    assert f"datasets: name 'dddddddddddddddddddddddd'... is 300 bytes long: at most {NAME_LIMIT}" in message, message
 
 
 def test_yaml_1_2_floats_such_as_1e_3_are_numbers(tmp_path: Path) -> None:
@@ -238,8 +281,13 @@ def test_a_bad_scheduler_is_named_without_the_union_tag(value: Any, expected: st
 
 @pytest.mark.parametrize(("value", "expected"), [
     ({"patience": 0}, "train.mnist_mlp.early_stopping.patience: Input should be greater than 0 (got 0)"),
-    ({"metric": "accuracy"}, "train.mnist_mlp.early_stopping.metric: Input should be 'train_loss', 'eval_loss', "
-                             "'train_acc' or 'eval_acc' (got 'accuracy')"),
+    ({"metric": "accuracy"}, "train.mnist_mlp.early_stopping.metric: Input should be 'train_loss', 'val_loss', "
+                             "'train_acc' or 'val_acc' (got 'accuracy')"),
+    ({"metric": "test_loss"}, "train.mnist_mlp.early_stopping.metric: Value error, 'test_loss': the test split is "
+                              "reported, never used to choose a model; watch a validation metric (val_loss, "
+                              "val_acc) or a training one"),
+    ({"metric": "eval_acc"}, "train.mnist_mlp.early_stopping.metric: Value error, 'eval_acc' is now called "
+                             "'val_acc': per-epoch metrics are measured on the validation split"),
     ({"restore": True}, "train.mnist_mlp.early_stopping.restore: unknown key; allowed keys: metric, mode, patience, "
                         "min_delta, restore_best"),
     ({"min_delta": -1.0}, "train.mnist_mlp.early_stopping.min_delta: Input should be greater than or equal to 0"),

@@ -13,7 +13,7 @@ import torch
 
 from bplab.config import Params
 from bplab.errors import ModelFileError
-from bplab.evaluate import EvaluationError, compute_test_metrics, evaluate
+from bplab.evaluate import EvaluationError, compute_metrics, evaluate
 from bplab.paths import metrics_file, model_dir, plots_dir
 from bplab.train.stage import train
 from conftest import mlflow_client, tiny
@@ -27,13 +27,18 @@ def test_flower_metrics_pictures_and_registry(workspace: Path, params: Params) -
     result = evaluate("flower_sequential", small)
 
     saved = json.loads(metrics_file("flower_sequential").read_text())
-    assert set(saved) == {"test_loss", "test_acc"} and 0 <= saved["test_acc"] <= 1
+    assert list(saved) == ["val_loss", "val_acc", "test_loss", "test_acc"] and 0 <= saved["test_acc"] <= 1
     assert [p.name for p in plots_dir("flower_sequential").iterdir()] == ["decision_boundary.png"]
 
     client = mlflow_client()
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_acc"] == pytest.approx(saved["test_acc"])
+    # The final model scored on the validation split is the training's last per-epoch measurement;
+    # evaluate leaves those curves alone (one value per epoch).
+    assert saved["val_acc"] == run.data.metrics["val_acc"] == record["final"]["val_acc"]
+    assert saved["val_loss"] == pytest.approx(record["final"]["val_loss"], rel=1e-5)
+    assert len(client.get_metric_history(record["run_id"], "val_acc")) == 200
     assert run.data.metrics["saved_forms_max_abs_diff"] <= 1e-4
     assert run.data.tags["stage"] == "train"  # evaluate logs into the train run, leaving its tags
     assert (run.data.tags["registered_model"], run.data.tags["registered_version"]) == ("flower", "1")
@@ -43,6 +48,8 @@ def test_flower_metrics_pictures_and_registry(workspace: Path, params: Params) -
     version = client.get_model_version_by_alias("flower", "champion")
     assert str(version.version) == "1" and result["promoted"]
     assert version.tags["variant"] == "flower_sequential" and version.tags["run_id"] == record["run_id"]
+    assert (float(version.tags["val_acc"]), float(version.tags["test_acc"])) == (saved["val_acc"], saved["test_acc"])
+    assert version.tags["split_committed"] == "true"  # no git here: nothing to compare with
 
     import mlflow
 
@@ -56,7 +63,10 @@ def test_boston_regression_metrics(workspace: Path, params: Params) -> None:
     train("boston_adam", small)
     result = evaluate("boston_adam", small)
     saved = json.loads(metrics_file("boston_adam").read_text())
-    assert set(saved) == {"test_mse", "test_rmse", "test_mae", "test_r2"}
+    assert list(saved) == [f"{split}_{score}" for split in ("val", "test") for score in ("mse", "rmse", "mae", "r2")]
+    logged = mlflow_client().get_run(json.loads((model_dir("boston_adam") / "run.json").read_text())["run_id"])
+    assert logged.data.metrics["val_rmse"] == saved["val_rmse"]  # not a per-epoch curve: logged as a final value
+    assert saved["val_mse"] == pytest.approx(logged.data.metrics["val_loss"], rel=1e-5)  # the last epoch's
     assert saved["test_rmse"] == pytest.approx(saved["test_mse"] ** 0.5)
     assert saved["test_mae"] <= saved["test_rmse"]
     assert result["registered_version"] == "1"
@@ -74,7 +84,7 @@ def test_mnist_confusion_matrix_and_misclassified_digits(workspace: Path, params
 
 
 def test_champion_moves_only_on_improvement(workspace: Path, params: Params) -> None:
-    # Three variants of one dataset; the champion is the best test accuracy registered so far.
+    # Three variants of one dataset; the champion is the best validation accuracy registered so far.
     results = {}
     for name, epochs in (("flower_module", 400), ("flower_logreg", 20), ("flower_twolayer", 600)):
         small = tiny(params, name, epochs=epochs)
@@ -83,7 +93,7 @@ def test_champion_moves_only_on_improvement(workspace: Path, params: Params) -> 
     client = mlflow_client()
     versions = {v.tags["variant"]: v for v in client.search_model_versions("name = 'flower'")}
     assert len(versions) == 3
-    accuracy = {name: r["test_acc"] for name, r in results.items()}
+    accuracy = {name: r["val_acc"] for name, r in results.items()}
     best = max(accuracy, key=lambda n: (accuracy[n], -int(versions[n].version)))  # ties keep the earlier
     assert str(client.get_model_version_by_alias("flower", "champion").version) == str(versions[best].version)
     best_so_far = None
@@ -93,16 +103,21 @@ def test_champion_moves_only_on_improvement(workspace: Path, params: Params) -> 
         best_so_far = accuracy[name] if expected else best_so_far
 
 
-def test_disagreeing_saved_forms_fail_the_run_and_write_no_metrics(workspace: Path, params: Params) -> None:
+def test_disagreeing_saved_forms_fail_evaluate_write_no_metrics_and_leave_the_training_finished(
+        workspace: Path, params: Params) -> None:
     small = tiny(params, "flower_module", epochs=50)
     record = train("flower_module", small)
+    trained = mlflow_client().get_run(record["run_id"]).info
     state_path = model_dir("flower_module") / "state_dict.pt"
     state = torch.load(state_path, weights_only=True)
     state["layer3.bias"] += 1.0
     torch.save(state, state_path)
     with pytest.raises(EvaluationError, match="predict differently on the test split"):
         evaluate("flower_module", small)
-    assert mlflow_client().get_run(record["run_id"]).info.status == "FAILED"
+    # evaluate logs into the train run without resuming it: its failure is not the training's, and
+    # `bplab compare` (FINISHED runs) still lists the training
+    run = mlflow_client().get_run(record["run_id"])
+    assert (run.info.status, run.info.end_time) == ("FINISHED", trained.end_time)
     assert not metrics_file("flower_module").exists()
     assert not plots_dir("flower_module").exists()
 
@@ -134,7 +149,7 @@ def test_regression_metrics_match_sklearn() -> None:
     generator = torch.Generator().manual_seed(3)
     target = torch.randn(101, 1, generator=generator) * 9 + 22
     outputs = target + torch.randn(101, 1, generator=generator) * 4
-    metrics = compute_test_metrics("regression", outputs, target)
+    metrics = compute_metrics("regression", outputs, target, "test")
     actual, predicted = target.numpy().ravel(), outputs.numpy().ravel()
     assert metrics["test_mse"] == pytest.approx(mean_squared_error(actual, predicted), rel=1e-6)
     assert metrics["test_rmse"] == pytest.approx(mean_squared_error(actual, predicted) ** 0.5, rel=1e-6)
@@ -145,7 +160,7 @@ def test_regression_metrics_match_sklearn() -> None:
 def test_r2_of_a_test_split_whose_targets_are_all_equal_is_an_error_naming_it() -> None:
     target = torch.full((1, 1), 21.5)
     with pytest.raises(EvaluationError, match=r"test_r2 is undefined: the 1 test target\(s\) are all 21.5"):
-        compute_test_metrics("regression", target + 1, target)
+        compute_metrics("regression", target + 1, target, "test")
 
 
 def test_a_train_limit_that_misses_the_highest_class_still_trains_and_evaluates(workspace: Path,
@@ -153,10 +168,11 @@ def test_a_train_limit_that_misses_the_highest_class_still_trains_and_evaluates(
     from bplab.data import processed
 
     data = processed.load(workspace / "data/processed/mnist")
-    (x_train, y_train), test = data.splits["train"], data.splits["test"]
+    (x_train, y_train), (x_val, y_val), test = (data.splits[split] for split in ("train", "val", "test"))
     assert 9 in test[1]
-    y_train = np.where(y_train == 9, 8, y_train)  # as a small train_limit may leave class 9 out
-    processed.save(processed.Prepared({"train": (x_train, y_train), "test": test}), workspace / "data/processed/mnist")
+    y_train, y_val = (np.where(y == 9, 8, y) for y in (y_train, y_val))  # as a small train_limit may leave 9 out
+    processed.save(processed.Prepared({"train": (x_train, y_train), "val": (x_val, y_val), "test": test}),
+                   workspace / "data/processed/mnist")
     small = tiny(params, "mnist_mlp", epochs=1)
     record = train("mnist_mlp", small)
     assert record["n_outputs"] == 10

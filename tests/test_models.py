@@ -18,11 +18,14 @@ import torch
 from torch import nn
 
 from bplab.config import ModelSpec, VariantParams, load_params
+from bplab.errors import ParamsError
 from bplab.models import (
+    MAX_PARAMETERS,
     build_model,
     initialize,
     layer_names,
     layer_parameters,
+    linear_parameters,
 )
 from bplab.networks import BatchNet, LogisticRegression, ModuleNet, TestNet, TwoLayerNet
 from bplab.safe_load import load_whole_model
@@ -219,6 +222,27 @@ def test_forward_gives_one_row_per_input_row(name: str) -> None:
     assert out.shape == (5, n_out)
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_parameter_bound_counts_the_real_network(name: str) -> None:
+    v = variant(name)
+    n_in, n_out = WIDTHS[v.dataset]
+    norms = 2 * sum(v.model.hidden) if v.model.arch == "batch_net" else 0  # BatchNorm1d's weight and bias
+    real = sum(p.numel() for p in build(name).parameters())
+    assert linear_parameters([n_in, *v.model.hidden, n_out]) + norms == real
+
+
+def test_a_network_too_big_for_memory_is_refused_before_allocating() -> None:
+    # Valid params (one hidden width, no layer between hidden widths), but with its inputs the
+    # network has 6.6e13 parameters: without the check, torch's allocator refuses 262 TB.
+    spec = ModelSpec(arch="mnist_net", hidden=[65536])
+    with pytest.raises(ParamsError) as caught:
+        build_model(spec, 10**9, 10, "train.wide.model")
+    message = str(caught.value)
+    assert message.startswith("train.wide.model.hidden: ") and "65,536,000,720,906 parameters" in message
+    assert f"at most {MAX_PARAMETERS:,}" in message
+    assert build_model(spec, 784, 10)  # a wide layer on MNIST's inputs (51 million parameters) is fine
 
 
 # --- seed fidelity ---------------------------------------------------------------------------

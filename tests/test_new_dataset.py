@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repository, run, set_params
+from conftest import commit, copy_repository, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -29,17 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from bplab import plots
-from bplab.config import Fraction, Strict
+from bplab.config import Fraction, PreprocessParams, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import FetchedFile
-from bplab.data.processed import Prepared
+from bplab.data.processed import Prepared, carve_validation
 
 
 class WineDownload(Strict):
     source: str = "sklearn.datasets.load_wine"
 
 
-class WinePreprocess(Strict):
+class WinePreprocess(PreprocessParams):
     test_size: Fraction = 0.25
     split_seed: int = 0
 
@@ -66,12 +66,15 @@ def preprocess(raw_dir: Path, params: WinePreprocess) -> Prepared:
 
     table = np.loadtxt(raw_dir / "wine.csv", delimiter=",")
     x, y = table[:, :-1], table[:, -1].astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=params.test_size,
-                                                        random_state=params.split_seed, stratify=y)
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=params.test_size,
+                                                      random_state=params.split_seed, stratify=y)
+    (x_train, y_train), (x_val, y_val), validation = carve_validation(x_rest, y_rest, params, "data.wine.preprocess")
     scaler = StandardScaler().fit(x_train)
     return Prepared({"train": (scaler.transform(x_train).astype(np.float32), y_train),
+                     "val": (scaler.transform(x_val).astype(np.float32), y_val),
                      "test": (scaler.transform(x_test).astype(np.float32), y_test)},
-                    {"scaler_mean": scaler.mean_.tolist(), "scaler_scale": scaler.scale_.tolist()})
+                    {"scaler_mean": scaler.mean_.tolist(), "scaler_scale": scaler.scale_.tolist(),
+                     "validation": validation})
 
 
 def preview(prepared: Prepared, raw_dir: Path):
@@ -86,8 +89,8 @@ def evaluation_pictures(result: Evaluation) -> Mapping[str, object]:
 
 
 DATASET = Dataset(task="multiclass", params=WineData, download=download, preprocess=preprocess, preview=preview,
-                  evaluation_pictures=evaluation_pictures, champion=Champion("test_acc", higher_is_better=True),
-                  compare_columns=("test_acc", "test_loss", "train_acc"))
+                  evaluation_pictures=evaluation_pictures, champion=Champion("acc"),
+                  compare_columns=("val_acc", "test_acc", "test_loss", "train_acc"))
 '''
 
 WINE_PARAMS = {
@@ -106,6 +109,7 @@ def test_a_new_dataset_is_one_module_and_params_entries(tmp_path: Path) -> None:
     set_params(repo, WINE_PARAMS)
     changed = run(["git", "status", "--porcelain"], repo).stdout.split("\n")
     assert sorted(filter(None, changed)) == [" M params.yaml", "?? src/bplab/data/wine.py"]
+    commit(repo, "the wine dataset")  # committed, its split is the one its champion lives on
 
     stages = run(["dvc", "stage", "list", "--name-only"], repo).stdout.split()
     assert {"download@wine", "preprocess@wine", "train@wine_mlp", "evaluate@wine_mlp"} <= set(stages)
@@ -123,7 +127,8 @@ def test_a_new_dataset_is_one_module_and_params_entries(tmp_path: Path) -> None:
         "wine_mlp", "FINISHED", "wine")
     assert len(client.get_metric_history(training.info.run_id, "train_loss")) == 30
     metrics = json.loads((repo / "metrics/wine_mlp.json").read_text())
-    assert set(metrics) == {"test_loss", "test_acc"} and metrics["test_acc"] > 0.8  # 3 well-separated cultivars
+    assert list(metrics) == ["val_loss", "val_acc", "test_loss", "test_acc"]
+    assert metrics["test_acc"] > 0.8  # 3 well-separated cultivars
     assert training.data.metrics["test_acc"] == pytest.approx(metrics["test_acc"])
     assert [p.name for p in (repo / "plots/wine_mlp").iterdir()] == ["confusion_matrix.png"]
     champion = client.get_model_version_by_alias("wine", "champion")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from bplab.config import load_params
-from conftest import REPO, TINY_PIPELINE, TinyPipeline, run, set_params
+from conftest import REPO, TINY_PIPELINE, TinyPipeline, commit, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +60,7 @@ def test_mlflow_has_one_finished_run_per_variant_per_dataset(pipeline: tuple[Pat
             assert record["run_id"] == run_.info.run_id
             assert run_.data.params["epochs"] == str(TINY[f"train.{run_.info.run_name}.epochs"])
             assert run_.data.tags["git_commit"]
-            assert {"train_loss", "eval_loss"} <= set(run_.data.metrics)
+            assert {"train_loss", "val_loss"} <= set(run_.data.metrics)
             assert ("test_acc" in run_.data.metrics) or ("test_rmse" in run_.data.metrics)
         versions = client.search_model_versions(f"name = '{dataset}'")
         assert len(versions) == len(expected)
@@ -189,7 +190,7 @@ def test_exp_run_set_param_tags_the_mlflow_run(pipeline: tuple[Path, str]) -> No
 
 
 def test_a_boston_data_edit_reaches_the_boston_branch_only(pipeline: tuple[Path, str]) -> None:
-    # Runs last: it leaves the workspace on the edited params.
+    # Runs next to last: it leaves the workspace on the edited params, uncommitted.
     repo, _ = pipeline
     set_params(repo, {"data.boston.preprocess.test_size": 0.25})
     assert status(repo) == {"preprocess@boston"}
@@ -197,3 +198,42 @@ def test_a_boston_data_edit_reaches_the_boston_branch_only(pipeline: tuple[Path,
     boston = [v for v in VARIANTS if v.startswith("boston")]
     # The new processed data now dirties exactly the Boston variants' train and evaluate stages.
     assert status(repo) == {f"{s}@{v}" for s in ("train", "evaluate") for v in boston}
+
+
+def test_the_champion_lives_on_the_committed_split(pipeline: tuple[Path, str]) -> None:
+    """Runs last, on the uncommitted Boston split the test above left: versions scored on a split
+    that is not the committed one never take the alias by themselves, however they score."""
+    from mlflow import MlflowClient
+
+    repo, _ = pipeline
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+    def champion():
+        return client.get_model_version_by_alias("boston", "champion")
+
+    def newest():
+        return max(client.search_model_versions("name = 'boston'"), key=lambda v: int(v.version))
+
+    before = champion()
+    assert before.tags["split_committed"] == "true" and float(before.tags["val_rmse"]) > 0
+    uncommitted = run(["dvc", "repro", "evaluate@boston_module"], repo)  # on test_size 0.25, not committed
+    edited = newest()
+    assert edited.tags["split_committed"] == "false" and edited.tags["split_digest"] != before.tags["split_digest"]
+    assert (f"registered boston version {edited.version}; not on the committed split (data.boston in params.yaml "
+            f"differs from HEAD's), so champion stays on version {before.version}") in uncommitted.stderr
+    # An experiment in DVC's own copy of the baseline commit (as queued ones run), with a far worse model.
+    run(["dvc", "exp", "run", "--temp", "-n", "other-split", "-S", "data.boston.preprocess.test_size=0.5",
+         "-S", "train.boston_module.epochs=1", "-S", "train.boston_module.lr=1e-6", "evaluate@boston_module"], repo)
+    queued = newest()
+    assert int(queued.version) == int(edited.version) + 1 and queued.tags["split_committed"] == "false"
+    assert float(queued.tags["val_rmse"]) > float(before.tags["val_rmse"])
+    assert champion().version == before.version
+    # The edited split committed, re-scoring puts the alias on the best version scored there.
+    commit(repo, "boston test_size 0.25")
+    rescored = run(["dvc", "repro", "-f", "-s", "evaluate@boston_module"], repo)
+    assert f"registered boston version {edited.version}; champion: version {edited.version}" in rescored.stderr
+    assert champion().version == edited.version and newest().version == queued.version  # no new version
+    assert client.get_model_version("boston", edited.version).tags["split_committed"] == "true"
+    promoted = run([str(Path(sys.executable).with_name("bplab")), "promote", "boston", str(before.version)], repo)
+    assert f"moved from version {edited.version} to version {before.version}" in promoted.stdout
+    assert champion().version == before.version

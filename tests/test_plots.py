@@ -48,9 +48,9 @@ def test_decision_boundary_predicts_on_a_grid_around_the_points(tmp_path: Path) 
 @pytest.mark.parametrize("make", [
     lambda rng: plots.histograms(rng.normal(size=(50, 5)), list("abcde"), "five"),
     lambda rng: plots.flower_scatter({"train": (rng.normal(size=(20, 2)), rng.integers(0, 2, (20, 1)))}),
-    lambda rng: plots.learning_curves([1, 2, 3], {"train_loss": [3.0, 2.0, 1.0], "eval_loss": [3.0, 2.5, 2.0],
-                                                  "train_acc": [0.1, 0.5, 0.9], "eval_acc": [0.1, 0.4, 0.8]}, "lc"),
-    lambda rng: plots.learning_curves([1, 2], {"train_loss": [3.0, 1.0], "eval_loss": [3.0, 2.0]}, "lc",
+    lambda rng: plots.learning_curves([1, 2, 3], {"train_loss": [3.0, 2.0, 1.0], "val_loss": [3.0, 2.5, 2.0],
+                                                  "train_acc": [0.1, 0.5, 0.9], "val_acc": [0.1, 0.4, 0.8]}, "lc"),
+    lambda rng: plots.learning_curves([1, 2], {"train_loss": [3.0, 1.0], "val_loss": [3.0, 2.0]}, "lc",
                                       step_losses=[4.0, 3.0, 2.0, 1.0]),
     lambda rng: plots.weight_histograms({"w": rng.normal(size=(4, 3))}, {"w": rng.normal(size=(4, 3))}, "w"),
     lambda rng: plots.confusion_matrix(rng.integers(0, 100, (10, 10)), "cm"),
@@ -64,14 +64,14 @@ def test_every_picture_renders(make, tmp_path: Path) -> None:
     assert width >= 300 and height >= 200
 
 
-def test_learning_curves_draw_a_panel_per_metric_with_train_and_eval_together() -> None:
-    metrics = {"train_loss": [3.0, 2.0, 1.0], "eval_loss": [3.0, 2.5, 2.0], "train_acc": [0.1, 0.5, 0.9],
-               "eval_acc": [0.1, 0.4, 0.8], "lr": [0.1, 0.05, 0.025]}
+def test_learning_curves_draw_a_panel_per_metric_with_train_and_validation_together() -> None:
+    metrics = {"train_loss": [3.0, 2.0, 1.0], "val_loss": [3.0, 2.5, 2.0], "train_acc": [0.1, 0.5, 0.9],
+               "val_acc": [0.1, 0.4, 0.8], "lr": [0.1, 0.05, 0.025]}
     figure = plots.learning_curves([1, 2, 3], metrics, "lc", step_losses=[4.0, 3.0, 2.0, 1.0])
     panels = {ax.get_title(): ax for ax in figure.axes}
     assert list(panels) == ["loss per epoch", "accuracy per epoch", "lr per epoch", "train loss per iteration"]
     lines = {title: {line.get_label(): list(line.get_ydata()) for line in ax.lines} for title, ax in panels.items()}
-    assert lines["accuracy per epoch"] == {"train": [0.1, 0.5, 0.9], "eval (test split)": [0.1, 0.4, 0.8]}
+    assert lines["accuracy per epoch"] == {"train": [0.1, 0.5, 0.9], "validation": [0.1, 0.4, 0.8]}
     assert lines["lr per epoch"] == {"lr": [0.1, 0.05, 0.025]}
     assert panels["loss per epoch"].get_yscale() == "log"
     assert lines["train loss per iteration"]["_child0"] == [4.0, 3.0, 2.0, 1.0]

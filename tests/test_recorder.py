@@ -65,7 +65,7 @@ def test_only_the_recorder_registry_and_compare_reach_mlflow() -> None:
 def _epochs(*numbers: int):
     from bplab.train.loop import EpochRecord
 
-    return [EpochRecord(n, {"train_loss": 1.0 / n, "eval_loss": 2.0 / n}, [0.5, 0.25], 0.01) for n in numbers]
+    return [EpochRecord(n, {"train_loss": 1.0 / n, "val_loss": 2.0 / n}, [0.5, 0.25], 0.01) for n in numbers]
 
 
 def test_a_checkpoint_is_written_only_after_its_epochs_are_stored(mlflow_repo: Path) -> None:
@@ -77,7 +77,7 @@ def test_a_checkpoint_is_written_only_after_its_epochs_are_stored(mlflow_repo: P
         stored_when_written = []
         logger(_epochs(1, 2, 3))
         logger.after_stored(lambda: stored_when_written.append(
-            sorted(m.step for m in client.get_metric_history(recorder.run_id, "eval_loss"))))
+            sorted(m.step for m in client.get_metric_history(recorder.run_id, "val_loss"))))
         logger.wait()
     assert stored_when_written == [[1, 2, 3]]
     assert client.get_run(recorder.run_id).data.tags["bplab.logged_through_epoch"] == "3"
@@ -95,7 +95,7 @@ def test_a_resumed_run_logs_each_epoch_once(mlflow_repo: Path) -> None:
         logger = resumed.epoch_logger(epochs=6, max_points=None, record_steps=True)
         logger(_epochs(3, 4, 5, 6))  # re-trained from epoch 2's checkpoint
         logger.wait()
-    assert sorted(m.step for m in client.get_metric_history(first.run_id, "eval_loss")) == [1, 2, 3, 4, 5, 6]
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "val_loss")) == [1, 2, 3, 4, 5, 6]
     assert sorted(m.step for m in client.get_metric_history(first.run_id, "train_loss_step")) == list(range(1, 13))
 
 
@@ -128,7 +128,7 @@ def test_epochs_stored_by_a_write_whose_answer_was_lost_are_not_logged_again(mlf
         assert logger.stored_through == 4
         logger(_epochs(3, 4, 5, 6))  # re-trained from epoch 2's checkpoint
         logger.wait()
-    for key, steps in {"eval_loss": range(1, 7), "epoch_seconds": range(1, 7), "train_loss_step": range(1, 13)}.items():
+    for key, steps in {"val_loss": range(1, 7), "epoch_seconds": range(1, 7), "train_loss_step": range(1, 13)}.items():
         assert sorted(m.step for m in client.get_metric_history(first.run_id, key)) == list(steps), key
     assert client.get_run(first.run_id).data.tags["bplab.logged_through_epoch"] == "6"
 
@@ -162,6 +162,9 @@ def test_a_logged_model_requires_this_torch_and_mlflow_without_scanning_every_pa
     from bplab.config import ModelSpec
     from bplab.models import build_model
 
+    # As in a stage process: no map built yet (an earlier test in this process may have logged a model).
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils, "_PACKAGES_TO_MODULES", None)
     scans = []
     real_scan = importlib_metadata.packages_distributions
     monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or real_scan())

@@ -61,15 +61,33 @@ def test_champion_moves_only_on_strict_improvement(model_uri: str, higher_is_bet
     assert alias.tags[registry.TEST_DIGEST_TAG] == SPLIT
 
 
-def test_champion_is_the_best_version_scored_on_the_current_test_split(model_uri: str) -> None:
-    # `dvc exp run -S data.mnist.preprocess.test_limit=100` scores a model on another test split:
-    # it may beat everything there, but it says nothing about the full split.
-    assert registry.register(model_uri, "toy", "full", "run", Score("test_acc", 0.90, True, "full")).promoted
-    small = registry.register(model_uri, "toy", "small", "run", Score("test_acc", 0.99, True, "first-100"))
-    assert small.promoted and small.champion_version == "2"  # the best, and only, version on that split
-    back = registry.register(model_uri, "toy", "full-again", "run", Score("test_acc", 0.80, True, "full"))
+def test_only_an_evaluate_on_the_committed_split_moves_the_champion(model_uri: str) -> None:
+    # `dvc exp run -S data.mnist.preprocess.test_limit=100`, an uncommitted edit of a split: the
+    # model is scored on another split, where it may beat everything; it says nothing of the committed one.
+    assert registry.register(model_uri, "toy", "full", "run", Score("val_acc", 0.90, True, "full")).promoted
+    for value in (0.60, 0.99):  # worse, or better: on another split, neither takes the alias
+        other = registry.register(model_uri, "toy", f"small-{value}", "run",
+                                  Score("val_acc", value, True, "first-100", committed=False))
+        assert (other.promoted, other.champion_version, other.champion_value) == (False, "1", 0.90)
+        assert mlflow_client().get_model_version("toy", other.version).tags[registry.COMMITTED_TAG] == "false"
+    back = registry.register(model_uri, "toy", "full-again", "run", Score("val_acc", 0.80, True, "full"))
     assert (back.champion_version, back.promoted, back.champion_value) == ("1", False, 0.90)
-    assert champion_version() == "1"
+    # A new split is committed: the first version scored on it takes the alias, whatever the old split's scores.
+    moved = registry.register(model_uri, "toy", "new-split", "run", Score("val_acc", 0.70, True, "new"))
+    assert (moved.version, moved.champion_version, moved.promoted) == ("5", "5", True)
+    assert champion_version() == "5"
+
+
+def test_promote_moves_the_alias_on_purpose_and_names_an_unknown_version(model_uri: str) -> None:
+    registry.register(model_uri, "toy", "a", "run", Score("val_acc", 0.90, True, SPLIT))
+    registry.register(model_uri, "toy", "b", "run", Score("val_acc", 0.50, True, "other", committed=False))
+    before, chosen = registry.promote("toy", "2", track.tracking_uri())
+    assert (before, str(chosen.version), chosen.tags["variant"]) == ("1", "2", "b")
+    assert champion_version() == "2"
+    with pytest.raises(registry.RegistryError, match=r"registered model 'toy' has no version '7'; its versions "
+                                                     r"are 1, 2"):
+        registry.promote("toy", "7", track.tracking_uri())
+    assert champion_version() == "2"
 
 
 def test_a_version_without_its_metric_is_never_champion(model_uri: str) -> None:
@@ -104,7 +122,7 @@ def test_registry_failure_fails_the_stage_and_moves_nothing(workspace: Path, par
     assert result.returncode == 2, result.stderr
     assert "evaluate@flower_module: error: registered model 'flower' in sqlite:///" in result.stderr
     assert "the alias 'champion' was not moved" in result.stderr and "Traceback" not in result.stderr
-    assert mlflow_client().get_run(record["run_id"]).info.status == "FAILED"
+    assert mlflow_client().get_run(record["run_id"]).info.status == "FINISHED"  # evaluate failed, not the training
     assert not metrics_file("flower_module").exists()
     assert champion_version("flower") == "1"
 

@@ -192,7 +192,7 @@ def test_four_concurrent_trainings_record_every_metric(stage_dir: Path) -> None:
     for variant in variants:
         (run,) = runs_of("flower", variant)
         assert run.info.status == "FINISHED"
-        for metric in ("train_loss", "eval_loss", "train_acc", "eval_acc", "epoch_seconds"):
+        for metric in ("train_loss", "val_loss", "train_acc", "val_acc", "epoch_seconds"):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
             assert steps == list(range(1, 301)), (variant, metric)
 
@@ -237,7 +237,7 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_one(stage_dir: P
     # MLflow holds every epoch once, with the values of the uninterrupted run
     resumed_run, straight_run = (r.info.run_id for r in runs_of("mnist", "mnist_mlp"))
     expected = metric_histories(straight_run)
-    assert [step for step, _ in expected["eval_loss"]] == list(range(1, 61))
+    assert [step for step, _ in expected["val_loss"]] == list(range(1, 61))
     assert metric_histories(resumed_run) == expected
 
 

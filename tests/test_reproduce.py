@@ -1,8 +1,10 @@
-"""`bplab reproduce`: a recorded training run, rerun as a real DVC experiment, gives the same metrics."""
+"""`bplab reproduce`: a recorded training run, rerun as a real DVC experiment, gives the same metrics;
+what it could not prove (an unfinished run, no metrics, an interpolation DVC would resolve) it refuses."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +12,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bplab.reproduce import Recorded, overrides
-from conftest import NO_MIRROR, commit, copy_repository, data_mirror, run, set_params, unavailable
+from bplab.config import read_yaml
+from bplab.reproduce import Recorded, experiment_command, overrides, side_by_side
+from conftest import NO_MIRROR, commit, copy_repository, data_mirror, run, unavailable
 
 VARIANT = "boston_module"
-TINY = {f"train.{VARIANT}.epochs": 5, f"train.{VARIANT}.batch_size": 32}
+# Today's params.yaml has early_stopping: null, and no momentum or scheduler key at all.
+TINY = {f"train.{VARIANT}.epochs": 5, f"train.{VARIANT}.batch_size": 32, f"train.{VARIANT}.early_stopping": None}
+# The original run is a DVC experiment with: lr that DVC writes as 1e-05 (YAML 1.1 reads it as a string; DVC
+# writes 0.001 for 1e-3, in exponent form only below 1e-4), keys today's params.yaml lacks (one a sub-section),
+# and a sub-section where today's params.yaml has null.
+ORIGINAL = [f"train.{VARIANT}.lr=1e-5", f"+train.{VARIANT}.momentum=0.5",
+            f"+train.{VARIANT}.scheduler={{name:step,step_size:2}}", f"train.{VARIANT}.early_stopping={{patience:2}}"]
+# What reproduce must send to set today's params.yaml back to the run's (in the order of the run's keys).
+SET_BACK = [f"train.{VARIANT}.lr=1e-05", f"train.{VARIANT}.early_stopping={{}}",
+            f"+train.{VARIANT}.early_stopping.patience=2", f"+train.{VARIANT}.momentum=0.5",
+            f"+train.{VARIANT}.scheduler={{}}", f"+train.{VARIANT}.scheduler.name=step",
+            f"+train.{VARIANT}.scheduler.step_size=2"]
 GIT = ["git", "-c", "user.name=bplab-tests", "-c", "user.email=tests@bplab.invalid"]
 
 
@@ -30,20 +44,22 @@ def mlflow_run(repo: Path, run_id: str):
 
 
 @pytest.mark.e2e
-def test_a_run_reproduces_to_the_last_digit_and_another_commit_is_refused(tmp_path: Path) -> None:
+def test_a_dvc_experiment_reproduces_to_the_last_digit_and_another_commit_is_refused(tmp_path: Path) -> None:
     if data_mirror() is None:
         unavailable(NO_MIRROR)
     repo = copy_repository(tmp_path / "repo", TINY)
     run(["dvc", "repro", "preprocess@boston"], repo)
-    commit(repo, "data")  # the run's commit, and a clean tree when it trains
-    run(["dvc", "repro", f"evaluate@{VARIANT}"], repo)
+    commit(repo, "data")  # the run's commit
+    sets = [arg for setting in ORIGINAL for arg in ("-S", setting)]
+    run(["dvc", "exp", "run", "-n", "original", *sets, f"evaluate@{VARIANT}"], repo)
+    assert "lr: 1e-05" in (repo / "params.yaml").read_text()  # as DVC wrote it
     original_id = json.loads((repo / f"models/{VARIANT}/run.json").read_text())["run_id"]
     original = mlflow_run(repo, original_id)
     run_commit = original.data.tags["git_commit"]
-    assert original.data.tags["git_dirty"] == "false"
     recorded = Path(original.info.artifact_uri.removeprefix("file://")) / "reproduce"
-    assert yaml.safe_load((recorded / "params.yaml").read_text())["train"][VARIANT]["epochs"] == 5
-    assert json.loads((recorded / "variant.json").read_text())["train"]["epochs"] == 5
+    variant = read_yaml((recorded / "params.yaml").read_text())["train"][VARIANT]
+    assert (variant["epochs"], variant["lr"], variant["scheduler"]) == (5, 1e-05, {"name": "step", "step_size": 2})
+    assert json.loads((recorded / "variant.json").read_text())["train"]["lr"] == 1e-05
     assert "preprocess@boston" in (recorded / "dvc.lock").read_text()
 
     commit(repo, "trained")  # now the checkout is at another commit
@@ -52,39 +68,153 @@ def test_a_run_reproduces_to_the_last_digit_and_another_commit_is_refused(tmp_pa
     assert f"was made at commit {run_commit[:12]}; this checkout is at " in refused.stderr
     assert "pass --any-commit" in refused.stderr and "Traceback" not in refused.stderr
 
-    run([*GIT, "checkout", "-q", run_commit], repo)
-    set_params(repo, {f"train.{VARIANT}.lr": 0.5})  # an edit since the run: reproduce sets it back
+    run([*GIT, "checkout", "-q", run_commit], repo)  # params.yaml as committed: lr 0.001, early_stopping null
     result = bplab(repo, "reproduce", original_id)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"-S train.{VARIANT}.lr=0.001 train@{VARIANT} evaluate@{VARIANT}" in result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("bplab reproduce: dvc exp run "))
+    words = shlex.split(line.removeprefix("bplab reproduce: dvc "))  # the command as printed can be pasted
+    assert sorted(words[i + 1] for i, word in enumerate(words) if word == "-S") == sorted(SET_BACK)
+    assert "-s" in words and words[-2:] == [f"train@{VARIANT}", f"evaluate@{VARIANT}"]
     assert "every metric is equal to the last digit" in result.stdout
     lines = result.stdout.splitlines()  # DVC's own output, then the table, then the verdict
     header = next(i for i, line in enumerate(lines) if line.split() == ["metric", "original", "reproduced", "same"])
     rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1: -1]}
-    assert {"test_rmse", "test_r2", "train_loss", "eval_loss", "lr"} <= set(rows)
+    assert {"test_rmse", "test_r2", "val_rmse", "train_loss", "val_loss", "lr"} <= set(rows)
     assert all(row[-1] == "yes" for row in rows.values())
     assert rows["test_rmse"][:2] == [repr(original.data.metrics["test_rmse"])] * 2
+    assert float(rows["lr"][0]) < 1e-05  # the step schedule ran again: lr 1e-05, then a tenth of it
     experiments = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert f"reproduce-{original_id[:8]}-" in experiments  # a real DVC experiment, kept
 
 
-def test_overrides_set_back_what_shaped_the_run_and_leave_the_rest() -> None:
+def test_overrides_set_back_what_shaped_the_run_through_dvcs_own_override_parser(tmp_path: Path) -> None:
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` runs on params.yaml
+
     now = {"seed": 0, "device": "auto", "tracking": {"max_epoch_points": 1000},
-           "data": {"boston": {"download": {"sources": [{"url": "http://a/b"}]}, "preprocess": {"test_size": 0.2}},
+           "data": {"boston": {"download": {"sources": [{"url": "http://a/b", "format": "csv"}]},
+                               "preprocess": {"test_size": 0.2}},
                     "mnist": {"preprocess": {"mean": 0.5}}},
-           "train": {VARIANT: {"lr": 0.5, "scheduler": None, "early_stopping": {"patience": 3}}, "other": {"lr": 1}}}
+           "train": {VARIANT: {"lr": 0.5, "scheduler": None, "early_stopping": {"patience": 3}, "param_groups": {}},
+                     "other": {"lr": 1}}}
     then = yaml.safe_load(yaml.safe_dump(now))
     then["seed"] = 7
-    then["train"][VARIANT] = {"lr": 0.001, "scheduler": {"name": "step", "step_size": 2}}
-    then["data"]["boston"]["download"]["sources"] = [{"url": "http://***@a/b"}]  # redacted when logged
+    then["train"][VARIANT] = {"lr": 1e-05, "scheduler": {"name": "step", "step_size": 2}, "momentum": 0.5,
+                              "param_groups": {"0": 0.1, "hidden": 1e-05}, "model": {"hidden": [10, 10]},
+                              "listed": [{"a": None, "b": "x,y"}, True, -3, "null", "Inf", "nan_ok", "cpu"],
+                              "name": "it's \\ a, [b] {c} 1e-05 \\'q\\"}  # Hydra would misread it unquoted
+    then["data"]["boston"]["download"]["sources"] = [{"url": "http://***@a/b", "format": "csv"}]  # redacted
+    then["data"]["boston"]["preprocess"]["test_size"] = 0.25
     then["data"]["mnist"]["preprocess"]["mean"] = 0.1  # another dataset: not this run's
     then["train"]["other"]["lr"] = 2
     run = Recorded("r", VARIANT, "boston", "c", [], then, {})
     settings, unset = overrides(run, now)
-    assert settings == {"seed": 7, f"train.{VARIANT}.lr": 0.001,
-                        f"train.{VARIANT}.scheduler": {"name": "step", "step_size": 2}}
-    assert unset == [f"train.{VARIANT}.early_stopping"]
+    assert unset == [f"train.{VARIANT}.early_stopping"]  # present now, absent then: named, kept
+    assert list(settings)[:6] == ["seed", f"train.{VARIANT}.lr", f"train.{VARIANT}.scheduler",
+                                  f"+train.{VARIANT}.scheduler.name", f"+train.{VARIANT}.scheduler.step_size",
+                                  f"+train.{VARIANT}.momentum"]
+    command = experiment_command(run, settings, "x")
+    assert "-s" not in command  # a data setting: upstream stages rerun too
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(now))
+    apply_overrides(file, [command[i + 1] for i, word in enumerate(command) if word == "-S"])
+    rewritten = read_yaml(file.read_text())
+    assert rewritten["train"][VARIANT] == then["train"][VARIANT] | {"early_stopping": {"patience": 3}}
+    assert rewritten["seed"] == 7 and rewritten["data"]["boston"]["preprocess"] == {"test_size": 0.25}
+    assert rewritten["data"]["boston"]["download"] == now["data"]["boston"]["download"]  # not the redacted URL
+    assert rewritten["data"]["mnist"] == now["data"]["mnist"] and rewritten["train"]["other"] == {"lr": 1}
+
+
+def test_training_records_params_as_the_stages_read_them(mlflow_repo: Path) -> None:
+    """DVC writes a small lr as ``1e-05``; YAML 1.1 (``yaml.safe_load``) reads that as a string, so
+    the record, and any rerun from it, would carry ``'1e-05'``, which validation refuses."""
+    from bplab.config import load_params
+    from bplab.scratch import REPO
+    from bplab.train.stage import _reproduction
+
+    text = (REPO / "params.yaml").read_text()
+    (mlflow_repo / "params.yaml").write_text(text.replace("    lr: 0.001\n", "    lr: 1e-05\n", 1))
+    record = _reproduction(mlflow_repo, load_params(mlflow_repo / "params.yaml"), VARIANT)
+    assert record["params"]["train"][VARIANT]["lr"] == 1e-05 == record["resolved"]["train"]["lr"]
+
+
+def test_nothing_to_compare_is_never_the_same() -> None:
+    assert side_by_side({}, {})[1] is False
+    assert side_by_side({"epoch_seconds": 1.0, "system/cpu_utilization_percentage": 5.0}, {})[1] is False
+    assert side_by_side({"test_rmse": 1.5, "epoch_seconds": 1.0}, {"test_rmse": 1.5, "epoch_seconds": 2.0})[1] is True
+
+
+PLANTED = "planted-s3cret-value"
+
+
+def training_run(mlflow_repo: Path, status: str, metrics: dict[str, float], params: dict) -> str:
+    """A training run in the repository's own sqlite store, made with the real client."""
+    from mlflow import MlflowClient
+
+    from bplab import track
+
+    client = MlflowClient(track.tracking_uri())
+    found = client.get_experiment_by_name("boston")
+    experiment = found.experiment_id if found else client.create_experiment(
+        "boston", artifact_location=(mlflow_repo / "mlartifacts").as_uri())
+    run_id = client.create_run(experiment, tags={"stage": "train", "variant": VARIANT, "dataset": "boston",
+                                                 "git_commit": "a" * 40, "git_dirty": "false"}).info.run_id
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value)
+    client.log_text(run_id, yaml.safe_dump(params), "reproduce/params.yaml")
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+def reproduce_in_process(capsys: pytest.CaptureFixture[str], run_id: str) -> tuple[int, str]:
+    """``bplab reproduce RUN --any-commit`` in this process: its exit status and everything it printed."""
+    from bplab import command
+
+    capsys.readouterr()  # what creating the store printed
+    status = command.main(["reproduce", run_id, "--any-commit"])
+    out, err = capsys.readouterr()
+    return status, out + err
+
+
+# Runs a rerun cannot be compared with: the reason each is refused.
+UNPROVABLE = [
+    ("RUNNING", {"train_loss": 2.0, "test_rmse": 3.0}, "did not finish (its status is RUNNING)"),
+    ("KILLED", {"train_loss": 2.0, "epoch_seconds": 0.1}, "did not finish (its status is KILLED)"),  # stopped early
+    ("FAILED", {}, "did not finish (its status is FAILED)"),
+    ("FINISHED", {"epoch_seconds": 0.1, "system/cpu_utilization_percentage": 50.0}, "has no metric to compare"),
+    ("FINISHED", {}, "has no metric to compare"),
+]
+
+
+def test_what_cannot_be_proved_is_refused_in_one_line_and_an_interpolation_by_its_key_only(
+        mlflow_repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One store for all (creating a sqlite store takes seconds): unfinished runs, runs without
+    metrics, and an OmegaConf interpolation that DVC would resolve to a planted secret."""
+    monkeypatch.setenv("BPLAB_PLANTED_SECRET", PLANTED)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow's own lines, not the error's
+    today = {"seed": 0, "data": {"boston": {"download": {"sources": [{"url": "http://mirror/b"}]}}}}
+    (mlflow_repo / "params.yaml").write_text(yaml.safe_dump(today))
+    for status, metrics, why in UNPROVABLE:
+        run_id = training_run(mlflow_repo, status, metrics, today)
+        code, printed = reproduce_in_process(capsys, run_id)
+        assert code == 2 and len(printed.splitlines()) == 1, printed
+        assert printed.startswith(f"bplab reproduce: error: run {run_id} {why}"), printed
+
+    then = yaml.safe_load(yaml.safe_dump(today))
+    then["data"]["boston"]["download"]["sources"][0]["url"] = "http://u:${oc.env:BPLAB_PLANTED_SECRET}@mirror/b"
+    run_id = training_run(mlflow_repo, "FINISHED", {"test_rmse": 3.0}, then)
+    code, printed = reproduce_in_process(capsys, run_id)  # (--any-commit prints a note first)
+    assert code == 2 and printed.count("error:") == 1 and PLANTED not in printed, printed
+    assert printed.splitlines()[-1].startswith(f"bplab reproduce: error: run {run_id}'s reproduce/params.yaml holds "
+                                               "an interpolation (${...}) at data.boston.download.sources.0.url: ")
+
+    today["tracking"] = {"note": "${oc.env:BPLAB_PLANTED_SECRET}"}  # today's file: DVC resolves the whole file
+    (mlflow_repo / "params.yaml").write_text(yaml.safe_dump(today))
+    code, printed = reproduce_in_process(capsys, training_run(mlflow_repo, "FINISHED", {"test_rmse": 3.0}, {"seed": 0}))
+    assert code == 2 and printed.count("error:") == 1 and PLANTED not in printed, printed
+    assert printed.splitlines()[-1].startswith("bplab reproduce: error: params.yaml holds an interpolation (${...}) "
+                                               "at tracking.note: ")
 
 
 def test_another_commit_is_refused_unless_asked_and_unrecorded_changes_are_named(

@@ -59,7 +59,7 @@ def test_evaluate_refuses_a_saved_model_that_would_run_code(workspace: Path, par
     assert not marker.exists()
     logged = mlflow_client().get_run(record["run_id"])
     assert not {m for m in logged.data.metrics if m.startswith("test_") or m == "saved_forms_max_abs_diff"}
-    assert logged.info.status == "FAILED"
+    assert logged.info.status == "FINISHED"  # the training's status: evaluate's failure is its own
     assert not metrics_file("boston_module").exists()
     _prove_it_runs_code(crafted, marker)
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bplab import dvc_queue, search_space
-from conftest import REPO, commit, copy_repository, run, stage_env
+from conftest import REPO, commit, copy_repository, free_port, run, stage_env
 
 BPLAB = Path(sys.executable).with_name("bplab")
 VARIANT = "boston_module"
@@ -72,14 +72,21 @@ def test_overrides_are_dvc_set_params() -> None:
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     repo = copy_repository(tmp_path / "repo")
+    nobody = f"127.0.0.1:{free_port()}/optuna"  # a database storage nothing answers at
     for args, message in [
         ([VARIANT, "--param", "lr=log:-1:1"], "--param 'lr=log:-1:1': a log range needs a positive low bound"),
-        ([VARIANT, *SPACE, "--metric", "test_acc"], "--metric test_acc: boston has the test metrics"),
+        ([VARIANT, *SPACE, "--metric", "test_rmse"], "--metric test_rmse: the test split is reported, never "
+                                                     "optimized; use the validation metric val_rmse"),
+        ([VARIANT, *SPACE, "--metric", "val_acc"], "--metric val_acc: boston has the validation metrics val_mse, "
+                                                   "val_rmse, val_mae, val_r2"),
+        ([VARIANT, *SPACE, "--storage", f"postgresql+psycopg://bob:s3cret@{nobody}"],
+         f"cannot open the sweep storage postgresql+psycopg://***@{nobody}: connection failed: "),
     ]:
         result = subprocess.run([str(BPLAB), "sweep", *args], cwd=repo, env=stage_env(repo), capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode == 2 and result.stdout == "", result
         assert result.stderr.startswith(f"bplab sweep: error: {message}") and result.stderr.count("\n") == 1, result
+        assert "s3cret" not in result.stderr
     assert not (repo / "sweeps").exists()
 
 
@@ -187,7 +194,7 @@ def test_a_stopped_sweep_is_taken_over_and_two_workers_share_the_study(sweep_rep
     # The worker that finished last reports the whole study: the best trial and how to keep it.
     out = next((o for o in (out_first, out_second) if "study s: 3 trials (3 complete)" in o), out_first + out_second)
     best = min(trials, key=lambda t: t["value"])
-    assert f"best: trial {best['number']}, test_rmse {best['value']:.6g}" in out, out
+    assert f"best: trial {best['number']}, val_rmse {best['value']:.6g}" in out, out
     assert out.rstrip().endswith(f"keep it: dvc exp apply s-t{best['number']}"), out
     _check_mlflow(repo, trials)
 
@@ -211,7 +218,7 @@ def _check_experiments(repo: Path, trials: list[dict]) -> None:
         params = yaml.safe_load(run(["git", "show", f"{ref}:params.yaml"], repo).stdout)["train"][VARIANT]
         assert (params["lr"], params["batch_size"]) == (trial["params"]["lr"], trial["params"]["batch_size"])
         metrics = json.loads(run(["git", "show", f"{ref}:metrics/{VARIANT}.json"], repo).stdout)
-        assert metrics["test_rmse"] == trial["value"]
+        assert metrics["val_rmse"] == trial["value"]
 
 
 def _check_mlflow(repo: Path, trials: list[dict]) -> None:
@@ -222,7 +229,7 @@ def _check_mlflow(repo: Path, trials: list[dict]) -> None:
     experiment = client.get_experiment_by_name("boston").experiment_id
     runs = client.search_runs([experiment], "tags.sweep_study = 's'")
     tagged = sorted((int(r.data.tags["sweep_trial"]), r.data.tags["sweep_study"], r.data.tags["dvc_exp"],
-                     r.data.metrics["test_rmse"]) for r in runs if "sweep_trial" in r.data.tags)
+                     r.data.metrics["val_rmse"]) for r in runs if "sweep_trial" in r.data.tags)
     assert tagged == [(t["number"], "s", f"s-t{t['number']}", t["value"]) for t in trials]
     (study_run,) = client.search_runs([experiment], "attributes.run_name = 'sweep-s'")
     # Each worker logs the steps all of whose trials have finished: two finishing at once may both log one.

@@ -44,9 +44,34 @@ def test_flatten() -> None:
     ("postgresql+psycopg://mlflow:pw@db:5432/mlflow", "postgresql+psycopg://***@db:5432/mlflow"),
     ("sqlite:////repo/mlflow.db", "sqlite:////repo/mlflow.db"),
     ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    # SQLAlchemy takes a password with '/', '?' or '#' as it is: its password runs to the '@'.
+    ("postgresql+psycopg://bob:pa/ss@db/optuna", "postgresql+psycopg://***@db/optuna"),
+    ("postgresql://bob:pa?ss@db:5432/optuna", "postgresql://***@db:5432/optuna"),
+    ("mysql://bob:pa#ss@db/optuna?charset=utf8", "mysql://***@db/optuna"),
+    ("postgresql://bob:p@ss/w?r#d@db/optuna", "postgresql://***@db/optuna"),  # '@' too: hidden to the last one
+    ("https://alice:pa%2Fss@mirror.example/mnist/", "https://***@mirror.example/mnist/"),
+    ("https://ghp_t0ken@github.com/org/repo.git", "https://***@github.com/org/repo.git"),  # a token as user name
+    ("https://b.s3.amazonaws.com/k.gz?X-Amz-Signature=5ig&X-Amz-Credential=AKIA", "https://b.s3.amazonaws.com/k.gz"),
+    ("https://mirror.example/f.gz#access_token=t0k", "https://mirror.example/f.gz"),
+    ("https://cdn.example/npm/pkg@1.0/f.js", "https://cdn.example/npm/pkg@1.0/f.js"),  # '@' in a path: no login
+    ("https://host:8080/a@b", "https://***@b"),  # SQLAlchemy would read '8080/a' as a password: hidden
+    ("data/raw/boston", "data/raw/boston"),
 ])
 def test_redact_hides_credentials_and_query_strings(uri: str, shown: str) -> None:
     assert track.redact(uri) == shown
+
+
+def test_redact_hides_them_in_any_text_holding_urls() -> None:
+    message = ("could not open 'postgresql+psycopg://bob:Pa55/w?rd#1@db/optuna': timeout; "
+               "see https://mirror.example/f.gz?sig=S1gnature. (nothing else)")
+    assert track.redact(message) == ("could not open 'postgresql+psycopg://***@db/optuna': timeout; "
+                                     "see https://mirror.example/f.gz (nothing else)")
+    packed = '["https://m1.example/a?sig=S1gnature","https://u:Pa55/w?rd#2@m2.example/b","x://y:Pa55w@z"]'
+    shown = track.redact(packed)  # URLs with no space between them: each one is redacted
+    assert "S1gnature" not in shown and "Pa55" not in shown and "rd#" not in shown
+    assert shown.startswith('["https://m1.example/a')
+    assert track.redact_all({"mirrors": [packed], "note": message, "n": 3}) == \
+        {"mirrors": [shown], "note": track.redact(message), "n": 3}
 
 
 @pytest.fixture

@@ -116,7 +116,7 @@ def test_a_server_lost_mid_run_fails_the_stage_fast_and_the_next_run_completes_i
     client = MlflowClient(tracking_server.uri)
     [run] = client.search_runs([client.get_experiment_by_name("boston").experiment_id])
     assert run.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
     assert sorted(steps) == list(range(1, 4001))  # every epoch once: none lost, none doubled
 
 

@@ -8,13 +8,14 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bplab.errors import BplabError
-from bplab.track import Terminated, refusal
+from bplab.track import Terminated, redact, refusal, store_failure
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 def stage_process(stage: str) -> Iterator[None]:
     """The body of a stage's process: how it ends, on an error, an interrupt, or success.
 
-    A :class:`BplabError` prints as ``<stage>: error: <message>`` and exits 2, without a
-    traceback; so does an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`).
+    A :class:`BplabError` prints as ``<stage>: error: <message>`` (URLs in it redacted) and exits
+    2, without a traceback; so do an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`)
+    and a tracking store whose database fails (a damaged ``mlflow.db``, :func:`store_failure`).
     An interrupt (Ctrl-C, or SIGTERM turned into one by :meth:`bplab.recorder.Recorder.run`)
     exits 130 or 143, the shell's codes for those signals.
 
@@ -40,24 +42,27 @@ def stage_process(stage: str) -> Iterator[None]:
     created at import, which saves about a second per stage process (a third of the time of
     ``python -c "import torch, mlflow"``). Files are still closed, by reference counting and
     ``atexit``, as usual. Used in-process (tests), the collector is switched back on after.
+    Any other error ends the process with its traceback, redacted (:func:`redacted_tracebacks`).
     """
+    redacted_tracebacks()
     collecting = gc.isenabled()
     gc.disable()
     try:
         yield
     except BplabError as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
+        print(f"{stage}: error: {redact(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(f"{stage}: {'terminated' if terminated else 'interrupted'}; nothing was written as a result, "
-              "and its MLflow run (if any) is marked KILLED", file=sys.stderr)
+              "and the MLflow run it opened (if any) is marked KILLED", file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
     except Exception as exc:
-        refused = refusal(exc)  # an MLflow server's 401 or 403, past the check at the run's start
-        if refused is None:
+        # An MLflow server's 401 or 403 past the check at the run's start, or the store's database failing
+        message = refusal(exc) or store_failure(exc)
+        if message is None:
             raise
-        print(f"{stage}: error: {refused}", file=sys.stderr)
+        print(f"{stage}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         gc.freeze()
@@ -90,6 +95,17 @@ def interrupts_deferred() -> Iterator[None]:
                 handler(caught[0], None)
             elif handler == signal.SIG_DFL:
                 os.kill(os.getpid(), caught[0])
+
+
+def redacted_tracebacks() -> None:
+    """From now on, the traceback of an error nobody catches prints with every URL in it redacted,
+    like everything else the process prints: a library's message may quote a URL with its login
+    (MLflow's ``API request to http://user:password@host/... failed``)."""
+    sys.excepthook = _print_redacted
+
+
+def _print_redacted(kind: type[BaseException], value: BaseException, trace: object) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, trace))))
 
 
 def progress_bar(**options: object) -> tqdm:

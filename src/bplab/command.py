@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bplab import compare, registry, sweep, track
-from bplab.cli import this_environment_first
+from bplab.cli import redacted_tracebacks, this_environment_first
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 
@@ -150,7 +150,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """``bplab reproduce``'s arguments."""
-    parser.add_argument("run_id", help="the MLflow run id of a training run (the run page, or models/V/run.json)")
+    parser.add_argument("run_id",
+                        help="the MLflow run id of a finished training run (the run page, or models/V/run.json)")
     parser.add_argument("--any-commit", action="store_true",
                         help="rerun a run made at another git commit on this checkout's code")
 
@@ -163,12 +164,39 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return reproduce.reproduce(args.run_id, any_commit=args.any_commit)
 
 
+def promote_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bplab promote``'s arguments."""
+    parser.add_argument("dataset", help="the registered model: a dataset (boston, flower, mnist, ...)")
+    parser.add_argument("version", help="the registered version to make champion, as the registry lists it (5)")
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    """``bplab promote``: move ``<dataset>@champion`` to a version on purpose, saying what it held before."""
+    _check_dataset(args.dataset)
+    uri = track.tracking_uri()
+    track.check_reachable(uri)
+    compare.check_store(uri)
+    before, chosen = registry.promote(args.dataset, args.version, uri)
+    tags = chosen.tags
+    scores = ", ".join(f"{k} {v}" for k, v in tags.items() if k.startswith(("val_", "test_")) and k != "val_digest"
+                       and k != registry.TEST_DIGEST_TAG)
+    print(f"bplab promote: {args.dataset}@{registry.CHAMPION} moved from "
+          f"{'version ' + before if before else 'no version'} to version {chosen.version} "
+          f"({tags.get('variant', 'variant unknown')}{'; ' + scores if scores else ''})")
+    if tags.get(registry.COMMITTED_TAG) != "true":
+        print(f"bplab promote: note: version {chosen.version} was not scored on the committed split; the next "
+              f"evaluate on the committed split puts {registry.CHAMPION} back on the best version scored there",
+              file=sys.stderr)
+    return 0
+
+
 COMPARE_ABOUT = compare.__doc__.split("\n\n")[1]  # the paragraph of the module's docstring on the table
 EXAMPLES = """\
 examples:
-  bplab compare                          # one table per dataset: params, test metrics, champion
+  bplab compare                          # one table per dataset: params, val and test metrics, champion
   bplab serve boston                     # models:/boston@champion on http://127.0.0.1:5001
   bplab reproduce <run_id>               # rerun a recorded training, metrics side by side
+  bplab promote mnist 7                  # mnist@champion on version 7, on purpose
   bplab sweep boston_module --trials 20 -j 2 --param lr=log:1e-4:0.1   # Optuna search, DVC experiments
   bplab serve --help                     # a command's options and more examples"""
 
@@ -179,10 +207,19 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 Reads what a training run recorded (reproduce/params.yaml, its git commit), runs
 `dvc exp run -f -S <key>=<value> ... train@<variant> evaluate@<variant>` with the
 params that shaped it, and prints the new run's metrics beside the original's: on the
-same commit, on a CPU, they are equal to the last digit. Exit status 0 when every
-metric is equal, 1 when some differ, 2 when the run cannot be reproduced here (unknown
-run, another commit without --any-commit). The experiment's results are applied to the
-workspace, as `dvc exp run` does; `dvc exp show` lists it.
+same commit, on a CPU, they are equal to the last digit. The -S values are in Hydra's
+syntax, which DVC parses: +key=value for a key today's params.yaml lacks, a sub-section
+(scheduler, early_stopping, param_groups) key by key. Exit status 0 when every metric
+is equal, 1 when some differ, 2 when the run cannot be reproduced here or nothing
+would be proved, with one line saying why:
+  - an unknown run, or one made at another commit (without --any-commit);
+  - a run that did not finish (RUNNING, KILLED, FAILED): no final metrics to match;
+  - a run with no metric to compare (wall times and system samples are left out);
+  - an interpolation, ${{...}}, in a recorded value or in today's params.yaml: DVC would
+    resolve it when it writes -S values (${{oc.env:VAR}} reads a secret into the file,
+    and a mirror URL would send it on); the error names the key, never the value.
+The experiment's results are applied to the workspace, as `dvc exp run` does; `dvc exp
+show` lists it.
 
 {STORE_NOTE}""",
         examples="""\
@@ -191,6 +228,24 @@ workspace, as `dvc exp run` does; `dvc exp show` lists it.
   bplab reproduce 044735f6a1b24c6f9e0d1c2b3a4f5e6d --any-commit   # on this checkout's code""",
         add_arguments=reproduce_arguments,
         run=run_reproduce,
+    ),
+    "promote": Subcommand(
+        summary="move a dataset's champion alias to a registered version on purpose",
+        description=f"""\
+evaluate puts <dataset>@champion on the best version by the validation metric among the
+versions scored on the committed split (the one HEAD's params and code make); a version
+scored on another split (an uncommitted edit, a queued experiment over data.* params) is
+registered but never takes the alias by itself. `bplab promote DATASET VERSION` moves the
+alias to VERSION on purpose, and prints which version held it before (to move it back).
+The next evaluate on the committed split puts it back on the best version scored there.
+An unknown dataset or version ends with one line naming it, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab promote mnist 7                  # mnist@champion is now version 7
+  bplab promote boston 3                 # back to version 3""",
+        add_arguments=promote_arguments,
+        run=run_promote,
     ),
     "compare": Subcommand(
         summary="the study at a glance: one table per dataset, from MLflow",
@@ -228,7 +283,8 @@ version under the alias, or a port in use ends with one line naming it, exit sta
 Asks an Optuna study (ask/tell; TPE by default, seeded) for trials and runs each one as a
 DVC experiment, `dvc exp run --queue -n <study>-t<n> -S <key>=<value> ... train@<variant>
 evaluate@<variant>`, J at a time (`dvc queue start -j J`). Each trial is told the
-experiment's test metric (the dataset's champion metric unless --metric), or FAIL with
+experiment's validation metric (the dataset's champion metric, val_acc or val_rmse,
+unless --metric names another validation metric; test metrics are refused), or FAIL with
 the reason printed. At the end: the best params and the `dvc exp apply` line that keeps them.
 
 --trials N is the study's size: the sweep asks until the study holds N trials. The study
@@ -273,14 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``bplab <command>``; an error in the user's input ends with one line and exit status 2."""
     args = build_parser().parse_args(argv)
+    redacted_tracebacks()
     try:
         return args.run(args)
     except BplabError as exc:
-        print(f"bplab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"bplab {args.command}: error: {track.redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bplab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = track.refusal(exc) or track.store_failure(exc)  # an MLflow server's 401/403, a damaged store
+        if message is None:
+            raise
+        print(f"bplab {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -25,15 +26,32 @@ from pydantic import (
 )
 
 from bplab.errors import ParamsError
-from bplab.models import ARCHITECTURES
+from bplab.models import ARCHITECTURES, MAX_PARAMETERS, TOO_MANY, linear_parameters
+from bplab.paths import NAME_LIMIT, name_too_long
 
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 InitName = Literal["default", "normal", "uniform", "constant", "xavier", "kaiming"]
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
 # The per-epoch metrics every training computes (accuracies: classification only), in the column
-# order of history/<variant>.csv; early stopping and the plateau schedule watch one of them.
-EpochMetric = Literal["train_loss", "eval_loss", "train_acc", "eval_acc"]
-EPOCH_METRICS: tuple[str, ...] = get_args(EpochMetric)
+# order of history/<variant>.csv: on the training rows, and on the validation split carved from
+# them (data.<dataset>.preprocess.val_size). Early stopping and the plateau schedule watch one of
+# them; the test split is never measured during training, so nothing can be chosen on it.
+_EpochMetricName = Literal["train_loss", "val_loss", "train_acc", "val_acc"]
+EPOCH_METRICS: tuple[str, ...] = get_args(_EpochMetricName)
+
+
+def _watchable(value: Any) -> Any:
+    """Name what is wrong with a watched metric that is not one of :data:`EPOCH_METRICS`."""
+    if isinstance(value, str) and value.startswith("test_"):
+        raise ValueError(f"{value!r}: the test split is reported, never used to choose a model; watch a "
+                         f"validation metric (val_loss, val_acc) or a training one")
+    if isinstance(value, str) and value.startswith("eval_"):
+        raise ValueError(f"{value!r} is now called {'val_' + value.removeprefix('eval_')!r}: per-epoch metrics "
+                         "are measured on the validation split")
+    return value
+
+
+EpochMetric = Annotated[_EpochMetricName, BeforeValidator(_watchable)]
 # Each recorded epoch's wall time, logged after its metrics: a run whose tracking store holds an
 # epoch's SECONDS holds all of that epoch (the recorder resumes logging after it).
 SECONDS = "epoch_seconds"
@@ -62,6 +80,16 @@ class ModelSpec(Strict):
     arch: ArchName
     hidden: list[Width] = []
     init_scale: PositiveFloat = 0.01  # only twolayer: the tutorial's randn(...) * 0.01
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden_layers_fit(cls, value: list[int]) -> list[int]:
+        # Only the layers between hidden widths: the input width comes with the data, and
+        # models.build_model checks the whole network before allocating it.
+        count = linear_parameters(value)
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"the layers between hidden widths {value} have {count:,} parameters; {TOO_MANY}")
+        return value
 
     @model_validator(mode="after")
     def _hidden_fits_arch(self) -> ModelSpec:
@@ -137,7 +165,7 @@ class PlateauSchedule(Strict):
     """
 
     name: Literal["plateau"]
-    monitor: EpochMetric = "eval_loss"
+    monitor: EpochMetric = "val_loss"
     mode: Literal["min", "max"] | None = None
     factor: Fraction = 0.1
     patience: NonNegativeInt = 10
@@ -159,7 +187,7 @@ class EarlyStopping(Strict):
     with the weights of its best epoch, which are then saved, logged and evaluated.
     """
 
-    metric: EpochMetric = "eval_loss"
+    metric: EpochMetric = "val_loss"
     mode: Literal["min", "max"] | None = None
     patience: PositiveInt = 10
     min_delta: NonNegativeFloat = 0.0
@@ -169,6 +197,15 @@ class EarlyStopping(Strict):
 def direction(metric: str, mode: str | None) -> str:
     """``mode``, or the direction in which ``metric`` improves: min for a loss, max for an accuracy."""
     return mode or ("max" if metric.endswith("_acc") else "min")
+
+
+class PreprocessParams(Strict):
+    """What every dataset's ``data.<name>.preprocess`` holds, besides its own keys: the validation
+    split carved from the training split (:func:`bplab.data.processed.carve_validation`). Per-epoch
+    ``val_*`` metrics, early stopping, schedules, sweeps and the champion read it, never the test split."""
+
+    val_size: Fraction = 0.1  # the share of the training rows held out for validation
+    val_seed: Seed = 0  # which rows: a seeded permutation, the same on every machine
 
 
 class VariantParams(Strict):
@@ -233,6 +270,8 @@ class Params(Strict):
         for name in value:
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
                 raise ValueError(f"variant name {name!r} must be letters, digits and _ (it names stages and runs)")
+            if len(name) > NAME_LIMIT:
+                raise ValueError(f"variant {name_too_long(name)}")
         return value
 
     def variant(self, name: str) -> VariantParams:

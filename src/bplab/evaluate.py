@@ -1,4 +1,4 @@
-"""The ``evaluate@<variant>`` stage: final test metrics, pictures and a registry version.
+"""The ``evaluate@<variant>`` stage: final validation and test metrics, pictures and a registry version.
 
 It reloads the trained model both ways the tutorials save it (the whole pickled model and the
 state_dict), checks they predict the same, logs into the variant's train run (found through
@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bplab import plots, registry
-from bplab.config import Params
-from bplab.data import catalog, processed
+from bplab.config import EPOCH_METRICS, Params
+from bplab.data import catalog, committed, processed
+from bplab.data.committed import SplitOrigin
 from bplab.errors import BplabError, DataError
 from bplab.outputs import publish_directory, write_text_atomic
 from bplab.paths import RUN_FILE, STATE_DICT_FILE, WHOLE_MODEL_FILE, metrics_file, model_dir, plots_dir, processed_dir
@@ -56,25 +57,27 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None) -> 
         return torch.cat([model(x[i: i + size]) for i in range(0, len(x), size)])
 
 
-def compute_test_metrics(task_kind: str, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """``test_loss``/``test_acc`` for classification, ``test_mse``/``rmse``/``mae``/``r2`` for regression."""
+def compute_metrics(task_kind: str, outputs: torch.Tensor, target: torch.Tensor, split: str) -> dict[str, float]:
+    """The task's scores (:data:`bplab.data.catalog.SCORES`) of ``outputs`` against ``target``, each
+    named ``<split>_<score>``: ``loss``/``acc`` for classification, ``mse``/``rmse``/``mae``/``r2`` for
+    regression."""
     from bplab.train.loop import Task
 
     task = Task(task_kind)  # type: ignore[arg-type]
     if task.has_accuracy:
-        return {"test_loss": float(task.loss(outputs, target)),
-                "test_acc": float(task.correct(outputs, target)) / len(target)}
+        return {f"{split}_loss": float(task.loss(outputs, target)),
+                f"{split}_acc": float(task.correct(outputs, target)) / len(target)}
     # Computed here rather than with sklearn.metrics, whose import costs this stage two seconds;
     # the tests check these against sklearn.
     actual, predicted = target.double().ravel(), outputs.double().ravel()
     residual_ss = float(((actual - predicted) ** 2).sum())
     total_ss = float(((actual - actual.mean()) ** 2).sum())
     if total_ss == 0:
-        raise EvaluationError(f"test_r2 is undefined: the {len(actual)} test target(s) are all {float(actual[0])}; "
-                              "use a larger test split")
+        raise EvaluationError(f"{split}_r2 is undefined: the {len(actual)} {split} target(s) are all "
+                              f"{float(actual[0])}; use a larger {split} split")
     mse = residual_ss / len(actual)
-    return {"test_mse": mse, "test_rmse": mse ** 0.5, "test_mae": float((actual - predicted).abs().mean()),
-            "test_r2": 1.0 - residual_ss / total_ss}
+    return {f"{split}_mse": mse, f"{split}_rmse": mse ** 0.5, f"{split}_mae": float((actual - predicted).abs().mean()),
+            f"{split}_r2": 1.0 - residual_ss / total_ss}
 
 
 def evaluation_of(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -111,21 +114,45 @@ def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Pa
     return fresh.eval(), load_whole_model(model_dir(name, root) / WHOLE_MODEL_FILE)
 
 
-def _register(record: dict[str, Any], name: str, dataset: str, score: registry.Score,
+def _outputs(record: dict[str, Any], params: Params, name: str, root: Path, splits: dict[str, tuple[torch.Tensor, ...]]
+             ) -> tuple[torch.nn.Module, dict[str, torch.Tensor], float]:
+    """The model (from its state_dict) and its outputs on each split; how far the whole saved
+    model's outputs on the test split are from them (an :class:`EvaluationError` beyond rounding)."""
+    batch = params.variant(name).eval_batch_size
+    fresh, whole = _load_both_forms(record, params, name, root)
+    outputs = {split: predict(fresh, x, batch) for split, (x, _) in splits.items()}
+    disagreement = float((predict(whole, splits["test"][0], batch) - outputs["test"]).abs().max())
+    if disagreement > AGREEMENT_ATOL:
+        raise EvaluationError(
+            f"{name}: models/{name}/model.pt and models/{name}/state_dict.pt predict "
+            f"differently on the test split (max |difference| {disagreement:.3g} > {AGREEMENT_ATOL})")
+    return fresh, outputs, disagreement
+
+
+def _register(record: dict[str, Any], name: str, dataset: str, score: registry.Score, origin: SplitOrigin,
               recorder: Recorder) -> registry.Registration:
     registration = registry.register(record["model_uri"], dataset, name, record["run_id"], score)
     recorder.set_tags({"registered_model": registration.name, "registered_version": registration.version,
-                       "champion_version": registration.champion_version})
-    print(f"evaluate@{name}: {score.metric} {score.value:.6g}; registered {registration.name} version "
-          f"{registration.version}; {registry.CHAMPION}: version {registration.champion_version} "
-          f"({score.metric} {registration.champion_value:.6g} on test split {score.test_digest})", file=sys.stderr)
+                       "champion_version": registration.champion_version or "none"})
+    scored = f"{score.metric} {score.value:.6g} ({', '.join(f'{k} {v:.6g}' for k, v in score.reported.items())})"
+    held = "no version" if registration.champion_version is None else (
+        f"version {registration.champion_version}" + (f" ({score.metric} {registration.champion_value:.6g})"
+                                                      if registration.champion_value is not None else ""))
+    if origin.committed:
+        outcome = f"{registry.CHAMPION}: {held}"
+    else:
+        outcome = (f"not on the committed split ({origin.why}), so {registry.CHAMPION} stays on {held}; "
+                   f"`bplab promote {dataset} {registration.version}` moves it on purpose")
+    print(f"evaluate@{name}: {scored}; registered {registration.name} version {registration.version}; {outcome}",
+          file=sys.stderr)
     return registration
 
 
 def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
-    """Evaluate variant ``name`` on the test split, log into its train run, register the model.
+    """Score variant ``name`` on the validation and test splits, log into its train run, register the model.
 
-    Returns the metrics with the registry outcome.
+    The validation metrics rank the registry's versions; the test metrics are reported. Returns
+    the metrics with the registry outcome.
     """
     variant = params.variant(name)
     dataset = catalog.dataset(variant.dataset)
@@ -133,33 +160,34 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
     import torch
 
     clock = StageClock(f"evaluate@{name}")
-    test_split = processed.load(processed_dir(variant.dataset, root), ("test",)).splits["test"]
-    test_digest = processed.content_digest(*test_split)
-    x, y = (torch.from_numpy(a) for a in test_split)
+    arrays = processed.load(processed_dir(variant.dataset, root), ("val", "test")).splits
+    splits = {split: tuple(torch.from_numpy(a) for a in pair) for split, pair in arrays.items()}
+    origin = committed.origin(variant.dataset, getattr(params.data, variant.dataset), root)
+    digests = {registry.TEST_DIGEST_TAG: processed.content_digest(*arrays["test"]),
+               "val_digest": processed.content_digest(*arrays["val"]),
+               registry.COMMITTED_TAG: str(origin.committed).lower()}
     with ExitStack() as run:
         with clock.phase("mlflow_setup"):
-            recorder = run.enter_context(Recorder.run(variant.dataset, name, {registry.TEST_DIGEST_TAG: test_digest},
-                                                      run_id=record["run_id"]))
+            recorder = run.enter_context(Recorder.into(record["run_id"], digests))
         with clock.phase("predict"):
-            fresh, whole = _load_both_forms(record, params, name, root)
-            outputs = predict(fresh, x, variant.eval_batch_size)
-            disagreement = float((predict(whole, x, variant.eval_batch_size) - outputs).abs().max())
-            if disagreement > AGREEMENT_ATOL:
-                raise EvaluationError(
-                    f"{name}: models/{name}/model.pt and models/{name}/state_dict.pt predict "
-                    f"differently on the test split (max |difference| {disagreement:.3g} > {AGREEMENT_ATOL})")
-            metrics = compute_test_metrics(record["task"], outputs, y)
-        with clock.phase("mlflow"):
-            recorder.log_metrics(metrics | {"saved_forms_max_abs_diff": disagreement})
+            fresh, outputs, disagreement = _outputs(record, params, name, root, splits)
+            metrics = {key: value for split, (_, y) in splits.items()
+                       for key, value in compute_metrics(record["task"], outputs[split], y, split).items()}
+        with clock.phase("mlflow"):  # the validation metrics that are per-epoch curves stay curves
+            recorder.log_metrics({k: v for k, v in metrics.items() if k not in EPOCH_METRICS}
+                                 | {"saved_forms_max_abs_diff": disagreement})
         with clock.phase("pictures"):
-            pictures = dataset.evaluation_pictures(evaluation_of(name, fresh, x, y, outputs))
+            pictures = dataset.evaluation_pictures(evaluation_of(name, fresh, *splits["test"], outputs["test"]))
             publish_directory(plots_dir(name, root), lambda staging: _save_all(pictures, staging))
         with clock.phase("mlflow"):
             recorder.log_directory(plots_dir(name, root), "plots")
-        score = registry.Score(dataset.champion.metric, metrics[dataset.champion.metric],
-                               dataset.champion.higher_is_better, test_digest)
+        champion = dataset.champion
+        score = registry.Score(champion.selection, metrics[champion.selection], champion.higher_is_better,
+                               processed.content_digest(*arrays["val"], *arrays["test"]),
+                               {m: metrics[m] for m in dataset.test_metrics}, digests[registry.TEST_DIGEST_TAG],
+                               origin.committed)
         with clock.phase("registry"):
-            registration = _register(record, name, variant.dataset, score, recorder)
+            registration = _register(record, name, variant.dataset, score, origin, recorder)
         with clock.phase("outputs"):
             write_text_atomic(metrics_file(name, root), json.dumps(metrics, indent=2) + "\n")
         with clock.phase("mlflow"):

@@ -8,7 +8,7 @@ themselves are in :mod:`bplab.networks`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from torch import nn
 
     from bplab.config import ModelSpec
+
+# The most parameters a network may have: 2**30 float32 weights take 4 GiB, and training holds as
+# much again for their gradients and twice that for Adam's moments (16 GiB in all). Widths beyond
+# what fits would fail in the allocator, after the stage has opened its MLflow run.
+MAX_PARAMETERS = 2**30
+TOO_MANY = (f"at most {MAX_PARAMETERS:,} (2**30: 4 GiB of float32 weights, 16 GiB with their gradients "
+            "and Adam's moments)")
 
 
 @dataclass(frozen=True)
@@ -48,10 +55,27 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def build_model(spec: ModelSpec, n_in: int, n_out: int) -> nn.Module:
-    """A freshly initialised network for ``spec`` (draws from torch's global RNG: seed it first)."""
-    from bplab import networks
+def linear_parameters(widths: Sequence[int]) -> int:
+    """The weights and biases of a chain of Linear layers through ``widths``: every network here
+    is one, from its inputs through ``model.hidden`` to its outputs (batch_net's norms add 2 per
+    hidden unit to that)."""
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
 
+
+def build_model(spec: ModelSpec, n_in: int, n_out: int, key: str = "model") -> nn.Module:
+    """A freshly initialised network for ``spec`` (draws from torch's global RNG: seed it first).
+
+    Raises :class:`ParamsError` naming ``<key>.hidden`` before allocating a network of over
+    :data:`MAX_PARAMETERS`: params validation bounds the hidden layers alone, the input and
+    output widths are only known here, from the data.
+    """
+    from bplab import networks
+    from bplab.errors import ParamsError
+
+    count = linear_parameters([n_in, *spec.hidden, n_out])
+    if count > MAX_PARAMETERS:
+        raise ParamsError(f"{key}.hidden: {spec.arch} from {n_in} inputs through {spec.hidden} to {n_out} "
+                          f"outputs has {count:,} parameters; {TOO_MANY}")
     return ARCHITECTURES[spec.arch].build(networks, n_in, spec, n_out)
 
 

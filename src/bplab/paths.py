@@ -9,9 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(".")
+# The longest variant or dataset name. Names make file names (history/<variant>.csv,
+# models/<variant>/, data/raw/<dataset>/, ...), and one file name holds at most 255 bytes (Linux,
+# macOS). The most a file name adds to a name is 29 bytes (checkpoints/<variant>.pt.set-aside-
+# 20250101T120000) and the atomic writer's temporaries (.<variant>.json.XXXXXXXX.part) 20: 128
+# leaves room for those and for what may come, and keeps run names within MLflow's 250 characters.
+NAME_LIMIT = 128
+NAME_BYTES = 255
 RUN_FILE = "run.json"
 WHOLE_MODEL_FILE = "model.pt"
 STATE_DICT_FILE = "state_dict.pt"
+
+
+def name_too_long(name: str) -> str:
+    """Why ``name`` is refused as a variant or dataset name when it is over :data:`NAME_LIMIT`."""
+    return (f"name {name[:24]!r}... is {len(name.encode())} bytes long: at most {NAME_LIMIT}, as it names files "
+            f"such as checkpoints/<name>.pt.set-aside-<time> and a file name holds {NAME_BYTES} bytes")
 
 
 def raw_dir(dataset: str, root: Path = HERE) -> Path:

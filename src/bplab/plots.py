@@ -74,15 +74,15 @@ def flower_scatter(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
 
 
 _PANEL_NAMES = {"loss": "loss", "acc": "accuracy"}
-_LINE_NAMES = {"train": "train", "eval": "eval (test split)"}
+_LINE_NAMES = {"train": "train", "val": "validation"}
 
 
 def learning_curves(epochs: Sequence[int], metrics: dict[str, Sequence[float]], title: str = "",
                     step_losses: Sequence[float] | None = None, steps: Sequence[int] | None = None) -> Figure:
-    """The tutorial's curves per epoch: a panel per metric, its train and eval values together.
+    """The tutorial's curves per epoch: a panel per metric, its train and validation values together.
 
-    ``metrics`` maps names such as ``train_loss``, ``eval_loss``, ``train_acc`` to one value per
-    epoch; ``train_x`` and ``eval_x`` share panel ``x``, any other name has a panel of its own.
+    ``metrics`` maps names such as ``train_loss``, ``val_loss``, ``train_acc`` to one value per
+    epoch; ``train_x`` and ``val_x`` share panel ``x``, any other name has a panel of its own.
     ``step_losses`` adds the per-iteration training loss (seed 004 §3.6), at iterations ``steps``
     (default 1, 2, ...: a training that records every epoch).
     """

@@ -1,5 +1,6 @@
 """The pipeline's one owner of MLflow: a :class:`Recorder` opens (or resumes) a stage's run, logs
-into it, and ends it with a status. Stages and training call only it; the registry and ``compare``
+into it, and ends it with a status, or logs into another stage's run and leaves its status alone
+(evaluate into its training's). Stages and training call only it; the registry and ``compare``
 read (and the registry registers) on their own.
 
 ``import mlflow`` costs seconds, so it happens inside the methods that need it.
@@ -14,6 +15,8 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from bplab import plots, track
 from bplab.config import SECONDS, record_stride
-from bplab.errors import TrackingUnavailable
+from bplab.errors import BplabError, TrackingUnavailable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,10 +39,19 @@ if TYPE_CHECKING:
 
     from bplab.train.loop import EpochRecord
 
-METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+# MLflow's client sends at most 1000 entities (metrics, params and tags together) per request and
+# splits a larger log_batch into several requests (MAX_ENTITIES_PER_BATCH in MLflow 3.17's
+# TrackingServiceClient.log_batch): 1000 metrics and a tag went as 999 metrics with the tag, then
+# the last metric alone. An epoch's batch leaves room for its logged-through tag, so the tag and
+# the epoch's SECONDS (its last metric) always travel in one request.
+ENTITIES_PER_REQUEST = 1000
+METRICS_PER_BATCH = ENTITIES_PER_REQUEST - 1
 # Tags the recorder keeps on its runs: which process holds the run (to find runs a kill -9 left
 # RUNNING), and the last epoch whose metrics are stored (to log each epoch once across a resume).
 HOST_TAG, PID_TAG, LOGGED_THROUGH_TAG = "bplab.host", "bplab.pid", "bplab.logged_through_epoch"
+# A one-off token each new run carries from its creation: MLflow's HTTP client retries a create_run
+# whose answer was lost, and the server has made a run for each try; those carry the same token.
+CREATION_TAG = "bplab.creation"
 # The pyfunc flavor's device. mlflow.pytorch writes ``config: {device: null}``, and its pyfunc
 # loader then picks CUDA whenever a GPU is present; but a torch.export (pt2) program keeps the
 # device it was exported on, so on a GPU machine ``mlflow.pyfunc.load_model`` and ``mlflow models
@@ -61,6 +73,7 @@ def ensure_experiment(name: str) -> str:
 
     uri = track.tracking_uri()
     track.check_reachable(uri)
+    track.hide_run_links(uri)  # every run is made or resumed through here
     mlflow.set_tracking_uri(uri)
     with track.store_setup_lock(uri):
         found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables
@@ -93,8 +106,9 @@ def run_of_dvc_exp(experiment: str, exp_name: str, run_name: str | None = None) 
 
 
 def _reason(failure: BaseException) -> str:
-    """A store error in a few words: MLflow's HTTP errors repeat the whole request."""
-    text = str(getattr(failure, "message", failure))
+    """A store error in a few words: MLflow's HTTP errors repeat the whole request (redacted before
+    it is cut short, so no URL is cut before its credentials end)."""
+    text = track.redact(str(getattr(failure, "message", failure)))
     return "connection refused" if "Connection refused" in text else text[:300]
 
 
@@ -140,12 +154,33 @@ def _end_orphans(experiment_id: str, run_name: str) -> None:
             client.set_terminated(run.info.run_id, "KILLED")
 
 
-class RunGone(Exception):
-    """The MLflow run to resume was deleted, or is not in this tracking store."""
+def _delete_retried_creations(experiment_id: str, token: str, kept: str) -> None:
+    """Delete the runs carrying creation ``token`` other than ``kept``: a create_run whose answer
+    was lost is retried by MLflow's HTTP client (every method, a POST too), and the server made a
+    run for the lost try as well, which would stay RUNNING forever. Only HTTP stores retry."""
+    from mlflow import MlflowClient
+
+    if urllib.parse.urlsplit(track.tracking_uri()).scheme not in {"http", "https"}:
+        return
+    client = MlflowClient()
+    for run in client.search_runs([experiment_id], f"tags.`{CREATION_TAG}` = '{token}'"):
+        if run.info.run_id != kept:
+            client.delete_run(run.info.run_id)
 
 
-def run_exists(run_id: str) -> bool:
-    """Whether ``run_id`` is a live (not deleted) run of the tracking store."""
+class RunGone(BplabError):
+    """The MLflow run to resume or log into was deleted, or is not in this tracking store."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"MLflow run {run_id} is not in the tracking store {track.redact(track.tracking_uri())}: it was deleted, "
+            f"or logged to another store (models pulled from a DVC remote, or {track.TRACKING_ENV} changed since "
+            f"training); set {track.TRACKING_ENV} to the store that holds it, or train again "
+            "(`dvc repro --force train@<variant>`)")
+
+
+def _live_run(run_id: str) -> Any | None:
+    """Run ``run_id`` of the tracking store, or ``None`` if it is not there or deleted."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -157,17 +192,35 @@ def run_exists(run_id: str) -> bool:
             run = MlflowClient(uri).get_run(run_id)
     except MlflowException as exc:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return False
+            return None
         raise
-    return run.info.lifecycle_stage != "deleted"
+    return None if run.info.lifecycle_stage == "deleted" else run
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether ``run_id`` is a live (not deleted) run of the tracking store."""
+    return _live_run(run_id) is not None
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`track.Terminated` (a KeyboardInterrupt) inside the block, so a stage
+    ends as it does on Ctrl-C: its outputs unwritten, its run (if it opened one) KILLED."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Recorder:
     """One MLflow run of a stage, and everything logged into it."""
 
-    def __init__(self, run_id: str, experiment_id: str) -> None:
+    def __init__(self, run_id: str, experiment_id: str, opened: bool = True, creation: str | None = None) -> None:
         self.run_id = run_id
         self.experiment_id = experiment_id
+        self.opened = opened  # False: a run of another stage, logged into but never ended here
+        self.creation = creation  # the token a new run was created with (CREATION_TAG)
         self.ended = False
 
     @classmethod
@@ -176,10 +229,11 @@ class Recorder:
             system_metrics_s: float | None = None) -> Iterator[Recorder]:
         """A run that always ends: FINISHED, FAILED on an exception, KILLED on SIGINT/SIGTERM.
 
-        With ``run_id``, that existing run is resumed (evaluate logs into its train run). With
+        With ``run_id``, that existing run is resumed (a training resumed from its checkpoint). With
         ``system_metrics_s``, MLflow samples the machine's CPU, memory, disk, network (and GPU)
         that often while the run is open, as ``system/...`` metrics; a resumed run's samples go on
-        from its last step.
+        from its last step. A new run is made once, even where MLflow's client retried its
+        creation (:func:`_delete_retried_creations`).
         """
         import mlflow
 
@@ -190,29 +244,55 @@ class Recorder:
 
         experiment_id = ensure_experiment(experiment)
         holder = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        creation = None
         if run_id is None:
             _end_orphans(experiment_id, run_name)
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags) | holder,
-                                   log_system_metrics=system)
+            creation = uuid.uuid4().hex
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, log_system_metrics=system,
+                                   tags=track.redact_all(dict(tags)) | holder | {CREATION_TAG: creation})
+            _delete_retried_creations(experiment_id, creation, run.info.run_id)
         else:
             if not run_exists(run_id):
-                raise RunGone(f"MLflow run {run_id} no longer exists in {track.redact(track.tracking_uri())}")
+                raise RunGone(run_id)
             run = mlflow.start_run(run_id=run_id, log_system_metrics=system)
-            mlflow.set_tags(dict(tags) | holder)
-        recorder = cls(run.info.run_id, run.info.experiment_id)
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-        try:
+            mlflow.set_tags(track.redact_all(dict(tags)) | holder)
+        recorder = cls(run.info.run_id, run.info.experiment_id, creation=creation)
+        with _sigterm_interrupts():
+            try:
+                yield recorder
+            except KeyboardInterrupt:
+                recorder._end("KILLED")
+                raise
+            except BaseException:
+                recorder._end("FAILED")
+                raise
+            else:
+                recorder.end()
+
+    @classmethod
+    @contextmanager
+    def into(cls, run_id: str, tags: Mapping[str, str]) -> Iterator[Recorder]:
+        """Log into run ``run_id`` of another stage (evaluate into its train run) without resuming it.
+
+        The run is neither restarted nor ended, here or by :meth:`end`: whatever happens inside,
+        an error or a signal included, its status stays what its own stage left (a failed or
+        interrupted evaluate leaves its training FINISHED, and ``bplab compare`` still lists it).
+        Params, metrics, tags, dicts, figures and directories go by run id; a training's own logging
+        (:meth:`log_model`, :meth:`log_state_dict`, :meth:`log_training_data`,
+        :meth:`log_reproduction`) needs a run opened by :meth:`run`. SIGTERM ends the block as
+        :meth:`run` does.
+        """
+        import mlflow
+
+        uri = track.tracking_uri()
+        run = _live_run(run_id)  # checks the server and sets up a sqlite store, as ensure_experiment does
+        if run is None:
+            raise RunGone(run_id)
+        mlflow.set_tracking_uri(uri)
+        recorder = cls(run_id, run.info.experiment_id, opened=False)
+        recorder.set_tags(tags)
+        with _sigterm_interrupts():
             yield recorder
-        except KeyboardInterrupt:
-            recorder._end("KILLED")
-            raise
-        except BaseException:
-            recorder._end("FAILED")
-            raise
-        else:
-            recorder.end()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def _end(self, status: str) -> None:
         import mlflow
@@ -221,7 +301,11 @@ class Recorder:
         if self.ended:
             return
         self.ended = True
+        if not self.opened:  # a run of another stage: its status is that stage's
+            return
         if status == "FINISHED":
+            if self.creation is not None:  # a slow first try may have made its run after the start
+                _delete_retried_creations(self.experiment_id, self.creation, self.run_id)
             mlflow.end_run(status)
             return
         # The stage is failing already, perhaps because the store is gone: one attempt, no retries
@@ -236,7 +320,8 @@ class Recorder:
             os.environ[track.RETRIES_ENV] = retries or track.CLIENT_SETTINGS[track.RETRIES_ENV]
 
     def end(self) -> None:
-        """End the run as FINISHED now (the context does it at its end otherwise)."""
+        """End the run as FINISHED now (the context does it at its end otherwise); nothing for a
+        run of another stage (:meth:`into`)."""
         self._end("FINISHED")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -244,7 +329,7 @@ class Recorder:
         credentials and query strings (presigned links carry secrets there)."""
         import mlflow
 
-        mlflow.log_params(track.flatten(track.redact_all(dict(params))))
+        mlflow.log_params(track.flatten(track.redact_all(dict(params))), run_id=self.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Log final (step-less) values; a metric whose latest value is already this one is not
@@ -255,39 +340,43 @@ class Recorder:
         latest = MlflowClient().get_run(self.run_id).data.metrics
         changed = {key: value for key, value in metrics.items() if latest.get(key) != value}
         if changed:
-            mlflow.log_metrics(changed)
+            mlflow.log_metrics(changed, run_id=self.run_id)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Set tags on the run."""
-        import mlflow
+        """Set tags on the run (URLs redacted)."""
+        from mlflow import MlflowClient
+        from mlflow.entities import RunTag
 
-        mlflow.set_tags(dict(tags))
+        MlflowClient().log_batch(self.run_id, tags=[RunTag(key, str(value))
+                                                    for key, value in track.redact_all(dict(tags)).items()])
 
     def log_dict(self, values: Mapping[str, Any], file_name: str) -> None:
         """Log ``values`` as a JSON or YAML artifact named ``file_name`` (URLs redacted)."""
         import mlflow
 
-        mlflow.log_dict(track.redact_all(dict(values)), file_name)
+        mlflow.log_dict(track.redact_all(dict(values)), file_name, run_id=self.run_id)
 
     def log_reproduction(self, params: Mapping[str, Any], resolved: Mapping[str, Any], lock: str | None,
                          changes: list[str] | None) -> None:
         """What it takes to rerun this run, under ``reproduce/``: the ``params.yaml`` it ran with,
         its resolved variant params (JSON), ``dvc.lock`` as it stood, and the uncommitted changes
-        (``git status --porcelain``) when the tree was dirty. URLs lose their credentials."""
+        (``git status --porcelain``) when the tree was dirty. URLs lose their credentials and query
+        strings in each: ``dvc.lock`` holds the same param values as ``params.yaml`` (its text is
+        redacted as it is, so the file keeps its layout)."""
         import mlflow
 
         mlflow.log_dict(track.redact_all(dict(params)), f"{REPRODUCE_FOLDER}/params.yaml")
         mlflow.log_dict(track.redact_all(dict(resolved)), f"{REPRODUCE_FOLDER}/variant.json")
         if lock is not None:
-            mlflow.log_text(lock, f"{REPRODUCE_FOLDER}/dvc.lock")
+            mlflow.log_text(track.redact(lock), f"{REPRODUCE_FOLDER}/dvc.lock")
         if changes:
-            mlflow.log_text("\n".join(changes) + "\n", f"{REPRODUCE_FOLDER}/git_status.txt")
+            mlflow.log_text(track.redact("\n".join(changes) + "\n"), f"{REPRODUCE_FOLDER}/git_status.txt")
 
     def log_directory(self, directory: Path, folder: str) -> None:
         """Log every file under ``directory`` as artifacts under ``folder``."""
         import mlflow
 
-        mlflow.log_artifacts(str(directory), folder)
+        mlflow.log_artifacts(str(directory), folder, run_id=self.run_id)
 
     def log_figures(self, figures: Mapping[str, Figure], folder: str = "plots") -> None:
         """Log pictures as PNG artifacts under ``folder``, one per file name."""

@@ -1,14 +1,23 @@
 """The MLflow model registry: one registered model per dataset, alias ``champion`` on the best version.
 
-Each version carries what it was scored with: the test metric's value and the digest of the test
-split. The champion is recomputed from all versions, not compared with the previous champion
-alone, so it is always the best version among those scored on the same test split as the version
-just registered; a version without a readable metric is never champion, and ties keep the earlier
-version. The choice and the move of the alias happen under a lock shared by every process on
-this machine that uses the same tracking store, so concurrent evaluate stages (``dvc queue start
--j N``) do not contend; processes on other machines sharing one tracking server are not covered
-by that lock, so after moving the alias an evaluate reads the registry again and moves it on if a
-better version appeared meanwhile: no evaluate leaves the alias on a worse version.
+Each version carries how it scored: the validation metric that ranks it, the test metrics that
+are reported beside it (never used to choose), the digest of the validation and test splits it
+was scored on (``split_digest``; ``test_digest`` for the test split alone), and whether that split
+is the one the committed pipeline makes (``split_committed``, :mod:`bplab.data.committed`).
+
+The champion is the best version by the validation metric among the versions scored on the
+committed split. Only an evaluate on the committed split moves the alias, recomputing it from
+all versions (not from the previous champion alone), so an experiment on another split (a
+different ``test_size``, ``val_size``, ``test_limit``...) is registered but never takes the alias,
+however it scored; after a new split is committed and ``dvc repro`` re-scores the variants, the
+alias follows them to it. :func:`promote` moves it on purpose. A version without a readable
+metric is never champion, and ties keep the earlier version.
+
+The choice and the move of the alias happen under a lock shared by every process on this machine
+that uses the same tracking store, so concurrent evaluate stages (``dvc queue start -j N``) do not
+contend; processes on other machines sharing one tracking server are not covered by that lock,
+so after moving the alias an evaluate reads the registry again and moves it on if a better version
+appeared meanwhile: no evaluate leaves the alias on a worse version.
 """
 
 from __future__ import annotations
@@ -16,40 +25,54 @@ from __future__ import annotations
 import hashlib
 import math
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bplab.errors import BplabError
 
 CHAMPION = "champion"
-TEST_DIGEST_TAG = "test_digest"
+TEST_DIGEST_TAG, SPLIT_TAG, COMMITTED_TAG = "test_digest", "split_digest", "split_committed"
 LOCK_TIMEOUT_S = 300
 SETTLE_ROUNDS = 5
 
 
 class RegistryError(BplabError):
-    """The model registry failed or could not be locked; no alias was moved."""
+    """The model registry failed or could not be locked, or a version asked for does not exist."""
 
 
 @dataclass(frozen=True)
 class Score:
-    """A test metric of a model, and the test split it was measured on."""
+    """How a model scored: ``metric`` (a validation metric) ranks it, ``reported`` (test metrics)
+    are recorded beside it; ``split`` identifies the validation and test splits they were measured
+    on, and ``committed`` says whether that is the committed pipeline's split."""
 
     metric: str
     value: float
     higher_is_better: bool
-    test_digest: str
+    split: str
+    reported: Mapping[str, float] = field(default_factory=dict)
+    test_digest: str = ""
+    committed: bool = True
+
+    def tags(self) -> dict[str, str]:
+        """The registry version's tags for this score."""
+        values = {self.metric: self.value, **self.reported}
+        return {**{name: repr(value) for name, value in values.items()}, SPLIT_TAG: self.split,
+                TEST_DIGEST_TAG: self.test_digest or self.split, COMMITTED_TAG: str(self.committed).lower()}
 
 
 @dataclass(frozen=True)
 class Registration:
-    """What evaluate did in the registry."""
+    """What evaluate did in the registry: the version it registered, and the champion after it
+    (``None`` when no version holds the alias yet)."""
 
     name: str
     version: str
-    champion_version: str
-    champion_value: float
+    champion_version: str | None
+    champion_value: float | None
     promoted: bool
 
 
@@ -63,10 +86,10 @@ def _metric_value(tags: dict[str, str], metric: str) -> float | None:
 
 def best_version(versions: list[Any], score: Score) -> tuple[str, float] | None:
     """The version (number, value) with the best ``score.metric`` among ``versions`` scored on
-    ``score.test_digest``; the lowest version number among equals. None if no version qualifies."""
+    ``score.split``; the lowest version number among equals. None if no version qualifies."""
     candidates = []
     for version in versions:
-        if version.tags.get(TEST_DIGEST_TAG) != score.test_digest:
+        if version.tags.get(SPLIT_TAG) != score.split:
             continue
         value = _metric_value(version.tags, score.metric)
         if value is not None:
@@ -94,7 +117,7 @@ def _version_of(client: Any, name: str, run_id: str, model_uri: str, tags: dict[
 
     for version in _all_versions(client, name):
         if version.run_id == run_id and version.tags.get("variant") == tags["variant"] and \
-                version.tags.get(TEST_DIGEST_TAG) == tags[TEST_DIGEST_TAG]:
+                version.tags.get(SPLIT_TAG) == tags[SPLIT_TAG]:
             for key, value in tags.items():
                 if version.tags.get(key) != value:
                     client.set_model_version_tag(name, version.version, key, value)
@@ -122,21 +145,32 @@ def _settle_champion(client: Any, name: str, version: str, score: Score, store: 
         best = best_version(_all_versions(client, name), score)
         if best is None:  # the version just registered has its tags: only a broken store gets here
             raise RegistryError(f"registered model {name!r} in {store}: version {version} lost its "
-                                f"{score.metric} or {TEST_DIGEST_TAG} tag; no champion chosen")
-        if client.get_registered_model(name).aliases.get(CHAMPION) == best[0]:
+                                f"{score.metric} or {SPLIT_TAG} tag; no champion chosen")
+        if _alias(client, name) == best[0]:
             return best
         client.set_registered_model_alias(name, CHAMPION, best[0])
-    # Still moving: evaluates on other test splits disagree on what is best. The last to register wins.
+    # Still moving: evaluates elsewhere keep registering better versions; the last of them settles it.
     return best
 
 
-def register(model_uri: str, name: str, variant: str, run_id: str, score: Score) -> Registration:
-    """Register ``model_uri`` as a new version of model ``name``, then put ``champion`` on the best version.
+def _alias(client: Any, name: str, alias: str = CHAMPION) -> str | None:
+    """The version number holding ``alias``, as a string (the sqlite store answers an int)."""
+    version = client.get_registered_model(name).aliases.get(alias)
+    return None if version is None else str(version)
 
-    The version is tagged ``variant``, ``run_id``, ``<metric>`` and ``test_digest``. Raises
-    :class:`RegistryError` if the registry fails at any point, so the stage fails rather than
-    leave a wrong champion behind.
-    """
+
+def _champion(client: Any, name: str, metric: str) -> tuple[str | None, float | None]:
+    """The version holding the alias now, and its ``metric`` (None where it has none)."""
+    version = _alias(client, name)
+    if version is None:
+        return None, None
+    return version, _metric_value(client.get_model_version(name, version).tags, metric)
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[Any]:
+    """A client of the tracking store, holding this machine's lock on registered model ``name``;
+    MLflow's errors and a lock that cannot be had become a :class:`RegistryError`."""
     import mlflow
     from filelock import FileLock, Timeout
     from mlflow import MlflowClient
@@ -144,14 +178,11 @@ def register(model_uri: str, name: str, variant: str, run_id: str, score: Score)
 
     from bplab.track import redact, refusal
 
-    client = MlflowClient()
     store = redact(mlflow.get_tracking_uri())
     lock = FileLock(str(_lock_file(mlflow.get_tracking_uri(), name)), timeout=LOCK_TIMEOUT_S)
-    tags = {"variant": variant, "run_id": run_id, score.metric: repr(score.value), TEST_DIGEST_TAG: score.test_digest}
     try:
         with lock:
-            version = _version_of(client, name, run_id, model_uri, tags)
-            champion, value = _settle_champion(client, name, version, score, store)
+            yield MlflowClient()
     except MlflowException as exc:
         refused = refusal(exc)  # a server's 401 or 403: who was refused, and what to do
         why = f": {refused}" if refused else f" in {store}: {exc.message}"
@@ -159,4 +190,49 @@ def register(model_uri: str, name: str, variant: str, run_id: str, score: Score)
     except Timeout:
         raise RegistryError(f"registered model {name!r}: another process held {lock.lock_file} "
                             f"for over {LOCK_TIMEOUT_S} s; the alias {CHAMPION!r} was not moved") from None
+
+
+def register(model_uri: str, name: str, variant: str, run_id: str, score: Score) -> Registration:
+    """Register ``model_uri`` as a new version of model ``name``; on the committed split, put
+    ``champion`` on the best version scored there.
+
+    The version is tagged ``variant``, ``run_id`` and the :meth:`Score.tags`. A version scored on
+    another split leaves the alias where it is. Raises :class:`RegistryError` if the registry
+    fails at any point, so the stage fails rather than leave a wrong champion behind.
+    """
+    with _locked(name) as client:
+        version = _version_of(client, name, run_id, model_uri, {"variant": variant, "run_id": run_id,
+                                                               **score.tags()})
+        if score.committed:
+            champion, value = _settle_champion(client, name, version, score, _store())
+        else:
+            champion, value = _champion(client, name, score.metric)
     return Registration(name, version, champion, value, promoted=champion == version)
+
+
+def promote(name: str, version: str, tracking_uri: str) -> tuple[str | None, Any]:
+    """Move ``champion`` of registered model ``name`` in the store ``tracking_uri`` to ``version`` on
+    purpose; the version that held it before (None if none), and the promoted version (with its tags)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+
+    with _locked(name) as client:
+        try:
+            chosen = client.get_model_version(name, version)
+        except MlflowException:
+            known = sorted(int(v.version) for v in _all_versions(client, name))
+            raise RegistryError(f"registered model {name!r} has no version {version!r}; its versions are "
+                                f"{', '.join(map(str, known)) or 'none'}") from None
+        before = _alias(client, name)
+        client.set_registered_model_alias(name, CHAMPION, str(chosen.version))
+    return before, chosen
+
+
+def _store() -> str:
+    import mlflow
+
+    from bplab.track import redact
+
+    return redact(mlflow.get_tracking_uri())

@@ -6,12 +6,19 @@ hold the git commit and ``git_dirty``. Reproducing a run turns the params that s
 level ``seed``, ``device`` and ``tracking``, ``train.<variant>`` and ``data.<dataset>``) into a
 DVC experiment, ``dvc exp run -S <key>=<value> ... train@<variant> evaluate@<variant>``, forced
 so that it really trains, and sets the new run's final metrics beside the original's. On the same
-commit, on a CPU, they are equal to the last digit.
+commit, on a CPU, they are equal to the last digit. The settings are in Hydra's override syntax,
+which DVC parses: ``+key=`` adds a key today's params.yaml lacks, and a sub-section that is null
+(or missing) today is made an empty mapping and then set key by key.
+
+It refuses (exit 2, one line) what it could not prove: a run that did not finish, or that has no
+metric a rerun could match; and a value DVC would resolve rather than set (an OmegaConf
+interpolation, ``${oc.env:...}``, which could carry a secret into a download URL).
 """
 
 from __future__ import annotations
 
-import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -23,6 +30,7 @@ import yaml
 
 from bplab import dvc_queue, track
 from bplab.cli import this_environment_first
+from bplab.config import read_yaml
 from bplab.errors import BplabError
 
 # Metrics that differ between any two runs of the same training: wall times and the machine's
@@ -30,6 +38,12 @@ from bplab.errors import BplabError
 UNREPEATABLE = ("epoch_seconds", "system/")
 # The params files a reproduction sets from the run's own; other changes are reported, not redone.
 RECORDED_FILES = {"params.yaml", "dvc.lock"}
+# The names Hydra's override grammar (what `dvc exp run -S` parses) reads as strings: in a dotted key
+# also a number (a list index or a Sequential's layer), in a {name:value} mapping only an identifier.
+KEY_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*")
+DICT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+NOT_STRINGS = {"null", "true", "false", "inf", "nan"}  # names Hydra reads as None, a bool or a float
+INTERPOLATION = "${"  # OmegaConf resolves it when DVC writes -S values: ${oc.env:VAR} reads the environment
 
 
 class ReproduceError(BplabError):
@@ -55,11 +69,10 @@ def _client():
     return MlflowClient(track.tracking_uri())
 
 
-def recorded(run_id: str) -> Recorded:
-    """The run's record, or a :class:`ReproduceError` saying what is missing."""
+def _finished_run(client: Any, run_id: str) -> Any:
+    """The MLflow run ``run_id``, if it is a training run that finished with metrics to compare."""
     from mlflow.exceptions import MlflowException
 
-    client = _client()
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -67,11 +80,34 @@ def recorded(run_id: str) -> Recorded:
     tags = run.data.tags
     if tags.get("stage") != "train" or "variant" not in tags:
         raise ReproduceError(f"run {run_id} is not a training run (its stage tag is {tags.get('stage')!r})")
+    # A stopped or running run's last metrics are those of some epoch, not a result a rerun should match.
+    if run.info.status != "FINISHED":
+        raise ReproduceError(f"run {run_id} did not finish (its status is {run.info.status}): it has no final "
+                             "metrics a rerun could be compared with")
+    if not comparable(run.data.metrics):
+        raise ReproduceError(f"run {run_id} has no metric to compare a rerun with (only wall times and system "
+                             "samples, or none)")
+    return run
+
+
+def recorded(run_id: str) -> Recorded:
+    """The run's record, or a :class:`ReproduceError` saying what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    run = _finished_run(client, run_id)
+    tags = run.data.tags
     try:
-        params = yaml.safe_load(Path(client.download_artifacts(run_id, "reproduce/params.yaml")).read_text())
+        text = Path(client.download_artifacts(run_id, "reproduce/params.yaml")).read_text()
     except (MlflowException, OSError):
         raise ReproduceError(f"run {run_id} has no reproduce/params.yaml: it was made before runs "
                              "recorded how to rerun them") from None
+    try:  # as the stages read params (YAML 1.2): DVC writes 1e-05, which YAML 1.1 reads as a string
+        params = read_yaml(text)
+    except yaml.YAMLError:
+        params = None
+    if not isinstance(params, dict):
+        raise ReproduceError(f"run {run_id}'s reproduce/params.yaml is not a YAML mapping")
     changes: list[str] = []
     if tags.get("git_dirty") == "true":
         try:
@@ -82,22 +118,35 @@ def recorded(run_id: str) -> Recorded:
                     dict(run.data.metrics))
 
 
+def comparable(metrics: dict[str, float]) -> list[str]:
+    """The names of ``metrics`` a rerun must match: all but :data:`UNREPEATABLE` ones, sorted."""
+    return sorted(k for k in metrics if not k.startswith(UNREPEATABLE))
+
+
 _MISSING = object()
 
 
 def _differences(recorded: Any, present: Any, key: str) -> tuple[dict[str, Any], list[str]]:
-    """The settings that turn ``present`` into ``recorded`` under ``key`` (a whole subtree where the
-    present one is not a mapping), and the keys present now that the run did not have."""
-    if isinstance(recorded, dict) and isinstance(present, dict):
+    """The settings that turn ``present`` into ``recorded`` under ``key``, and the keys present now
+    that the run did not have. A key missing now is added, ``+key`` (plain ``key=`` only changes a
+    key that exists). A mapping is set key by key, after an empty one where there is none now:
+    Hydra refuses to merge new keys into a mapping, and its ``{name:value}`` syntax reads the name
+    ``0`` (a ``param_groups`` layer of a Sequential) as a number. Any other value is set whole."""
+    if isinstance(recorded, dict):
         settings: dict[str, Any] = {}
+        if not isinstance(present, dict):
+            settings[key if present is not _MISSING else f"+{key}"] = {}
+            present = {}
         unset = [f"{key}.{k}" for k in present if k not in recorded]
         for k, value in recorded.items():
-            more, extra = _differences(value, present.get(k, _MISSING), f"{key}.{k}")
+            more, extra = _differences(value, present.get(k, _MISSING), f"{key}.{hydra_name(k, key, KEY_PART)}")
             settings |= more
             unset += extra
         return settings, unset
+    if present is _MISSING:
+        return {f"+{key}": recorded}, []
     # A URL's credentials were redacted when logged; they pick a source, not the data (checksummed).
-    if present is not _MISSING and (recorded == present or "***" in str(recorded)):
+    if recorded == present or "***" in str(recorded):
         return {}, []
     return {key: recorded}, []
 
@@ -105,7 +154,8 @@ def _differences(recorded: Any, present: Any, key: str) -> tuple[dict[str, Any],
 def overrides(run: Recorded, current: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The ``-S`` settings that give ``current`` params.yaml the run's values where they shaped it
     (``seed``, ``device``, ``tracking``, ``train.<variant>``, ``data.<dataset>``), and the keys
-    that cannot be set back (present now, absent then)."""
+    that cannot be set back (present now, absent then). A setting's key is the dotted key, with
+    Hydra's ``+`` where today's params.yaml lacks it."""
     settings: dict[str, Any] = {}
     unset: list[str] = []
     for path in ("seed", "device", "tracking", f"train.{run.variant}", f"data.{run.dataset}"):
@@ -118,6 +168,77 @@ def overrides(run: Recorded, current: dict[str, Any]) -> tuple[dict[str, Any], l
             settings |= more
             unset += extra
     return settings, unset
+
+
+def interpolations(tree: Any, key: str = "") -> list[str]:
+    """The dotted keys in ``tree`` whose value (or name) holds an OmegaConf interpolation, ``${``."""
+    if isinstance(tree, dict):
+        items: Any = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return [key] if INTERPOLATION in str(tree) else []
+    found = []
+    for name, value in items:
+        inner = f"{key}.{name}" if key else str(name)
+        found += [inner] if INTERPOLATION in str(name) else interpolations(value, inner)
+    return found
+
+
+def check_interpolations(run: Recorded, settings: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse what DVC would resolve rather than set: ``dvc exp run -S`` rewrites params.yaml through
+    OmegaConf, which resolves every ``${...}`` in it, so ``${oc.env:AWS_SECRET_ACCESS_KEY}`` in a
+    mirror URL would send that secret to the mirror. Only the key is named, never the value."""
+    for key, value in settings.items():
+        found = interpolations(value, key.lstrip("+"))
+        if found:
+            raise ReproduceError(f"run {run.run_id}'s reproduce/params.yaml holds an interpolation (${{...}}) at "
+                                 f"{found[0]}: DVC would resolve it (perhaps to a secret) when setting it; "
+                                 "refusing to rerun it")
+    found = interpolations(current)
+    if found:
+        raise ReproduceError(f"params.yaml holds an interpolation (${{...}}) at {found[0]}: `dvc exp run -S` "
+                             "would write its resolved value (perhaps a secret) into the file; remove it first")
+
+
+def hydra_value(value: Any, key: str) -> str:
+    """``value`` in Hydra's override grammar, which ``dvc exp run -S`` parses (not JSON: its dict
+    keys are bare names): ``null``, ``true``, numbers as Python writes them (``1e-05``, which
+    Hydra reads as a float), strings quoted unless a plain name (so ``a,b`` is no sweep and
+    ``1e-05`` stays a string), ``[...]`` and ``{name:value,...}``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _quoted(value)
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(item, f"{key}.{i}") for i, item in enumerate(value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{hydra_name(name, key)}:{hydra_value(item, f'{key}.{name}')}"
+                              for name, item in value.items()) + "}"
+    raise ReproduceError(f"{key}: a {type(value).__name__} value cannot be set with `dvc exp run -S`")
+
+
+def hydra_name(name: Any, key: str, pattern: re.Pattern[str] = DICT_NAME) -> str:
+    """``name``, a key under ``key``, if Hydra reads it back as this string; else a :class:`ReproduceError`."""
+    if not isinstance(name, str) or not pattern.fullmatch(name):
+        raise ReproduceError(f"{key}: the key {name!r} cannot be set with `dvc exp run -S` (a name of letters, "
+                             "digits, _ and -, not starting with a digit unless all digits)")
+    return name
+
+
+def _quoted(text: str) -> str:
+    """``text`` as Hydra reads it back: bare when it is a name Hydra takes for a string (``step``,
+    ``cpu``), else single-quoted. Hydra un-escapes only backslashes before a quote: a quote inside
+    becomes ``\\'`` after its backslashes are doubled, and so do backslashes at the end."""
+    if DICT_NAME.fullmatch(text) and text.lower() not in NOT_STRINGS:
+        return text
+    body = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m[1] * 2, body)
+    return f"'{body}'"
 
 
 def check_commit(run: Recorded, any_commit: bool) -> list[str]:
@@ -143,10 +264,13 @@ def experiment_command(run: Recorded, settings: dict[str, Any], name: str) -> li
     run cache, and nothing would be retrained. Without a data setting only the variant's two
     stages run (``-s``); with one, upstream stages rerun too."""
     command = ["exp", "run", "-n", name, "-f"]
-    if not any(key.startswith("data.") for key in settings):
+    if not any(key.lstrip("+").startswith("data.") for key in settings):
         command.append("-s")
     for key, value in settings.items():
-        command += ["-S", f"{key}={json.dumps(value)}"]
+        dotted = key.lstrip("+")
+        for part in dotted.split("."):
+            hydra_name(part, dotted, KEY_PART)
+        command += ["-S", f"{key}={hydra_value(value, dotted)}"]
     return [*command, f"train@{run.variant}", f"evaluate@{run.variant}"]
 
 
@@ -161,14 +285,15 @@ def rerun_metrics(run: Recorded, name: str) -> dict[str, float]:
 
 
 def side_by_side(original: dict[str, float], rerun: dict[str, float]) -> tuple[str, bool]:
-    """A table of each metric, original and rerun, and whether all are equal."""
-    names = sorted(k for k in original if not k.startswith(UNREPEATABLE))
+    """A table of each metric, original and rerun, and whether all are equal (never with none to
+    compare: ``all([])`` would call nothing "equal")."""
+    names = comparable(original)
     width = max(map(len, names), default=6)
     lines = [f"{'metric':<{width}}  {'original':>22}  {'reproduced':>22}  same"]
     equal = {key: rerun.get(key) == original[key] for key in names}
     for key in names:
         lines.append(f"{key:<{width}}  {original[key]!r:>22}  {rerun.get(key)!r:>22}  {'yes' if equal[key] else 'NO'}")
-    return "\n".join(lines), all(equal.values())
+    return "\n".join(lines), bool(names) and all(equal.values())
 
 
 def reproduce(run_id: str, any_commit: bool = False, root: Path | None = None) -> int:
@@ -177,13 +302,18 @@ def reproduce(run_id: str, any_commit: bool = False, root: Path | None = None) -
     for note in check_commit(run, any_commit):
         print(f"bplab reproduce: {note}", file=sys.stderr)
     root = root or track.repo_root()
-    settings, unset = overrides(run, yaml.safe_load((root / "params.yaml").read_text()))
+    try:
+        current = read_yaml((root / "params.yaml").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReproduceError(f"cannot read {root / 'params.yaml'}: {type(exc).__name__}") from None
+    settings, unset = overrides(run, current)
+    check_interpolations(run, settings, current)
     if unset:
         print(f"bplab reproduce: not in the run's params.yaml, kept as they are now: {', '.join(unset)}",
               file=sys.stderr)
     name = f"reproduce-{run_id[:8]}-{time.strftime('%Y%m%d%H%M%S')}"
     command = experiment_command(run, settings, name)
-    print(f"bplab reproduce: dvc {' '.join(command)}", file=sys.stderr, flush=True)
+    print(f"bplab reproduce: dvc {shlex.join(command)}", file=sys.stderr, flush=True)
     dvc = subprocess.run([*dvc_queue.dvc_command(), *command], cwd=root, env=this_environment_first())
     if dvc.returncode != 0:  # its output is on the terminal
         raise ReproduceError(f"the experiment {name} failed (its output is above)")

@@ -2,9 +2,11 @@
 
 The sweep asks Optuna's study for trials (ask/tell; TPE by default, seeded), queues each as
 ``dvc exp run --queue -n <study>-t<number> -S key=value ... train@<variant> evaluate@<variant>``,
-runs them with ``dvc queue start -j J``, and tells the study each one's test metric (the
-dataset's champion metric unless ``--metric`` says otherwise), read from the experiment's
-``metrics/<variant>.json``. A trial whose experiment fails is told FAIL, with the reason printed.
+runs them with ``dvc queue start -j J``, and tells the study each one's validation metric (the
+dataset's champion metric, ``val_acc`` or ``val_rmse``, unless ``--metric`` names another
+validation metric), read from the experiment's ``metrics/<variant>.json``. The test metrics are
+never an objective: a sweep that chose on them would report an optimistically biased score. A
+trial whose experiment fails is told FAIL, with the reason printed.
 
 ``--trials N`` is the study's size: the sweep asks for trials until the study holds N, keeping up
 to J of its own running, and ends when they have finished. Run again after an interruption, it
@@ -42,7 +44,6 @@ POLL_S = 1.0  # between two looks for finished experiments (git refs: millisecon
 STATUS_EVERY = 5  # polls per `dvc queue status` (about 0.5 s of CPU), which tells failures
 GONE_LISTINGS = 2  # listings in a row an experiment may be neither queued nor done before its trial fails
 UNQUEUED_S = 300  # a trial this old with no experiment name lost its sweep between ask and queue
-HIGHER_IS_BETTER = {"test_acc", "test_r2"}
 # The trial's user attrs: which sweep process holds it, and its DVC experiment.
 HOST, PID, EXP, BASELINE = "sweep_host", "sweep_pid", "dvc_exp", "dvc_baseline"
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,80}")
@@ -79,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="(default: %(default)s)")
     parser.add_argument("--seed", type=int,
                         help="sampler seed; trial n draws with seed + n (default: params.yaml's seed)")
-    parser.add_argument("--metric", help="the test metric to optimize (default: the dataset's champion metric)")
+    parser.add_argument("--metric", help="the validation metric to optimize (default: the dataset's champion "
+                                         "metric, e.g. val_acc); test metrics are refused")
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,14 @@ class Setup:
 
 
 def _objective(dataset: catalog.Dataset, name: str, metric: str | None) -> tuple[str, bool]:
-    if metric is None:
-        return dataset.champion.metric, dataset.champion.higher_is_better
-    if metric not in dataset.test_metrics:
-        raise SweepError(f"--metric {metric}: {name} has the test metrics {', '.join(dataset.test_metrics)}")
-    if metric == dataset.champion.metric:
-        return metric, dataset.champion.higher_is_better
-    return metric, metric in HIGHER_IS_BETTER
+    """The validation metric a sweep optimizes, and whether to maximize it."""
+    metric = metric or dataset.champion.selection
+    if metric in dataset.test_metrics:
+        raise SweepError(f"--metric {metric}: the test split is reported, never optimized; use the validation "
+                         f"metric val_{metric.removeprefix('test_')}")
+    if metric not in dataset.val_metrics:
+        raise SweepError(f"--metric {metric}: {name} has the validation metrics {', '.join(dataset.val_metrics)}")
+    return metric, catalog.higher_is_better(metric)
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -144,8 +147,9 @@ def _alive(pid: Any) -> bool:
 
 
 def say(line: str) -> None:
-    """Print a line of the sweep's report now (the output is often a pipe)."""
-    print(line, flush=True)
+    """Print a line of the sweep's report now (the output is often a pipe), URLs redacted (a failed
+    trial's reason quotes DVC's or a stage's error)."""
+    print(track.redact(line), flush=True)
 
 
 @dataclass

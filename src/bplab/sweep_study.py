@@ -84,14 +84,31 @@ def storage(url: str | None, repo: Path, study: str) -> tuple[Any, str]:
     return JournalStorage(JournalFileBackend(str(path))), str(shown)
 
 
+class StorageUnavailable(BplabError):
+    """The study's database storage cannot be opened (unreachable, refused, or a bad URL)."""
+
+
+def _create_study(name: str, where: Any, shown: str, search: BaseSampler, direction: str) -> Study:
+    """``optuna.create_study``, its storage failing as one line naming it (``shown``, redacted)."""
+    import sqlalchemy.exc
+
+    try:
+        return optuna.create_study(study_name=name, storage=where, sampler=search, direction=direction,
+                                   load_if_exists=True)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver is not installed
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(where, str):
+            reason = reason.replace(where, shown)  # an error that quotes the URL quotes its password
+        raise StorageUnavailable(f"cannot open the sweep storage {shown}: {reason}") from None
+
+
 def open_study(name: str, where: Any, shown: str, maximize: bool, search: BaseSampler,
                identity: dict[str, str]) -> tuple[Study, bool]:
     """Create study ``name`` in ``where``, or load it; and whether it existed. A loaded study must
     optimize the same way and carry the same ``identity`` (variant, metric) in its user attrs."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # bplab prints its own line per trial
     direction = "maximize" if maximize else "minimize"
-    study = optuna.create_study(study_name=name, storage=where, sampler=search, direction=direction,
-                                load_if_exists=True)
+    study = _create_study(name, where, shown, search, direction)
     existed = bool(study.get_trials(deepcopy=False)) or bool(study.user_attrs)
     if study.direction.name.lower() != direction:
         raise StudyMismatch(f"study {name} in {shown} is set to {study.direction.name.lower()}, "

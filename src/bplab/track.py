@@ -45,6 +45,18 @@ for _name, _value in CLIENT_SETTINGS.items():
     os.environ.setdefault(_name, _value)
 
 
+# MLflow prints "View run ... at: <tracking URI>/#/experiments/..." when a run on a server ends,
+# with the URI as it was given.
+LINKS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def hide_run_links(uri: str) -> None:
+    """Keep MLflow from printing links to runs under ``uri`` when they would show a login or a query
+    string (``http://alice:s3cret@host``): :func:`redact` cannot reach what MLflow prints itself."""
+    if redact(uri) != uri:
+        os.environ[LINKS_ENV] = "true"
+
+
 def repo_root(start: Path | None = None) -> Path:
     """The DVC repository's root directory.
 
@@ -81,21 +93,59 @@ def artifact_location(experiment: str) -> str | None:
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
-def redact(uri: str) -> str:
-    """``uri`` without credentials or query string, fit to print (``http://***@host:5000/path``)."""
-    parsed = urllib.parse.urlsplit(uri)
-    if not parsed.netloc and not parsed.query:
-        return uri
-    netloc = parsed.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
+# A URL runs from its scheme to the next whitespace (a password may hold any character but
+# whitespace, so nothing shorter is safe).
+_WORD = re.compile(r"\S+")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+
+
+def redact(text: str) -> str:
+    """``text`` fit to print or log: every URL in it without credentials, query string or fragment
+    (``http://***@host:5000/path``); the rest of the text as it is. ``text`` may be one URL or any
+    message that holds some.
+
+    A URL runs from its scheme to the next whitespace. It has credentials as soon as either
+    grammar that reads URLs here would find some: SQLAlchemy's (a username without ``:`` or ``/``,
+    then ``:`` and a password with any character, ``/``, ``?`` and ``#`` included, up to an ``@``)
+    or the RFC's, which urllib and requests follow (an ``@`` before the first ``/``, ``?`` or
+    ``#``). Everything from the scheme's ``://`` to the URL's last ``@`` is then hidden, so no
+    part of the password shows whichever ``@`` ends it; that hides too much of a URL such as
+    ``https://host:8080/a@b`` (SQLAlchemy would read ``8080/a`` as its password), never too little.
+    """
+    return _WORD.sub(_redact_word, text) if "://" in text else text
+
+
+def _redact_word(found: re.Match[str]) -> str:
+    """:func:`redact` of a run of text without whitespace: each URL in it, the last first, so that
+    a URL that runs into the next one (``a://u:p@h,b://...``) sees that one redacted already."""
+    word = found.group()
+    starts, at = [], word.find("://")
+    while at >= 0:  # found by hand, in linear time: a regex would backtrack over long runs of letters
+        start = at
+        while start > 0 and word[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        starts.append(start)
+        at = word.find("://", at + 3)
+    for start in reversed(starts):
+        word = word[:start] + _redact_url(word[start:])
+    return word
+
+
+def _redact_url(url: str) -> str:
+    """``url`` (from its scheme to the end of its word) without credentials, query string or fragment."""
+    scheme, _, rest = url.partition("://")
+    host = 0
+    first_at = rest.find("@")
+    if first_at >= 0 and "/" not in rest[:first_at].split(":", 1)[0]:
+        rest, host = "***" + rest[rest.rfind("@"):], len("***@")
+    cut = [i for i in (rest.find("?", host), rest.find("#", host)) if i >= 0]
+    return f"{scheme}://{rest[:min(cut)] if cut else rest}"
 
 
 def redact_all(value: Any) -> Any:
     """:func:`redact` applied to every string inside ``value`` (dicts, lists, tuples)."""
     if isinstance(value, str):
-        return redact(value) if "://" in value else value
+        return redact(value)
     if isinstance(value, dict):
         return {key: redact_all(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -212,6 +262,48 @@ def refusal(exc: BaseException) -> str | None:
         return None
     endpoint = re.search(r"endpoint (/\S+)", str(getattr(exc, "message", exc)))
     return _refused(uri, status, _mlflow_login().who, endpoint and endpoint.group(1))
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """The one-line message for ``exc`` if it is the database of the tracking store failing under
+    MLflow (a SQLAlchemy error: a damaged ``mlflow.db``, a database that refuses connections), else
+    ``None``.
+
+    MLflow lets SQLAlchemy's error out as it opens the store, and wraps it later: either way it is
+    in the exception's chain, raised through MLflow's code (not another database's, such as a
+    sweep's Optuna storage). This module does not import either: both are known by their modules.
+    """
+    uri = tracking_uri()
+    if urllib.parse.urlsplit(uri).scheme in {"http", "https", "file", ""}:  # a server's errors come as HTTP
+        return None
+    database = next((e for e in _chain(exc) if type(e).__module__ == "sqlalchemy.exc" and _through_mlflow(e)), None)
+    if database is None:
+        return None
+    reason = (str(getattr(database, "orig", None) or database).strip().splitlines() or ["?"])[0]
+    reason = reason.replace(uri, redact(uri))  # a driver that quotes the URL quotes its password
+    store = f"the MLflow tracking store {redact(uri)}"
+    if uri.startswith("sqlite:") and type(database).__name__ != "OperationalError":  # the file is not sqlite's
+        return (f"{store} is damaged ({reason}): restore it from a backup, or move it aside to start an "
+                "empty store")
+    return f"{store} failed: {reason}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, innermost last."""
+    chain = [exc]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None and inner not in chain:
+        chain.append(inner)
+    return chain
+
+
+def _through_mlflow(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside MLflow's code (a frame of an ``mlflow`` module on its way out)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] == "mlflow":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -3,11 +3,13 @@
 It serves files the test writes under ``server.root`` and can be told, per path, to misbehave
 the way real mirrors do: answer an HTTP error status (a given number of times, then serve the
 file), promise more bytes than it sends and hang up, or answer something that is not HTTP.
-Every request is logged, so a test can assert how many attempts a source got.
+Every request is logged, so a test can assert how many attempts a source got. It can also
+require an HTTP basic-auth login, as a private mirror does.
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ class LocalHTTPServer:
         self.root = root
         self.requests: list[str] = []
         self._faults: dict[str, _Fault] = {}
+        self.login: str | None = None  # the Authorization header every request must carry, once required
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
@@ -58,6 +62,10 @@ class LocalHTTPServer:
         target.write_bytes(content)
         return self.url(path)
 
+    def require_login(self, user: str, password: str) -> None:
+        """Answer 401 (``WWW-Authenticate: Basic``) to any request without this basic-auth login."""
+        self.login = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
     # --- misbehaviour, per path --------------------------------------------------------------
 
     def fail(self, path: str, status: int = 500, times: int | None = None) -> None:
@@ -80,9 +88,10 @@ class LocalHTTPServer:
         with self._lock:
             return sum(1 for p in self.requests if p == wanted)
 
-    def _log(self, path: str) -> None:
+    def _log(self, path: str, authorization: str | None) -> None:
         with self._lock:
             self.requests.append(path)
+            self.authorizations.append(authorization)
 
     def _take_fault(self, path: str) -> _Fault | None:
         with self._lock:
@@ -105,7 +114,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         owner: LocalHTTPServer = self.server.owner  # type: ignore[attr-defined]
         path = self.path.split("?", 1)[0]
-        owner._log(path)
+        owner._log(path, self.headers.get("Authorization"))
+        if owner.login is not None and self.headers.get("Authorization") != owner.login:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mirror"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.close_connection = True
+            return
         fault = owner._take_fault(path)
         if fault is not None and fault.kind == "status":
             self.send_error(fault.status)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import random
 
+import numpy as np
 import pytest
 
 from bplab.data import boston
@@ -381,3 +382,20 @@ def test_a_split_that_leaves_under_two_test_rows_is_refused_naming_the_key(tmp_p
     with pytest.raises(ParamsError, match=r"data.boston.preprocess.test_size: 0.001 leaves 505 training and 1 test"):
         boston.preprocess(tmp_path, BostonPreprocess(test_size=0.001))
     assert len(boston.preprocess(tmp_path, BostonPreprocess(test_size=0.004)).splits["test"][0]) == 3
+
+
+def test_validation_rows_are_carved_before_the_scaler_is_fitted(tmp_path):
+    from bplab.data.boston import BostonPreprocess
+    from bplab.errors import ParamsError
+
+    (tmp_path / "boston.csv").write_bytes(boston.render_csv(synthetic_rows()))
+    prepared = boston.preprocess(tmp_path, BostonPreprocess())
+    sizes = {split: len(x) for split, (x, _) in prepared.splits.items()}
+    assert sizes == {"train": 364, "val": 40, "test": 102}
+    assert prepared.transform["validation"] == {"val_size": 0.1, "val_seed": 0, "n_train": 364, "n_val": 40}
+    # The scaler saw the 364 training rows only: they come out centred, the validation rows do not.
+    assert abs(prepared.splits["train"][0].astype(np.float64).mean(axis=0)).max() < 1e-5
+    assert abs(prepared.splits["val"][0].mean(axis=0)).max() > 0.01
+    with pytest.raises(ParamsError, match=r"data.boston.preprocess.val_size: 0.001 of 404 training rows leaves "
+                                          r"404 to train on and 0 to validate on; each needs at least 2"):
+        boston.preprocess(tmp_path, BostonPreprocess(val_size=0.001))

@@ -211,6 +211,58 @@ def test_signed_and_credentialed_urls_are_redacted_in_records_and_errors(http_se
     assert "http://***@127.0.0.1:" in message
 
 
+# --- credentials in a source's URL --------------------------------------------------------------
+
+MIRROR_USER = "m1rror-user"
+
+
+def test_credentials_in_a_url_are_sent_as_basic_auth_not_read_as_the_host(http_server, raw_dir):
+    http_server.require_login(MIRROR_USER, "pa/ss?w#rd")
+    url = http_server.put(f"private/{NAME}.gz", gz(CONTENT))
+    private = url.replace("http://", f"http://{MIRROR_USER}:pa%2Fss%3Fw%23rd@")  # percent-encoded, as in a URL
+
+    fetched = fetch_file(NAME, [Candidate(private, gunzip)], DIGEST, raw_dir / NAME, policy())
+
+    assert (raw_dir / NAME).read_bytes() == CONTENT
+    assert fetched.source == url.replace("http://", "http://***@")  # what the download run logs
+    assert http_server.requests == [f"/private/{NAME}.gz"]  # one request: the login goes with it
+    assert http_server.authorizations == [http_server.login]
+
+
+def test_a_refused_login_fails_its_source_at_once_with_a_redacted_reason(http_server, raw_dir):
+    http_server.require_login(MIRROR_USER, "the-right-one")
+    url = http_server.put(f"private/{NAME}.gz", gz(CONTENT))
+    wrong = url.replace("http://", f"http://{MIRROR_USER}:wr0ng-pa55@")
+
+    with pytest.raises(DownloadError) as failed:
+        fetch_file(NAME, [Candidate(wrong, gunzip)], DIGEST, raw_dir / NAME, policy(retries=3))
+
+    message = str(failed.value)
+    assert f"  - {url.replace('http://', 'http://***@')}: HTTP 401 Unauthorized" in message.splitlines()
+    assert "wr0ng-pa55" not in message and MIRROR_USER not in message
+    assert http_server.count(f"private/{NAME}.gz") == 1  # a refusal is not retried
+    assert_nothing_written(raw_dir / NAME)
+
+
+@pytest.mark.parametrize(("shape", "secret"), [
+    ("http://{user}:Unenc0ded/5ecret@{host}/{path}", "Unenc0ded"),  # urllib read 'Unenc0ded' as the port
+    ("http://{host}/with space/{path}", None),  # http.client refuses the path
+])
+def test_a_malformed_url_fails_its_source_at_once_without_quoting_it(http_server, raw_dir, shape, secret):
+    good = http_server.put(f"good/{NAME}.gz", gz(CONTENT))
+    bad = shape.format(user=MIRROR_USER, host=good.removeprefix("http://").split("/")[0], path=f"{NAME}.gz")
+
+    with pytest.raises(DownloadError) as failed:
+        fetch_file(NAME, [Candidate(bad, gunzip)], DIGEST, raw_dir / NAME, policy(retries=3))
+
+    reason = next(line for line in str(failed.value).splitlines() if line.startswith("  - "))
+    assert "not a valid URL" in reason and "gave up" not in reason  # permanent: no retries
+    assert MIRROR_USER not in reason and (secret is None or secret not in reason)
+    assert http_server.requests == []
+    fetched = fetch_file(NAME, [Candidate(bad, gunzip), Candidate(good, gunzip)], DIGEST, raw_dir / NAME, policy())
+    assert fetched.source == good  # the next source is tried
+
+
 def test_dead_source_is_skipped(http_server, raw_dir):
     dead = dead_url()
     good = http_server.put(f"{NAME}.gz", gz(CONTENT))

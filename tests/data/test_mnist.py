@@ -44,10 +44,13 @@ def test_normalize_matches_the_tutorial_data_tf() -> None:
 def test_preprocess_shapes_dtypes_and_limits(tmp_path: Path) -> None:
     images, labels = write_split(tmp_path, "train", 12)
     write_split(tmp_path, "t10k", 4, seed=1)
-    prepared = mnist.preprocess(tmp_path, MnistPreprocess(train_limit=10))
+    prepared = mnist.preprocess(tmp_path, MnistPreprocess(train_limit=10, val_size=0.2))
     x, y = prepared.splits["train"]
-    assert (x.shape, x.dtype, y.shape, y.dtype) == ((10, 784), np.float32, (10,), np.int64)
-    np.testing.assert_array_equal(y, labels[:10])
+    x_val, y_val = prepared.splits["val"]
+    assert (x.shape, x.dtype, y.shape, y.dtype) == ((8, 784), np.float32, (8,), np.int64)
+    assert (x_val.shape, y_val.dtype) == ((2, 784), np.int64)
+    # The validation rows are carved from the first 10 (train_limit), never from the rows left out.
+    assert sorted([*y, *y_val]) == sorted(labels[:10])
     assert x.min() >= -1 and x.max() <= 1
     assert prepared.splits["test"][0].shape == (4, 784)
     assert prepared.transform["mean"] == 0.5 and prepared.transform["std"] == 0.5

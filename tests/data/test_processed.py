@@ -16,6 +16,7 @@ def sample() -> Prepared:
     rng = np.random.default_rng(0)
     return Prepared({
         "train": (rng.normal(size=(8, 3)).astype(np.float32), rng.integers(0, 2, 8).astype(np.int64)),
+        "val": (rng.normal(size=(2, 3)).astype(np.float32), rng.integers(0, 2, 2).astype(np.int64)),
         "test": (rng.normal(size=(4, 3)).astype(np.float32), rng.integers(0, 2, 4).astype(np.int64)),
     }, {"mean": [0.0, 1.0, 2.0]})
 
@@ -30,7 +31,7 @@ def test_round_trip(tmp_path: Path) -> None:
             assert got.dtype == want.dtype
     assert loaded.transform == {"mean": [0.0, 1.0, 2.0]}
     assert sorted(p.name for p in out.iterdir()) == [
-        "transform.json", "x_test.npy", "x_train.npy", "y_test.npy", "y_train.npy"]
+        "transform.json", "x_test.npy", "x_train.npy", "x_val.npy", "y_test.npy", "y_train.npy", "y_val.npy"]
 
 
 def test_failed_save_keeps_the_previous_output(tmp_path: Path) -> None:
@@ -97,3 +98,24 @@ def test_a_nan_or_infinite_value_anywhere_is_refused(tmp_path: Path, bad: list[f
         processed.save(Prepared({**data.splits, "train": (x, data.splits["train"][1])}), tmp_path)
     huge = np.full((8, 3), np.finfo(np.float32).max, np.float32)  # finite, however large: accepted
     processed.save(Prepared({**data.splits, "train": (huge, data.splits["train"][1])}), tmp_path)
+
+
+def test_validation_rows_are_a_seeded_share_of_the_training_rows_in_their_order() -> None:
+    from bplab.config import PreprocessParams
+    from bplab.errors import ParamsError
+
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    y = np.arange(20)
+    (x_train, y_train), (x_val, y_val), record = processed.carve_validation(x, y, PreprocessParams(val_size=0.25,
+                                                                                                   val_seed=3), "k")
+    assert (len(y_train), len(y_val)) == (15, 5) and record == {"val_size": 0.25, "val_seed": 3, "n_train": 15,
+                                                               "n_val": 5}
+    assert sorted([*y_train, *y_val]) == list(range(20))  # every row once, in one split or the other
+    assert list(y_train) == sorted(y_train) and list(y_val) == sorted(y_val)  # the rows' own order
+    np.testing.assert_array_equal(x_val[:, 0], y_val * 2)  # features stay with their targets
+    again = processed.carve_validation(x, y, PreprocessParams(val_size=0.25, val_seed=3), "k")[1][1]
+    other = processed.carve_validation(x, y, PreprocessParams(val_size=0.25, val_seed=4), "k")[1][1]
+    assert list(again) == list(y_val) and list(other) != list(y_val)
+    with pytest.raises(ParamsError, match=r"data.toy.preprocess.val_size: 0.01 of 20 training rows leaves 20 to "
+                                          r"train on and 0 to validate on; each needs at least 1"):
+        processed.carve_validation(x, y, PreprocessParams(val_size=0.01), "data.toy.preprocess")

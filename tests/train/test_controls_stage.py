@@ -19,7 +19,7 @@ CONTROLS = {
     f"train.{VARIANT}.batch_size": 8,
     f"train.{VARIANT}.lr": 0.002,
     f"train.{VARIANT}.scheduler": {"name": "onecycle", "max_lr": 0.01},
-    f"train.{VARIANT}.early_stopping": {"metric": "eval_loss", "patience": 300, "restore_best": True},
+    f"train.{VARIANT}.early_stopping": {"metric": "val_loss", "patience": 300, "restore_best": True},
     "tracking.system_metrics": 0.5,
 }
 
@@ -52,7 +52,7 @@ def test_killed_training_with_a_schedule_and_early_stopping_resumes_exactly(stag
     [straight_run] = mlflow_client().search_runs(["1"])
     stop = {k: straight_run.data.tags[k] for k in ("stopped_epoch", "stop_reason", "best_epoch")}
     stopped_epoch = int(stop["stopped_epoch"])
-    assert stopped_epoch < 20000 and stop["stop_reason"].startswith("early stopping: eval_loss did not improve")
+    assert stopped_epoch < 20000 and stop["stop_reason"].startswith("early stopping: val_loss did not improve")
     assert f"train@{VARIANT}: stopped after epoch {stopped_epoch}: early stopping" in straight.stderr
     straight_csv = (stage_dir / f"history/{VARIANT}.csv").read_text()
     straight_weights = load_state_dict(stage_dir / f"models/{VARIANT}/state_dict.pt")
@@ -80,7 +80,7 @@ def test_killed_training_with_a_schedule_and_early_stopping_resumes_exactly(stag
 
     resumed_csv = (stage_dir / f"history/{VARIANT}.csv").read_text()
     assert without_timing(resumed_csv) == without_timing(straight_csv)
-    assert resumed_csv.splitlines()[0] == "epoch,train_loss,eval_loss,train_acc,eval_acc,lr,epoch_seconds"
+    assert resumed_csv.splitlines()[0] == "epoch,train_loss,val_loss,train_acc,val_acc,lr,epoch_seconds"
     resumed_weights = load_state_dict(stage_dir / f"models/{VARIANT}/state_dict.pt")
     assert all(resumed_weights[k].equal(v) for k, v in straight_weights.items())
 
@@ -104,9 +104,9 @@ def test_defaults_keep_the_tutorials_fixed_rate_and_all_their_epochs(stage_dir: 
 
 
 def test_a_watched_accuracy_on_a_regression_is_refused_naming_the_key(stage_dir: Path) -> None:
-    set_params(stage_dir, {f"train.{VARIANT}.early_stopping": {"metric": "eval_acc"}})
+    set_params(stage_dir, {f"train.{VARIANT}.early_stopping": {"metric": "val_acc"}})
     result = train(stage_dir)
     assert result.returncode == 2
-    assert (f"train.{VARIANT}.early_stopping.metric: eval_acc is not computed for boston (a regression)"
+    assert (f"train.{VARIANT}.early_stopping.metric: val_acc is not computed for boston (a regression)"
             in result.stderr)
     assert "Traceback" not in result.stderr and not mlflow_client().search_runs(["1"])

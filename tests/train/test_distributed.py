@@ -63,7 +63,7 @@ def test_two_gloo_ranks_match_one_process(workspace: Path) -> None:
     assert ddp_run.info.status == "FINISHED"
     assert len(client.get_metric_history(ddp_run.info.run_id, "train_loss")) == 40
     single_run = next(r for r in runs if r.data.params["world_size"] == "1")
-    for metric in ("train_loss", "train_acc", "eval_acc"):  # the per-epoch sums gathered across ranks
+    for metric in ("train_loss", "train_acc", "val_acc"):  # the per-epoch sums gathered across ranks
         single_history = [m.value for m in sorted(client.get_metric_history(single_run.info.run_id, metric),
                                                   key=lambda m: m.step)]
         ddp_history = [m.value for m in sorted(client.get_metric_history(ddp_run.info.run_id, metric),

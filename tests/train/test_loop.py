@@ -106,10 +106,10 @@ def test_every_variant_learns(name: str) -> None:
     assert all(len(r.step_losses) == steps for r in records)
     for r in records:
         if task.kind == "regression":
-            assert "train_acc" not in r.metrics and "eval_acc" not in r.metrics
+            assert "train_acc" not in r.metrics and "val_acc" not in r.metrics
         else:
-            assert 0.0 <= r.metrics["train_acc"] <= 1.0 and 0.0 <= r.metrics["eval_acc"] <= 1.0
-        assert math.isfinite(r.metrics["train_loss"]) and math.isfinite(r.metrics["eval_loss"]) and r.seconds >= 0
+            assert 0.0 <= r.metrics["train_acc"] <= 1.0 and 0.0 <= r.metrics["val_acc"] <= 1.0
+        assert math.isfinite(r.metrics["train_loss"]) and math.isfinite(r.metrics["val_loss"]) and r.seconds >= 0
 
 
 def test_records_cover_each_epoch_once_with_partial_last_batch() -> None:
@@ -141,7 +141,7 @@ def test_regression_has_no_accuracy() -> None:
     x, y = make_data("boston")
     _, calls = run_fit(v, (x, y), epochs=2, batch_size=50)
     for r in flat(calls):
-        assert "train_acc" not in r.metrics and "eval_acc" not in r.metrics
+        assert "train_acc" not in r.metrics and "val_acc" not in r.metrics
         assert len(r.step_losses) == 3  # ceil(128 / 50)
 
 

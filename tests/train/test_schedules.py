@@ -76,7 +76,7 @@ def test_each_schedule_sets_the_learning_rate_torch_gives(name: str) -> None:
     v = variant(BOSTON, batch_size=32, scheduler=SCHEDULES[name])
     records, *_ = train(v, 8)
     logged = [r.metrics["lr"] for r in records]
-    expected = [row[0] for row in reference_lrs(v, 8, [r.metrics["eval_loss"] for r in records])]
+    expected = [row[0] for row in reference_lrs(v, 8, [r.metrics["val_loss"] for r in records])]
     assert logged == pytest.approx(expected, rel=1e-12)
     assert len(set(logged)) > 1, "the schedule never changed the learning rate"
     assert logged[0] == pytest.approx(0.01 / 25 if name == "onecycle" else BOSTON.lr)  # onecycle: max_lr / 25
@@ -96,12 +96,12 @@ def test_without_a_schedule_the_tutorials_learning_rate_is_logged_unchanged() ->
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement() -> None:
-    # lr 0.1 on standardized data overshoots: eval_loss soon stops improving
-    v = variant(BOSTON, lr=0.05, batch_size=16, early_stopping={"metric": "eval_loss", "patience": 3,
+    # lr 0.1 on standardized data overshoots: val_loss soon stops improving
+    v = variant(BOSTON, lr=0.05, batch_size=16, early_stopping={"metric": "val_loss", "patience": 3,
                                                                  "min_delta": 0.5})
     records, _, controls, last = train(v, 200)
     stopper = controls.stopper
-    losses = [r.metrics["eval_loss"] for r in records]
+    losses = [r.metrics["val_loss"] for r in records]
     assert last == stopper.stopped_epoch == records[-1].epoch < 200
     assert last == stopper.best_epoch + 3
     best = losses[stopper.best_epoch - 1]
@@ -109,12 +109,12 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement() -> Non
     assert records[-1].final and not any(r.final for r in records[:-1])
     assert controls.stop_record(last, 200) == {
         "stopped_epoch": last, "best_epoch": stopper.best_epoch,
-        "stop_reason": f"early stopping: eval_loss did not improve by more than 0.5 for 3 epochs "
+        "stop_reason": f"early stopping: val_loss did not improve by more than 0.5 for 3 epochs "
                        f"(best {best:.6g} at epoch {stopper.best_epoch})"}
 
 
 def test_early_stopping_between_recorded_epochs_records_the_stopping_epoch_last() -> None:
-    v = variant(BOSTON, lr=0.05, batch_size=16, early_stopping={"metric": "eval_loss", "patience": 3,
+    v = variant(BOSTON, lr=0.05, batch_size=16, early_stopping={"metric": "val_loss", "patience": 3,
                                                                  "min_delta": 0.5})
     every, _, _, last = train(v, 200)
     sparse, _, controls, sparse_last = train(v, 200, record_every=7)
@@ -124,7 +124,7 @@ def test_early_stopping_between_recorded_epochs_records_the_stopping_epoch_last(
 
 
 def test_restore_best_ends_with_the_best_epochs_weights() -> None:
-    stopping = {"metric": "eval_loss", "patience": 3, "min_delta": 0.5}
+    stopping = {"metric": "val_loss", "patience": 3, "min_delta": 0.5}
     v = variant(BOSTON, lr=0.05, batch_size=16, early_stopping=stopping | {"restore_best": True})
     _, restored, controls, last = train(v, 200)
     best_epoch = controls.stopper.best_epoch
@@ -139,7 +139,7 @@ def test_restore_best_ends_with_the_best_epochs_weights() -> None:
 def test_accuracy_is_watched_upwards_and_a_loss_downwards() -> None:
     from bplab.train.schedules import Stopper
 
-    for metric, better, worse in (("eval_acc", 0.9, 0.8), ("eval_loss", 0.8, 0.9)):
+    for metric, better, worse in (("val_acc", 0.9, 0.8), ("val_loss", 0.8, 0.9)):
         stopper = Stopper(EarlyStopping(metric=metric, patience=1))
         stopper.best = (better + worse) / 2
         assert stopper.improved(better) and not stopper.improved(worse)
@@ -152,7 +152,7 @@ class _Killed(Exception):
 @pytest.mark.parametrize("name", ["onecycle", "plateau"])
 def test_a_resumed_training_continues_its_schedule_and_early_stopping_exactly(name: str) -> None:
     v = variant(BOSTON, epochs=60, lr=0.01, batch_size=32, scheduler=SCHEDULES[name],
-                early_stopping={"metric": "eval_loss", "patience": 2, "min_delta": 0.2, "restore_best": True})
+                early_stopping={"metric": "val_loss", "patience": 2, "min_delta": 0.2, "restore_best": True})
     straight, straight_model, straight_controls, straight_last = train(v, 60)
     assert straight_controls.stopped, "pick settings under which early stopping ends the training"
 

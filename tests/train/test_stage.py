@@ -33,7 +33,7 @@ def test_flower_run_holds_the_contract(workspace: Path, params: Params, monkeypa
     p = run.data.params
     assert (p["lr"], p["epochs"], p["batch_size"], p["optimizer"], p["init"]) == ("1.0", "30", "None", "sgd", "default")
     assert p["model.arch"] == "module_net" and p["model.hidden"] == "[4]" and p["n_parameters"] == "17"
-    assert set(run.data.metrics) >= {"train_loss", "eval_loss", "train_acc", "eval_acc", "epoch_seconds"}
+    assert set(run.data.metrics) >= {"train_loss", "val_loss", "train_acc", "val_acc", "epoch_seconds"}
     history = client().get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, 31))
     assert "train_loss_step" not in run.data.metrics
@@ -69,7 +69,7 @@ def test_outputs_and_logged_model_agree(workspace: Path, params: Params) -> None
     assert len(logged(x[:7])) == 7  # the batch dimension is not fixed to the input example's
 
     lines = (workspace / "history/flower_sequential.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,eval_loss,train_acc,eval_acc,lr,epoch_seconds"
+    assert lines[0] == "epoch,train_loss,val_loss,train_acc,val_acc,lr,epoch_seconds"
     assert len(lines) == 21
     last = lines[-1].split(",")
     assert float(last[1]) == pytest.approx(record["final"]["train_loss"])
@@ -79,7 +79,7 @@ def test_boston_logs_the_per_iteration_loss_and_param_groups(workspace: Path, pa
     record = stage.train("boston_adam", tiny(params, "boston_adam", epochs=3, batch_size=16))
     run = client().get_run(record["run_id"])
     steps = client().get_metric_history(run.info.run_id, "train_loss_step")
-    assert sorted(m.step for m in steps) == list(range(1, 3 * 3 + 1))  # ceil(40 / 16) = 3 per epoch
+    assert sorted(m.step for m in steps) == list(range(1, 3 * 2 + 1))  # ceil(30 / 16) = 2 per epoch
     assert run.data.params["param_groups.hidden"] == "0.0001"
     assert run.data.params["param_groups.regression"] == "0.01"
     assert "train_acc" not in run.data.metrics
@@ -92,7 +92,7 @@ def test_same_seed_same_metrics(workspace: Path, params: Params) -> None:
     second = stage.train("flower_twolayer", small)
     assert first["run_id"] != second["run_id"]
     assert first["final"] == second["final"]
-    history = [client().get_metric_history(r["run_id"], "eval_loss") for r in (first, second)]
+    history = [client().get_metric_history(r["run_id"], "val_loss") for r in (first, second)]
     assert [m.value for m in history[0]] == [m.value for m in history[1]]
 
 
@@ -103,8 +103,8 @@ def test_unknown_variant_and_bad_param_group_stop_before_any_run(workspace: Path
     with pytest.raises(ParamsError, match=r"train.boston_adam.param_groups.hiddn: .*allowed: hidden, regression"):
         stage.train("boston_adam", params.model_copy(update={"train": {"boston_adam": bad}}))
     batchnorm = params.train["boston_module"].model_copy(update={
-        "model": params.train["boston_module"].model.model_copy(update={"arch": "batch_net"}), "batch_size": 39})
-    with pytest.raises(ParamsError, match="train.boston_bn.batch_size: batch_size 39 leaves a last batch of 1 row"):
+        "model": params.train["boston_module"].model.model_copy(update={"arch": "batch_net"}), "batch_size": 29})
+    with pytest.raises(ParamsError, match="train.boston_bn.batch_size: batch_size 29 leaves a last batch of 1 row"):
         stage.train("boston_bn", params.model_copy(update={"train": {"boston_bn": batchnorm}}))
     assert client().get_experiment_by_name("boston") is None
     assert not (workspace / "models").exists()
@@ -123,7 +123,7 @@ def test_long_runs_record_at_most_max_epoch_points_and_train_exactly_as_when_rec
         rows[points] = {int(r[0]): r[1:-1] for r in (line.split(",") for line in lines)}  # all but epoch_seconds
         weights[points] = load_state_dict(Path("models/flower_sequential/state_dict.pt"))
     recorded = [1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
-    for metric in ("train_loss", "eval_acc", "lr"):
+    for metric in ("train_loss", "val_acc", "lr"):
         logged = client().get_metric_history(record["run_id"], metric)
         assert sorted(m.step for m in logged) == recorded
     assert list(rows[10]) == recorded  # the CSV holds the recorded epochs, as MLflow does

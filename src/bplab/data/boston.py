@@ -17,10 +17,10 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from bplab import plots
-from bplab.config import Fraction, Seed, Strict
+from bplab.config import Fraction, PreprocessParams, Seed, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import Candidate, FetchedFile, FetchPolicy, fetch_file, mirror_dir
-from bplab.data.processed import Prepared
+from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError, ParamsError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class BostonDownload(FetchPolicy):
     sources: list[BostonSource] = Field(min_length=1)
 
 
-class BostonPreprocess(Strict):
+class BostonPreprocess(PreprocessParams):
     test_size: Fraction = 0.2
     split_seed: Seed = 42
     drop_features: list[Literal[FEATURES]] = []  # type: ignore[valid-type]
@@ -175,10 +175,11 @@ def read_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def preprocess(raw_dir: Path, params: BostonPreprocess) -> Prepared:
-    """Split, then standardise with a scaler fitted on the training split only.
+    """Split off the test rows, carve the validation rows from the rest, then standardise with a
+    scaler fitted on the remaining training rows only.
 
     x float32 (n, k) and y float32 (n, 1) per split; the transform records the scaler's
-    ``mean_`` and ``scale_`` with the feature names they belong to.
+    ``mean_`` and ``scale_`` with the feature names they belong to, and the splits' sizes and seeds.
     """
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
@@ -186,12 +187,14 @@ def preprocess(raw_dir: Path, params: BostonPreprocess) -> Prepared:
     features, target = read_table(raw_dir / FILE_NAME)
     keep = [i for i, name in enumerate(FEATURES) if name not in params.drop_features]
     features = features[:, keep]
-    x_train, x_test, y_train, y_test = train_test_split(
+    x_rest, x_test, y_rest, y_test = train_test_split(
         features, target, test_size=params.test_size, random_state=params.split_seed
     )
-    if min(len(x_train), len(x_test)) < 2:  # the scaler and R² need two rows to mean anything
-        raise ParamsError(f"data.boston.preprocess.test_size: {params.test_size} leaves {len(x_train)} training "
+    if min(len(x_rest), len(x_test)) < 2:  # the scaler and R² need two rows to mean anything
+        raise ParamsError(f"data.boston.preprocess.test_size: {params.test_size} leaves {len(x_rest)} training "
                           f"and {len(x_test)} test rows of {len(features)}; each split needs at least 2")
+    (x_train, y_train), (x_val, y_val), validation = carve_validation(
+        x_rest, y_rest, params, "data.boston.preprocess", least=2)
     scaler = StandardScaler().fit(x_train)
     names = [FEATURES[i] for i in keep]
     transform = {
@@ -200,12 +203,14 @@ def preprocess(raw_dir: Path, params: BostonPreprocess) -> Prepared:
         "scaler_scale": dict(zip(names, scaler.scale_.tolist())),
         "test_size": params.test_size,
         "split_seed": params.split_seed,
+        "validation": validation,
     }
 
     def prepared(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return scaler.transform(x).astype(np.float32), y.astype(np.float32).reshape(-1, 1)
 
-    return Prepared({"train": prepared(x_train, y_train), "test": prepared(x_test, y_test)}, transform)
+    return Prepared({"train": prepared(x_train, y_train), "val": prepared(x_val, y_val),
+                     "test": prepared(x_test, y_test)}, transform)
 
 
 def preview(prepared: Prepared, raw_dir: Path) -> Figure:
@@ -228,6 +233,6 @@ DATASET = Dataset(
     preprocess=preprocess,
     preview=preview,
     evaluation_pictures=evaluation_pictures,
-    champion=Champion("test_rmse", higher_is_better=False),
-    compare_columns=("test_rmse", "test_mae", "test_r2", "train_loss"),
+    champion=Champion("rmse"),
+    compare_columns=("val_rmse", "test_rmse", "test_mae", "test_r2", "train_loss"),
 )

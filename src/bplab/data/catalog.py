@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bplab.errors import ParamsError
+from bplab.paths import NAME_LIMIT, name_too_long
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,21 +28,43 @@ if TYPE_CHECKING:
     from bplab.data.processed import Prepared
 
 TaskKind = Literal["multiclass", "binary", "regression"]
-# What evaluate computes on the test split, per kind of task (bplab.evaluate.compute_test_metrics).
-TEST_METRICS: dict[str, tuple[str, ...]] = {
-    "multiclass": ("test_loss", "test_acc"),
-    "binary": ("test_loss", "test_acc"),
-    "regression": ("test_mse", "test_rmse", "test_mae", "test_r2"),
+# What evaluate scores a trained model by, per kind of task (bplab.evaluate.compute_metrics): on the
+# validation split as val_<score> (what selection reads), on the test split as test_<score> (reported).
+SCORES: dict[str, tuple[str, ...]] = {
+    "multiclass": ("loss", "acc"),
+    "binary": ("loss", "acc"),
+    "regression": ("mse", "rmse", "mae", "r2"),
 }
+_HIGHER_IS_BETTER = ("acc", "r2")  # every other score is an error: lower is better
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether ``metric`` (``val_acc``, ``test_rmse``, ``r2``, ...) improves upwards."""
+    return metric.rpartition("_")[2] in _HIGHER_IS_BETTER
 
 
 @dataclass(frozen=True)
 class Champion:
-    """The test metric that picks the registry's ``champion``, and whether higher is better."""
+    """The score that picks the registry's ``champion``: read on the validation split
+    (:attr:`selection`), reported on the test split (:attr:`reported`)."""
 
-    metric: str
-    higher_is_better: bool
+    score: str  # one of the task's SCORES: acc, rmse, ...
+
+    @property
+    def selection(self) -> str:
+        """The metric versions are ranked by: the score on the validation split."""
+        return f"val_{self.score}"
+
+    @property
+    def reported(self) -> str:
+        """The same score on the test split: shown beside the selection, never used to choose."""
+        return f"test_{self.score}"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Which way the score improves."""
+        return higher_is_better(self.score)
 
 
 @dataclass(frozen=True)
@@ -70,17 +93,22 @@ class Dataset:
     preprocess: Callable[[Path, Any], Prepared]
     preview: Callable[[Prepared, Path], Figure]
     evaluation_pictures: Callable[[Evaluation], Mapping[str, Figure]]
-    champion: Champion
+    champion: Champion  # the score of the best model: chosen on the validation split, reported on the test split
     compare_columns: tuple[str, ...]  # what `bplab.compare` shows of each run, besides params
 
     def __post_init__(self) -> None:
-        if self.champion.metric not in self.test_metrics:
-            raise ValueError(f"champion metric {self.champion.metric!r} is not one of {self.test_metrics}")
+        if self.champion.score not in SCORES[self.task]:
+            raise ValueError(f"champion score {self.champion.score!r} is not one of {SCORES[self.task]}")
 
     @property
     def test_metrics(self) -> tuple[str, ...]:
-        """The final metrics evaluate logs for this dataset's kind of task."""
-        return TEST_METRICS[self.task]
+        """The final metrics evaluate reports on the test split for this dataset's kind of task."""
+        return tuple(f"test_{score}" for score in SCORES[self.task])
+
+    @property
+    def val_metrics(self) -> tuple[str, ...]:
+        """The same scores on the validation split: what the champion and sweeps choose by."""
+        return tuple(f"val_{score}" for score in SCORES[self.task])
 
 
 @cache
@@ -89,6 +117,8 @@ def dataset(name: str) -> Dataset:
     where = f"src/bplab/data/{name}.py"
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ParamsError(f"datasets: {name!r} is not a dataset name (lower-case letters, digits and _)")
+    if len(name) > NAME_LIMIT:
+        raise ParamsError(f"datasets: {name_too_long(name)}")
     try:
         module = importlib.import_module(f"bplab.data.{name}")
     except ModuleNotFoundError as exc:

@@ -1,9 +1,11 @@
 """Fetch one file from an ordered list of sources, verified and written atomically.
 
 Each candidate source is tried in turn: transient network faults are retried with exponential
-backoff, anything else (not found, checksum mismatch, undecodable bytes) moves on to the next
-source at once. The file only appears at its final path after its SHA-256 has matched, via a
-temporary file and ``os.replace``, so an interruption never leaves a half-written file behind.
+backoff, anything else (not found, a refused login, a malformed URL, checksum mismatch,
+undecodable bytes) moves on to the next source at once. The file only appears at its final path
+after its SHA-256 has matched, via a temporary file and ``os.replace``, so an interruption never
+leaves a half-written file behind. A login in a URL is sent as HTTP basic auth; the reasons a
+source failed are redacted (:func:`bplab.track.redact`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import http.client
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -78,11 +81,20 @@ class _Attempts:
     failures: list[str] = field(default_factory=list)
 
     def add(self, location: str, reason: str) -> None:
-        self.failures.append(f"  - {track.redact(location)}: {reason}")
+        self.failures.append(f"  - {track.redact(location)}: {track.redact(reason)}")
 
 
 class _Transient(Exception):
     """A fault worth retrying on the same source (timeouts, resets, 5xx, short reads)."""
+
+
+class _Malformed(ValueError):
+    """A URL that cannot be requested: no retry, and no quoting it (the parser's message would
+    show part of a password, as in ``nonnumeric port: 's3cret@host'``)."""
+
+    def __init__(self) -> None:
+        super().__init__("not a valid URL: its host or port cannot be read (a user name or password "
+                         "holding '/', '?', '#' or '@' must be percent-encoded, e.g. %2F for '/')")
 
 
 def mirror_dir() -> Path | None:
@@ -102,6 +114,31 @@ def _is_url(location: str) -> bool:
     return location.split(":", 1)[0].lower() in {"http", "https", "file", "ftp"}
 
 
+def _opener(location: str) -> tuple[str, urllib.request.OpenerDirector]:
+    """The URL to request and who requests it. Credentials in an HTTP(S) URL
+    (``https://alice:s3cret@host/``) are taken out of it and sent as HTTP basic auth, as curl and
+    requests do: urllib would read them as part of the host. They go to that scheme, host and port
+    only (not to a redirect elsewhere). Raises :class:`_Malformed` for a URL without a readable
+    host or port."""
+    try:
+        parts = urllib.parse.urlsplit(location)
+        parts.port  # noqa: B018 - reading it raises ValueError for a port that is not a number
+    except ValueError:
+        raise _Malformed from None
+    if parts.scheme.lower() not in {"http", "https"}:
+        return location, urllib.request.build_opener()
+    if not parts.hostname:
+        raise _Malformed
+    if parts.username is None:
+        return location, urllib.request.build_opener()
+    server = parts.netloc.rpartition("@")[2]
+    logins = urllib.request.HTTPPasswordMgrWithPriorAuth()
+    logins.add_password(None, f"{parts.scheme}://{server}/", urllib.parse.unquote(parts.username),
+                        urllib.parse.unquote(parts.password or ""), is_authenticated=True)
+    return (urllib.parse.urlunsplit(parts._replace(netloc=server)),
+            urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(logins)))
+
+
 def _read(location: str, timeout_s: float, label: str) -> bytes:
     """Read all bytes of a URL or local path, with a progress bar for network transfers."""
     if not _is_url(location):
@@ -109,9 +146,10 @@ def _read(location: str, timeout_s: float, label: str) -> bytes:
             return Path(location).read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError("no such file") from None
-    request = urllib.request.Request(location, headers={"User-Agent": "bplab/0.1 (+dvc stage)"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s)/file only
+        url, opener = _opener(location)
+        request = urllib.request.Request(url, headers={"User-Agent": "bplab/0.1 (+dvc stage)"})
+        with opener.open(request, timeout=timeout_s) as response:
             total = response.length
             chunks: list[bytes] = []
             with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
@@ -125,6 +163,8 @@ def _read(location: str, timeout_s: float, label: str) -> bytes:
         raise OSError(f"HTTP {exc.code} {exc.reason}") from None
     except http.client.IncompleteRead as exc:
         raise _Transient(f"transfer cut short after {len(exc.partial)} bytes") from None
+    except http.client.InvalidURL:  # a host or path http.client refuses (control characters, a bad port)
+        raise _Malformed from None
     except http.client.HTTPException as exc:  # not HTTP at all (wrong port, captive portal)
         raise _Transient(f"{type(exc).__name__}: {exc}") from None
     except urllib.error.URLError as exc:
@@ -180,7 +220,7 @@ def _try_candidate(name: str, candidate: Candidate, policy: FetchPolicy, attempt
                 attempts.add(candidate.location, f"{exc} (gave up after {attempt} attempts)")
                 return None
             time.sleep(policy.backoff_s * 2 ** (attempt - 1))
-        except (OSError, ValueError) as exc:  # not found, HTTP 4xx, bad gzip, unparsable table
+        except (OSError, ValueError) as exc:  # not found, HTTP 4xx, a malformed URL, bad gzip, unparsable table
             attempts.add(candidate.location, str(exc))
             return None
     return None

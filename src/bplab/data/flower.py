@@ -11,11 +11,12 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from bplab import plots
-from bplab.config import NonNegativeFloat, Seed, Strict
+from bplab.config import NonNegativeFloat, PreprocessParams, Seed, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import FetchedFile
-from bplab.data.processed import Prepared
+from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError
+from bplab.outputs import write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,7 +49,7 @@ class FlowerDownload(Strict):
         return value
 
 
-class FlowerPreprocess(Strict):
+class FlowerPreprocess(PreprocessParams):
     standardize: bool = False
 
 
@@ -78,12 +79,14 @@ def generate(n_points: int, petals: int, noise: float, seed: int) -> tuple[np.nd
 
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     # repr() round-trips float64 exactly, so the CSV holds the generator's values bit for bit.
+    # Written atomically: a write cut short (a full disk, a kill) leaves the previous file whole.
     lines = ["x1,x2,label"] + [f"{a!r},{b!r},{int(c)}" for (a, b), c in zip(x.tolist(), y[:, 0])]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_raw(raw_dir: Path, params: FlowerDownload) -> dict[str, Path]:
-    """Generate the training and held-out points into ``raw_dir/{train,test}.csv``."""
+    """Generate the training and held-out points into ``raw_dir/{train,test}.csv``, each file
+    replaced atomically (:mod:`bplab.outputs`)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     splits = {
         "train": generate(params.n_points, params.petals, params.noise, params.seed),
@@ -110,11 +113,14 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def preprocess(raw_dir: Path, params: FlowerPreprocess) -> Prepared:
-    """x float32 (n, 2), y float32 (n, 1) per split; optionally standardised on the train split."""
-    splits = {split: read_split(raw_dir / name) for split, name in SPLIT_FILES.items()}
-    transform: dict[str, object] = {"standardize": params.standardize}
+    """x float32 (n, 2), y float32 (n, 1) per split: the validation points carved from the training
+    points; optionally standardised with the remaining training points' mean and std."""
+    train, test = (read_split(raw_dir / name) for name in SPLIT_FILES.values())
+    train, val, validation = carve_validation(*train, params, "data.flower.preprocess")
+    splits = {"train": train, "val": val, "test": test}
+    transform: dict[str, object] = {"standardize": params.standardize, "validation": validation}
     if params.standardize:
-        mean, std = splits["train"][0].mean(axis=0), splits["train"][0].std(axis=0)
+        mean, std = train[0].mean(axis=0), train[0].std(axis=0)
         splits = {split: ((x - mean) / std, y) for split, (x, y) in splits.items()}
         transform |= {"mean": mean.tolist(), "std": std.tolist()}
     arrays = {split: (x.astype(np.float32), y.astype(np.float32)) for split, (x, y) in splits.items()}
@@ -147,6 +153,6 @@ DATASET = Dataset(
     preprocess=preprocess,
     preview=preview,
     evaluation_pictures=evaluation_pictures,
-    champion=Champion("test_acc", higher_is_better=True),
-    compare_columns=("test_acc", "test_loss", "train_acc"),
+    champion=Champion("acc"),
+    compare_columns=("val_acc", "test_acc", "test_loss", "train_acc"),
 )

@@ -10,10 +10,10 @@ import numpy as np
 from pydantic import AnyUrl, Field, field_validator
 
 from bplab import plots
-from bplab.config import PositiveFloat, PositiveInt, Strict
+from bplab.config import PositiveFloat, PositiveInt, PreprocessParams, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import Candidate, FetchedFile, FetchPolicy, fetch_file, gunzip, mirror_dir
-from bplab.data.processed import Prepared
+from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class MnistDownload(FetchPolicy):
         return value
 
 
-class MnistPreprocess(Strict):
+class MnistPreprocess(PreprocessParams):
     mean: float = 0.5
     std: PositiveFloat = 0.5
     train_limit: PositiveInt | None = None
@@ -108,14 +108,20 @@ def normalize(images: np.ndarray, params: MnistPreprocess) -> np.ndarray:
 
 
 def preprocess(raw_dir: Path, params: MnistPreprocess) -> Prepared:
-    """Train and test arrays ready to train on: x float32 (n, 784), y int64 (n,)."""
-    limits = {"train": params.train_limit, "test": params.test_limit}
-    result = {}
-    for split in SPLITS:
-        images, labels = load_split(raw_dir, split)
-        keep = limits[split] or len(images)
-        result[split] = (normalize(images[:keep], params), labels[:keep].astype(np.int64))
-    transform = {"divide_by": 255, "mean": params.mean, "std": params.std, "flattened_to": 28 * 28}
+    """Train, validation and test arrays ready to train on: x float32 (n, 784), y int64 (n,).
+
+    The validation rows are carved from the (limited) training images; the test images stay the
+    t10k file's.
+    """
+    images, labels = load_split(raw_dir, "train")
+    keep = params.train_limit or len(images)
+    train, val, validation = carve_validation(images[:keep], labels[:keep], params, "data.mnist.preprocess")
+    images, labels = load_split(raw_dir, "test")
+    test = images[: params.test_limit or len(images)], labels[: params.test_limit or len(labels)]
+    result = {split: (normalize(x, params), y.astype(np.int64))
+              for split, (x, y) in {"train": train, "val": val, "test": test}.items()}
+    transform = {"divide_by": 255, "mean": params.mean, "std": params.std, "flattened_to": 28 * 28,
+                 "validation": validation}
     return Prepared(result, transform)
 
 
@@ -146,6 +152,6 @@ DATASET = Dataset(
     preprocess=preprocess,
     preview=preview,
     evaluation_pictures=evaluation_pictures,
-    champion=Champion("test_acc", higher_is_better=True),
-    compare_columns=("test_acc", "test_loss", "train_acc"),
+    champion=Champion("acc"),
+    compare_columns=("val_acc", "test_acc", "test_loss", "train_acc"),
 )

@@ -17,17 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from bplab.errors import DataError
+from bplab.config import PreprocessParams
+from bplab.errors import DataError, ParamsError
 from bplab.outputs import publish_directory
 
-SPLITS = ("train", "test")
+# train: the rows a model is fitted on; val: carved from the training rows, what selection reads
+# (per-epoch val_* metrics, early stopping, schedules, sweeps, the champion); test: reported only.
+SPLITS = ("train", "val", "test")
 TRANSFORM_FILE = "transform.json"
 _Y_DTYPES = (np.dtype(np.int64), np.dtype(np.float32))
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """Arrays per split, ``{"train": (x, y), "test": (x, y)}``, and the transform that made them."""
+    """Arrays per split, ``{"train": (x, y), "val": (x, y), "test": (x, y)}``, and the transform that made them."""
 
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
     transform: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +39,30 @@ class Prepared:
         """``{"x_train": [n, d], ...}`` for logging and for the reader's checks."""
         return {f"{kind}_{split}": list(array.shape)
                 for split, pair in self.splits.items() for kind, array in zip("xy", pair)}
+
+
+Pair = tuple[np.ndarray, np.ndarray]  # a split's x and y
+
+
+def carve_validation(x: np.ndarray, y: np.ndarray, settings: PreprocessParams, key: str,
+                     least: int = 1) -> tuple[Pair, Pair, dict[str, Any]]:
+    """The training rows ``(x, y)`` split into ``(train, val)``, and the record of the split.
+
+    ``settings.val_size`` of the rows (rounded) go to validation, chosen by a permutation seeded
+    with ``settings.val_seed``; both parts keep the rows' original order. Each part must keep at
+    least ``least`` rows, or a :class:`ParamsError` names ``key`` (``data.<dataset>.preprocess``).
+    Every dataset carves its validation split here, before fitting anything on its training rows
+    (a scaler, a standardisation), so the validation rows stay unseen like the test rows.
+    """
+    n = len(x)
+    n_val = round(n * settings.val_size)
+    if min(n_val, n - n_val) < least:
+        raise ParamsError(f"{key}.val_size: {settings.val_size} of {n} training rows leaves {n - n_val} to train "
+                          f"on and {n_val} to validate on; each needs at least {least}")
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.random.default_rng(settings.val_seed).permutation(n)[:n_val]] = True
+    record = {"val_size": settings.val_size, "val_seed": settings.val_seed, "n_train": n - n_val, "n_val": n_val}
+    return (x[~chosen], y[~chosen]), (x[chosen], y[chosen]), record
 
 
 def _check(name: str, x: np.ndarray, y: np.ndarray, origin: str) -> None:

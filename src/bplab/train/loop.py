@@ -131,26 +131,26 @@ class _Pending:
     step_losses: list[torch.Tensor]  # each step's mean loss over its whole batch
     batch_sizes: list[int]
     correct: list[torch.Tensor]  # right predictions per step (empty for regression or unmeasured)
-    eval_loss: torch.Tensor | None  # None: not measured
-    eval_correct: torch.Tensor | None
+    val_loss: torch.Tensor | None  # None: not measured
+    val_correct: torch.Tensor | None
     lrs: list[float]  # each parameter group's learning rate as the epoch began
     seconds: float
     recorded: bool = True
 
 
-def _materialize(pending: list[_Pending], n_train: int, n_eval: int, has_accuracy: bool,
+def _materialize(pending: list[_Pending], n_train: int, n_val: int, has_accuracy: bool,
                  lr_names: list[str]) -> tuple[list[tuple[EpochRecord, bool]], TrainingDiverged | None]:
     """Read a batch of epochs to host numbers with one transfer per kind of value.
 
     Returns the measured epochs that are finite, each with whether it is recorded, and the error
     for the first epoch whose loss is not finite.
     """
-    measured = [p for p in pending if p.eval_loss is not None]
+    measured = [p for p in pending if p.val_loss is not None]
     steps = torch.stack([t for p in pending for t in p.step_losses]).tolist()
-    eval_losses = iter(torch.stack([p.eval_loss for p in measured]).tolist() if measured else [])
+    val_losses = iter(torch.stack([p.val_loss for p in measured]).tolist() if measured else [])
     if has_accuracy and measured:
         correct = torch.stack([t for p in measured for t in p.correct]).tolist()
-        eval_correct = iter(torch.stack([p.eval_correct for p in measured]).tolist())
+        val_correct = iter(torch.stack([p.val_correct for p in measured]).tolist())
     # Steps and right-prediction counts are walked separately: under torchrun an epoch's counts
     # arrive already summed over ranks and steps, as one value.
     records, offset, correct_offset = [], 0, 0
@@ -158,24 +158,39 @@ def _materialize(pending: list[_Pending], n_train: int, n_eval: int, has_accurac
         count = len(p.step_losses)
         step_losses = steps[offset: offset + count]
         offset += count
-        if p.eval_loss is None:  # not measured: only checked
-            if all(map(math.isfinite, step_losses)):
-                continue
-        train_loss = math.fsum(v * size for v, size in zip(step_losses, p.batch_sizes)) / n_train
-        if not math.isfinite(train_loss):
-            bad = next(j for j, v in enumerate(step_losses) if not math.isfinite(v))
-            return records, TrainingDiverged(
-                f"training diverged: loss is {step_losses[bad]} at epoch {p.epoch}, step {bad + 1} of "
-                f"{count}; lower the learning rate or check the inputs"
-            )
-        metrics = {"train_loss": train_loss, "eval_loss": next(eval_losses)}
+        if p.val_loss is None and all(map(math.isfinite, step_losses)):  # not measured: only checked
+            continue
+        train_loss = _mean_loss(step_losses, p.batch_sizes, n_train)
+        if train_loss is None:
+            return records, _diverged(step_losses, p.epoch)
+        metrics = {"train_loss": train_loss, "val_loss": next(val_losses)}
         if has_accuracy:
             metrics["train_acc"] = sum(correct[correct_offset: correct_offset + len(p.correct)]) / n_train
-            metrics["eval_acc"] = next(eval_correct) / n_eval
+            metrics["val_acc"] = next(val_correct) / n_val
         metrics |= zip(lr_names, p.lrs)
         correct_offset += len(p.correct)
         records.append((EpochRecord(p.epoch, metrics, step_losses, p.seconds), p.recorded))
     return records, None
+
+
+def _mean_loss(step_losses: list[float], batch_sizes: list[int], n_train: int) -> float | None:
+    """The epoch's training loss (the steps' losses weighted by their batch sizes), or None when a
+    step's loss is not finite or their sum overflows (``math.fsum`` raises on both, where ``inf``
+    and ``-inf`` meet)."""
+    if not all(map(math.isfinite, step_losses)):
+        return None
+    try:
+        return math.fsum(v * size for v, size in zip(step_losses, batch_sizes)) / n_train
+    except OverflowError:
+        return None
+
+
+def _diverged(step_losses: list[float], epoch: int) -> TrainingDiverged:
+    """The error for an epoch whose training loss is not finite, naming the first bad step."""
+    bad = next((j for j, v in enumerate(step_losses) if not math.isfinite(v)), None)
+    where = (f"loss is {step_losses[bad]} at epoch {epoch}, step {bad + 1} of {len(step_losses)}" if bad is not None
+             else f"the losses of epoch {epoch}'s {len(step_losses)} steps sum past the largest float")
+    return TrainingDiverged(f"training diverged: {where}; lower the learning rate or check the inputs")
 
 
 def _batches(n: int, batch_size: int | None, order: torch.Tensor | None):
@@ -251,7 +266,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     task: Task,
     train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
     schedule: Schedule,
     generator: torch.Generator,
     on_epochs: Callable[[list[EpochRecord]], None],
@@ -260,8 +275,8 @@ def fit(
     placement: Placement = SINGLE_PROCESS,
     controls: Controls | None = None,
 ) -> int:
-    """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on ``test`` each
-    recorded epoch (:meth:`Schedule.recorded`); return the last epoch trained (earlier when
+    """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on the validation
+    split ``val`` each recorded epoch (:meth:`Schedule.recorded`); return the last epoch trained (earlier when
     ``controls``' early stopping ends the training).
 
     Every ``report_every_s`` seconds (at the next recorded epoch, and after the last epoch) the
@@ -282,14 +297,14 @@ def fit(
     controls = controls or Controls(names=lr_names(optimizer))
     shuffle = schedule.shuffle and (schedule.batch_size or n) < n
     mode_dependent = has_mode_dependent_layers(model)
-    reports = _Reports(on_epochs, n, len(test[0]), task.has_accuracy, controls.names)
+    reports = _Reports(on_epochs, n, len(val[0]), task.has_accuracy, controls.names)
     last_report = time.perf_counter()
     epoch = first_epoch - 1
     model.train()
     while epoch < schedule.epochs:
         epoch += 1
         order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-        done = _epoch(model, optimizer, task, train, test, schedule, epoch, order, placement, controls,
+        done = _epoch(model, optimizer, task, train, val, schedule, epoch, order, placement, controls,
                       mode_dependent)
         reports.pending.append(done)
         metrics = reports.read().metrics if controls.needs_epoch_metrics else None
@@ -306,7 +321,7 @@ def fit(
 
 
 def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, train: tuple[torch.Tensor, torch.Tensor],
-           test: tuple[torch.Tensor, torch.Tensor], schedule: Schedule, epoch: int, order: torch.Tensor | None,
+           val: tuple[torch.Tensor, torch.Tensor], schedule: Schedule, epoch: int, order: torch.Tensor | None,
            placement: Placement, controls: Controls, mode_dependent: bool) -> _Pending:
     """Train one epoch; measure it (learning rates, right predictions, evaluation) only when it is
     recorded or ``controls`` watch its metrics."""
@@ -317,10 +332,10 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, train
     step_losses, correct, batch_sizes = _train_epoch(model, optimizer, task, train, schedule.batch_size, order,
                                                      placement, controls.after_batch,
                                                      count_correct=measured and task.has_accuracy)
-    eval_loss = eval_correct = None
+    val_loss = val_correct = None
     if measured:
-        eval_loss, eval_correct = evaluate_sums(model, task, *test, schedule.eval_batch_size, mode_dependent)
-    return _Pending(epoch, step_losses, batch_sizes, correct, eval_loss, eval_correct, lrs,
+        val_loss, val_correct = evaluate_sums(model, task, *val, schedule.eval_batch_size, mode_dependent)
+    return _Pending(epoch, step_losses, batch_sizes, correct, val_loss, val_correct, lrs,
                     time.perf_counter() - started, recorded)
 
 
@@ -328,10 +343,10 @@ class _Reports:
     """Epochs on their way to ``on_epochs``: still on the device (``pending``), or read (``ready``:
     the recorded ones)."""
 
-    def __init__(self, on_epochs: Callable[[list[EpochRecord]], None], n_train: int, n_eval: int,
+    def __init__(self, on_epochs: Callable[[list[EpochRecord]], None], n_train: int, n_val: int,
                  has_accuracy: bool, lr_names: list[str]) -> None:
         self.on_epochs = on_epochs
-        self.shape = (n_train, n_eval, has_accuracy, lr_names)
+        self.shape = (n_train, n_val, has_accuracy, lr_names)
         self.pending: list[_Pending] = []
         self.ready: list[EpochRecord] = []
         self.latest: EpochRecord | None = None  # the last measured epoch, recorded or not

@@ -184,7 +184,7 @@ def check_controls(variant: VariantParams, has_accuracy: bool, key: str) -> None
     for name, metric in watched.items():
         if metric and metric.endswith("_acc") and not has_accuracy:
             raise ParamsError(f"{name}: {metric} is not computed for {variant.dataset} (a regression); "
-                              "use train_loss or eval_loss")
+                              "use train_loss or val_loss")
 
 
 def build_controls(optimizer: torch.optim.Optimizer, variant: VariantParams, n_train: int) -> Controls:

@@ -60,7 +60,7 @@ class _Job:
     data: processed.Prepared
     task: Task
     train_xy: tuple[torch.Tensor, torch.Tensor]
-    test_xy: tuple[torch.Tensor, torch.Tensor]
+    val_xy: tuple[torch.Tensor, torch.Tensor]  # per-epoch val_* metrics; the test split is evaluate's alone
     n_out: int
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -83,8 +83,8 @@ def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str
     """Every training knob, flattened (``lr``, ``model.hidden``, ``param_groups.hidden``, ...)."""
     variant = params.train[name]
     flat = track.flatten(variant.model_dump(mode="json"))
-    flat |= {"seed": params.seed, "variant": name, "n_parameters": n_parameters,
-             "n_train": shapes["x_train"][0], "n_test": shapes["x_test"][0], "n_features": shapes["x_train"][1]}
+    flat |= {"seed": params.seed, "variant": name, "n_parameters": n_parameters, "n_train": shapes["x_train"][0],
+             "n_val": shapes["x_val"][0], "n_test": shapes["x_test"][0], "n_features": shapes["x_train"][1]}
     return flat
 
 
@@ -151,12 +151,13 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     source = processed_dir(variant.dataset, root)
     data = processed.load(source)
     task = Task(catalog.dataset(variant.dataset).task)
-    train_xy = tuple(torch.from_numpy(a).to(placement.device) for a in data.splits["train"])
-    test_xy = tuple(torch.from_numpy(a).to(placement.device) for a in data.splits["test"])
-    # Classes from both splits: a train_limit may leave the highest class out of the training rows.
-    n_out = int(max(train_xy[1].max(), test_xy[1].max())) + 1 if task.kind == "multiclass" else 1
+    train_xy, val_xy = (tuple(torch.from_numpy(a).to(placement.device) for a in data.splits[split])
+                        for split in ("train", "val"))
+    # Classes from every split: a train_limit may leave the highest class out of the training rows.
+    n_out = int(max(y.max() for _, y in data.splits.values())) + 1 if task.kind == "multiclass" else 1
     torch.manual_seed(params.seed)
-    model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out), variant.init)
+    model = initialize(build_model(variant.model, train_xy[0].shape[1], n_out, f"train.{name}.model"),
+                       variant.init)
     check_param_groups(model, variant, f"train.{name}")
     check_controls(variant, task.has_accuracy, f"train.{name}")
     schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle,
@@ -169,7 +170,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     train_digest = processed.content_digest(*data.splits["train"])
     digest = fingerprint({
         "params": {"variant": variant.model_dump(mode="json"), "seed": params.seed},
-        "data": {"train": train_digest, "test": processed.content_digest(*data.splits["test"])},
+        "data": {"train": train_digest, "val": processed.content_digest(*data.splits["val"])},
         "model": {key: list(value.shape) for key, value in model.state_dict().items()},
         "code": code_digests(root, name, variant.dataset),
     })
@@ -177,7 +178,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     optimizer = build_optimizer(model, variant)
     controls = build_controls(optimizer, variant, len(train_xy[0]))
     generator = torch.Generator().manual_seed(params.seed)
-    return _Job(name, variant, placement, source, data, task, train_xy, test_xy, n_out, model, optimizer,
+    return _Job(name, variant, placement, source, data, task, train_xy, val_xy, n_out, model, optimizer,
                 controls, generator, schedule, initial_weights, train_digest, digest, checkpoint_file(name, root),
                 None, "")
 
@@ -199,22 +200,23 @@ def _fit(job: _Job, on_epochs) -> int:
     from bplab.train import distributed
     from bplab.train.loop import fit
 
-    return fit(distributed.wrap(job.model, job.placement), job.optimizer, job.task, job.train_xy, job.test_xy,
+    return fit(distributed.wrap(job.model, job.placement), job.optimizer, job.task, job.train_xy, job.val_xy,
                job.schedule, job.generator, on_epochs, first_epoch=job.first_epoch, placement=job.placement,
                controls=job.controls)
 
 
 def _reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
     """What ``bplab reproduce`` needs of this run: params.yaml, the resolved variant, dvc.lock, git changes."""
-    import yaml
+    from bplab.config import read_yaml
 
     variant = params.train[name]
     resolved = {"variant": name, "seed": params.seed, "device": params.device,
                 "tracking": params.tracking.model_dump(mode="json"), "train": variant.model_dump(mode="json"),
                 "data": getattr(params.data, variant.dataset).model_dump(mode="json")}
     lock, file = root / "dvc.lock", root / "params.yaml"
-    # The file as the stage read it; a caller that passed params without one gets them as validated.
-    raw = yaml.safe_load(file.read_text()) if file.exists() else params.model_dump(mode="json")
+    # The file as the stage read it (YAML 1.2: DVC writes 1e-05, which YAML 1.1 reads as a string); a
+    # caller that passed params without one gets them as validated.
+    raw = read_yaml(file.read_text()) if file.exists() else params.model_dump(mode="json")
     return {"params": raw, "resolved": resolved, "lock": lock.read_text() if lock.exists() else None,
             "changes": track.git_changes()}
 
@@ -302,7 +304,7 @@ def _publish(job: _Job, history: list[EpochRecord], stop: dict[str, Any], record
     with clock.phase("mlflow"):
         recorder.log_figures(figures)
     with clock.phase("mlflow_model"):
-        model_info = recorder.log_model(model, job.test_xy[0][:8].cpu())
+        model_info = recorder.log_model(model, job.val_xy[0][:8].cpu())
         recorder.log_state_dict(model.state_dict())
     record = {"run_id": recorder.run_id, "experiment_id": recorder.experiment_id, "model_uri": model_info.model_uri,
               "model_id": model_info.model_id, "variant": job.name, "dataset": job.variant.dataset,
