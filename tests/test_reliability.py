@@ -129,7 +129,7 @@ def test_bad_boston_csv_fails_naming_file_and_column(stage_dir: Path, mirror: Pa
 
 
 def test_processed_tensor_of_wrong_dtype_stops_training_before_a_run(stage_dir: Path) -> None:
-    np.save(stage_dir / "data/processed/flower/x_train.npy", np.zeros((64, 2), np.float64))
+    np.save(stage_dir / "data/processed/flower/x_train.npy", np.zeros((48, 2), np.float64))
     result = stage(stage_dir, "stages/train.py", "flower_logreg")
     assert result.returncode == 2
     assert "x_train must be a 2-D float32 array, found 2-D float64" in result.stderr
@@ -199,10 +199,10 @@ def test_four_concurrent_trainings_record_every_metric(stage_dir: Path) -> None:
 
 def test_killed_training_resumes_and_ends_like_an_uninterrupted_one(stage_dir: Path) -> None:
     rng = np.random.default_rng(1)
-    pixels = rng.uniform(-1, 1, size=(2200, 784)).astype(np.float32)
+    pixels = rng.uniform(-1, 1, size=(2400, 784)).astype(np.float32)
     digits = (pixels @ rng.normal(size=(784, 10))).argmax(axis=1).astype(np.int64)
-    processed.save(Prepared({"train": (pixels[:2000], digits[:2000]), "test": (pixels[2000:], digits[2000:])}),
-                   stage_dir / "data/processed/mnist")
+    processed.save(Prepared({"train": (pixels[:2000], digits[:2000]), "val": (pixels[2000:2200], digits[2000:2200]),
+                             "test": (pixels[2200:], digits[2200:])}), stage_dir / "data/processed/mnist")
     set_params(stage_dir, {"train.mnist_mlp.epochs": 60})
     checkpoint = stage_dir / "checkpoints/mnist_mlp.pt"
 
@@ -263,7 +263,8 @@ def test_new_training_data_sets_an_unfinished_checkpoint_aside_and_starts_afresh
     data = processed.load(source)
     x, y = data.splits["train"]
     order = np.random.default_rng(5).permutation(len(x))  # same shapes, other rows: another split_seed
-    processed.save(Prepared({"train": (x[order], y[order]), "test": data.splits["test"]}), source)
+    processed.save(Prepared({"train": (x[order], y[order]), "val": data.splits["val"], "test": data.splits["test"]}),
+                   source)
 
     again = stage(stage_dir, "stages/train.py", "boston_module", timeout=300)
 
