@@ -384,3 +384,13 @@ def test_a_divergence_between_recorded_epochs_is_named_at_its_own_epoch_and_step
         fit(model, optimizer, task, (x, y), (x, y), Schedule(100, 32, None, False, record_every=10), generator,
             calls.append, report_every_s=0)
     assert [r.epoch for r in flat(calls)] == [1, 10, 20]  # the recorded epochs before it
+
+
+def test_an_epoch_with_infinite_losses_of_both_signs_is_reported_as_a_divergence() -> None:
+    from bplab.train.loop import _materialize, _Pending
+
+    losses = [torch.tensor(v, dtype=torch.float64) for v in (float("inf"), float("-inf"))]  # math.fsum raises
+    pending = _Pending(7, losses, [2, 2], [], None, None, [], 0.1, recorded=False)
+    records, diverged = _materialize([pending], 4, 2, False, ["lr"])
+    assert records == [] and isinstance(diverged, TrainingDiverged)
+    assert "loss is inf at epoch 7, step 1 of 2" in str(diverged)
