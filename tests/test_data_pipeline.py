@@ -37,12 +37,15 @@ def test_mnist_tensors(repro: tuple[Path, str]) -> None:
     repo, _ = repro
     data = processed.load(repo / "data/processed/mnist")
     x, y = data.splits["train"]
-    assert (x.shape, x.dtype, y.shape, y.dtype) == ((60000, 784), np.float32, (60000,), np.int64)
+    x_val, y_val = data.splits["val"]
+    assert (x.shape, x.dtype, y.shape, y.dtype) == ((54000, 784), np.float32, (54000,), np.int64)
+    assert (x_val.shape, y_val.shape) == ((6000, 784), (6000,))  # 10% of the 60000 training images
     assert data.splits["test"][0].shape == (10000, 784)
-    assert float(x.mean(dtype=np.float64)) == pytest.approx(-0.7386, abs=1e-4)
+    every = float(x.sum(dtype=np.float64) + x_val.sum(dtype=np.float64)) / (60000 * 784)
+    assert every == pytest.approx(-0.7386, abs=1e-4)  # the 60000 training images, split in two
     assert x.min() == -1.0 and x.max() == 1.0
-    assert y[:5].tolist() == [5, 0, 4, 1, 9]
-    assert np.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert (np.bincount(y) + np.bincount(y_val)).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
+                                                              5949]
 
 
 def test_boston_split_and_scaler_fitted_on_train_only(repro: tuple[Path, str]) -> None:
@@ -50,7 +53,8 @@ def test_boston_split_and_scaler_fitted_on_train_only(repro: tuple[Path, str]) -
     data = processed.load(repo / "data/processed/boston")
     x_train, y_train = data.splits["train"]
     x_test, _ = data.splits["test"]
-    assert (x_train.shape, y_train.shape, x_test.shape) == ((404, 13), (404, 1), (102, 13))
+    assert (x_train.shape, y_train.shape, x_test.shape) == ((364, 13), (364, 1), (102, 13))
+    assert data.splits["val"][0].shape == (40, 13)
     np.testing.assert_allclose(x_train.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(x_train.std(axis=0), 1, atol=1e-4)
     assert np.abs(x_test.mean(axis=0)).max() > 1e-3  # the test split was not used to fit
@@ -62,7 +66,8 @@ def test_boston_split_and_scaler_fitted_on_train_only(repro: tuple[Path, str]) -
 def test_flower_tensors(repro: tuple[Path, str]) -> None:
     repo, _ = repro
     data = processed.load(repo / "data/processed/flower")
-    assert data.splits["train"][0].shape == (400, 2) and data.splits["test"][1].shape == (400, 1)
+    assert data.splits["train"][0].shape == (360, 2) and data.splits["test"][1].shape == (400, 1)
+    assert data.splits["val"][0].shape == (40, 2)
 
 
 def test_mlflow_data_experiments_hold_runs_with_pictures(repro: tuple[Path, str]) -> None:

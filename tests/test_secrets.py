@@ -2,7 +2,7 @@
 
 A scratch copy downloads Boston from a private mirror on 127.0.0.1 (a real HTTP server that wants
 a basic-auth login), named in params.yaml by a URL with the login in it, after a source whose
-unencoded password makes its URL malformed; then `dvc repro` trains and evaluates a tiny variant.
+unencoded password makes its URL malformed; then `dvc repro` trains a tiny variant.
 A `bplab sweep` (in-process: a process of its own would add seconds of imports) then resumes a
 study held in a real PostgreSQL whose password holds '/', '?' and '#', taken by SQLAlchemy as
 written. Every secret, in pieces (a partial leak counts), is searched
@@ -76,7 +76,7 @@ def test_planted_secrets_reach_neither_the_output_nor_the_store(tmp_path: Path, 
                                                    f"train.{VARIANT}.epochs": 2})
         env = stage_env(repo)
         env.pop("BPLAB_DATA_MIRROR", None)  # the private mirror is the only way to the data
-        repro = run(["dvc", "repro", f"evaluate@{VARIANT}"], repo, env=env)
+        repro = run(["dvc", "repro", f"train@{VARIANT}"], repo, env=env)  # train logs params, dvc.lock, tags
         assert server.requests == ["/private/boston.csv"]  # the malformed source sent nothing
         assert server.authorizations == [server.login]
 
