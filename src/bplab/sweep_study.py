@@ -96,10 +96,7 @@ def _create_study(name: str, where: Any, shown: str, search: BaseSampler, direct
         return optuna.create_study(study_name=name, storage=where, sampler=search, direction=direction,
                                    load_if_exists=True)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver is not installed
-        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
-        if isinstance(where, str):
-            reason = reason.replace(where, shown)  # an error that quotes the URL quotes its password
-        raise StorageUnavailable(f"cannot open the sweep storage {shown}: {reason}") from None
+        raise StorageUnavailable(f"cannot open the sweep storage {shown}: {track.database_reason(exc)}") from None
 
 
 def open_study(name: str, where: Any, shown: str, maximize: bool, search: BaseSampler,

@@ -279,13 +279,18 @@ def store_failure(exc: BaseException) -> str | None:
     database = next((e for e in _chain(exc) if type(e).__module__ == "sqlalchemy.exc" and _through_mlflow(e)), None)
     if database is None:
         return None
-    reason = (str(getattr(database, "orig", None) or database).strip().splitlines() or ["?"])[0]
-    reason = reason.replace(uri, redact(uri))  # a driver that quotes the URL quotes its password
+    reason = database_reason(database)
     store = f"the MLflow tracking store {redact(uri)}"
     if uri.startswith("sqlite:") and type(database).__name__ != "OperationalError":  # the file is not sqlite's
         return (f"{store} is damaged ({reason}): restore it from a backup, or move it aside to start an "
                 "empty store")
     return f"{store} failed: {reason}"
+
+
+def database_reason(exc: BaseException) -> str:
+    """A database error in one line: the first line of the driver's own message (SQLAlchemy keeps
+    it as ``orig``), redacted, since a driver that quotes the URL quotes its password."""
+    return redact((str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -308,8 +313,7 @@ def _through_mlflow(exc: BaseException) -> bool:
 
 def _root_cause(exc: BaseException) -> str:
     """The innermost error's message, without the URL (it may hold credentials)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__
+    exc = _chain(exc)[-1]
     text = getattr(exc, "strerror", None) or str(exc)
     return text.split(": ", 1)[-1] if "://" in text else text
 
