@@ -8,6 +8,9 @@ commit under ``refs/exps/<baseline[:2]>/<baseline[2:]>/<NAME>``, where the basel
 it was queued on: its metrics and params are read from there with ``git show``, which costs
 milliseconds where ``dvc exp show`` collects every experiment. The queue workers run detached, so
 experiments go on when the process that queued them dies; a later sweep picks them up by name.
+
+Also how a ``-S key=value`` is written (:func:`hydra_value`), for the sweep's trials and for
+``bplab reproduce``'s reruns alike.
 """
 
 from __future__ import annotations
@@ -17,13 +20,66 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bplab.cli import this_environment_first
 from bplab.errors import BplabError
 
 _STAGE_ERROR = re.compile(r"[\w-]+@[\w-]+: error: ")  # how a bplab stage reports an error it understands
 State = Literal["pending", "done", "failed", "missing"]
+
+
+# How `dvc exp run -S key=value` is written: Hydra's override grammar, which DVC parses. The names
+# it reads as strings: in a dotted key also a number (a list index or a Sequential's layer), in a
+# {name:value} mapping only an identifier.
+KEY_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*")
+DICT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+NOT_STRINGS = {"null", "true", "false", "inf", "nan"}  # names Hydra reads as None, a bool or a float
+
+
+class NotSettable(BplabError):
+    """A value or key that ``dvc exp run -S`` cannot set as it is."""
+
+
+def hydra_value(value: Any, key: str) -> str:
+    """``value`` in Hydra's override grammar, which ``dvc exp run -S`` parses (not JSON: its dict
+    keys are bare names): ``null``, ``true``, numbers as Python writes them (``1e-05``, which
+    Hydra reads as a float), strings quoted unless a plain name (so ``a,b`` is no sweep and
+    ``1e-05`` stays a string), ``[...]`` and ``{name:value,...}``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _quoted(value)
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(item, f"{key}.{i}") for i, item in enumerate(value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{hydra_name(name, key)}:{hydra_value(item, f'{key}.{name}')}"
+                              for name, item in value.items()) + "}"
+    raise NotSettable(f"{key}: a {type(value).__name__} value cannot be set with `dvc exp run -S`")
+
+
+def hydra_name(name: Any, key: str, pattern: re.Pattern[str] = DICT_NAME) -> str:
+    """``name``, a key under ``key``, if Hydra reads it back as this string; else a :class:`ReproduceError`."""
+    if not isinstance(name, str) or not pattern.fullmatch(name):
+        raise NotSettable(f"{key}: the key {name!r} cannot be set with `dvc exp run -S` (a name of letters, "
+                             "digits, _ and -, not starting with a digit unless all digits)")
+    return name
+
+
+def _quoted(text: str) -> str:
+    """``text`` as Hydra reads it back: bare when it is a name Hydra takes for a string (``step``,
+    ``cpu``), else single-quoted. Hydra un-escapes only backslashes before a quote: a quote inside
+    becomes ``\\'`` after its backslashes are doubled, and so do backslashes at the end."""
+    if DICT_NAME.fullmatch(text) and text.lower() not in NOT_STRINGS:
+        return text
+    body = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m[1] * 2, body)
+    return f"'{body}'"
+
 
 
 class DvcFailed(BplabError):

@@ -17,7 +17,6 @@ interpolation, ``${oc.env:...}``, which could carry a secret into a download URL
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import yaml
 from bplab import dvc_queue, track
 from bplab.cli import this_environment_first
 from bplab.config import read_yaml
+from bplab.dvc_queue import KEY_PART, hydra_name, hydra_value
 from bplab.errors import BplabError
 
 # Metrics that differ between any two runs of the same training: wall times and the machine's
@@ -38,11 +38,6 @@ from bplab.errors import BplabError
 UNREPEATABLE = ("epoch_seconds", "system/")
 # The params files a reproduction sets from the run's own; other changes are reported, not redone.
 RECORDED_FILES = {"params.yaml", "dvc.lock"}
-# The names Hydra's override grammar (what `dvc exp run -S` parses) reads as strings: in a dotted key
-# also a number (a list index or a Sequential's layer), in a {name:value} mapping only an identifier.
-KEY_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*")
-DICT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-NOT_STRINGS = {"null", "true", "false", "inf", "nan"}  # names Hydra reads as None, a bool or a float
 INTERPOLATION = "${"  # OmegaConf resolves it when DVC writes -S values: ${oc.env:VAR} reads the environment
 
 
@@ -199,46 +194,6 @@ def check_interpolations(run: Recorded, settings: dict[str, Any], current: dict[
     if found:
         raise ReproduceError(f"params.yaml holds an interpolation (${{...}}) at {found[0]}: `dvc exp run -S` "
                              "would write its resolved value (perhaps a secret) into the file; remove it first")
-
-
-def hydra_value(value: Any, key: str) -> str:
-    """``value`` in Hydra's override grammar, which ``dvc exp run -S`` parses (not JSON: its dict
-    keys are bare names): ``null``, ``true``, numbers as Python writes them (``1e-05``, which
-    Hydra reads as a float), strings quoted unless a plain name (so ``a,b`` is no sweep and
-    ``1e-05`` stays a string), ``[...]`` and ``{name:value,...}``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _quoted(value)
-    if isinstance(value, list):
-        return "[" + ",".join(hydra_value(item, f"{key}.{i}") for i, item in enumerate(value)) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{hydra_name(name, key)}:{hydra_value(item, f'{key}.{name}')}"
-                              for name, item in value.items()) + "}"
-    raise ReproduceError(f"{key}: a {type(value).__name__} value cannot be set with `dvc exp run -S`")
-
-
-def hydra_name(name: Any, key: str, pattern: re.Pattern[str] = DICT_NAME) -> str:
-    """``name``, a key under ``key``, if Hydra reads it back as this string; else a :class:`ReproduceError`."""
-    if not isinstance(name, str) or not pattern.fullmatch(name):
-        raise ReproduceError(f"{key}: the key {name!r} cannot be set with `dvc exp run -S` (a name of letters, "
-                             "digits, _ and -, not starting with a digit unless all digits)")
-    return name
-
-
-def _quoted(text: str) -> str:
-    """``text`` as Hydra reads it back: bare when it is a name Hydra takes for a string (``step``,
-    ``cpu``), else single-quoted. Hydra un-escapes only backslashes before a quote: a quote inside
-    becomes ``\\'`` after its backslashes are doubled, and so do backslashes at the end."""
-    if DICT_NAME.fullmatch(text) and text.lower() not in NOT_STRINGS:
-        return text
-    body = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", text)
-    body = re.sub(r"(\\+)$", lambda m: m[1] * 2, body)
-    return f"'{body}'"
 
 
 def check_commit(run: Recorded, any_commit: bool) -> list[str]:

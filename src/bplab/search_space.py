@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from bplab.config import Params, parse_params, read_yaml
+from bplab.dvc_queue import hydra_value
 from bplab.errors import BplabError, ParamsError
 
 if TYPE_CHECKING:
@@ -195,8 +196,4 @@ def check(dimensions: list[Dimension], raw: dict[str, Any], variant: str) -> Non
 
 def override(key: str, value: Any, exists: bool) -> str:
     """``key=value`` for ``dvc exp run -S`` (``++key=value`` adds a key params.yaml lacks)."""
-    if value is None or isinstance(value, bool):
-        text = {None: "null", True: "true", False: "false"}[value]
-    else:
-        text = repr(value) if isinstance(value, float) else str(value)
-    return f"{'' if exists else '++'}{key}={text}"
+    return f"{'' if exists else '++'}{key}={hydra_value(value, key)}"
