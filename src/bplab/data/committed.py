@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from bplab.config import read_yaml
 from bplab.data import catalog
+from bplab.stage_deps import code_deps
 
 _STAGES = ("download", "preprocess")  # the stages whose outputs make data/processed/<dataset>
 _FALLBACK_CODE = ("stages", "src")  # when dvc.yaml cannot be read: any code change counts
@@ -47,17 +48,12 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
 def code_dependencies(dataset: str, root: Path) -> list[str]:
     """The files and folders under version control that ``download@<dataset>`` and
     ``preprocess@<dataset>`` depend on, as ``dvc.yaml`` lists them (``${item}`` resolved)."""
-    try:
-        stages = read_yaml((root / "dvc.yaml").read_text()).get("stages", {})
-    except (OSError, yaml.YAMLError, AttributeError):
-        return list(_FALLBACK_CODE)
     paths: list[str] = []
-    for name in _STAGES:
-        stage = stages.get(name) or {}
-        for dep in (stage.get("do") or stage).get("deps") or []:
-            path = str(dep).replace("${item}", dataset)
-            if not path.startswith("data/") and path not in paths:
-                paths.append(path)
+    for stage in _STAGES:
+        found = code_deps(root, stage, {"item": dataset})
+        if found is None:
+            return list(_FALLBACK_CODE)
+        paths += [path for path in found if path not in paths]
     return paths or list(_FALLBACK_CODE)
 
 
