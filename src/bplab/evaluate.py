@@ -163,12 +163,12 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
     arrays = processed.load(processed_dir(variant.dataset, root), ("val", "test")).splits
     splits = {split: tuple(torch.from_numpy(a) for a in pair) for split, pair in arrays.items()}
     origin = committed.origin(variant.dataset, getattr(params.data, variant.dataset), root)
-    digests = {registry.TEST_DIGEST_TAG: processed.content_digest(*arrays["test"]),
-               "val_digest": processed.content_digest(*arrays["val"]),
-               registry.COMMITTED_TAG: str(origin.committed).lower()}
+    split_tags = {registry.TEST_DIGEST_TAG: processed.content_digest(*arrays["test"]),
+                  "val_digest": processed.content_digest(*arrays["val"]),
+                  registry.COMMITTED_TAG: str(origin.committed).lower()}
     with ExitStack() as run:
         with clock.phase("mlflow_setup"):
-            recorder = run.enter_context(Recorder.into(record["run_id"], digests))
+            recorder = run.enter_context(Recorder.into(record["run_id"], split_tags))
         with clock.phase("predict"):
             fresh, outputs, disagreement = _outputs(record, params, name, root, splits)
             metrics = {key: value for split, (_, y) in splits.items()
@@ -184,7 +184,7 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
         champion = dataset.champion
         score = registry.Score(champion.selection, metrics[champion.selection], champion.higher_is_better,
                                processed.content_digest(*arrays["val"], *arrays["test"]),
-                               {m: metrics[m] for m in dataset.test_metrics}, digests[registry.TEST_DIGEST_TAG],
+                               {m: metrics[m] for m in dataset.test_metrics}, split_tags[registry.TEST_DIGEST_TAG],
                                origin.committed)
         with clock.phase("registry"):
             registration = _register(record, name, variant.dataset, score, origin, recorder)
