@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from bplab import scratch as bplab_scratch
+from bplab.testing import scratch as bplab_scratch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -163,7 +163,7 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     from bplab.config import load_params
     from bplab.data import mnist
     from bplab.data.mnist import MnistPreprocess
-    from bplab.models import build_model
+    from bplab.models.architectures import build_model
     from bplab.train.loop import Schedule, Task, fit
     from bplab.train.optim import build_optimizer
 
@@ -223,7 +223,7 @@ def flower_steps(sizes: Sizes) -> dict[str, Any]:
     import tutorial
 
     from bplab.config import load_params, record_stride
-    from bplab.models import build_model
+    from bplab.models.architectures import build_model
     from bplab.train.loop import Schedule, Task, fit
     from bplab.train.optim import build_optimizer
 

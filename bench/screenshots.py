@@ -25,8 +25,8 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-from bplab import browser
 from bplab.config import load_params
+from bplab.testing import browser
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("boston", "flower", "mnist")  # the registered models, one per dataset

@@ -35,8 +35,8 @@ def _train_and_score(name: str, changes: dict, watched: str, patience: int, seed
 
     from bplab.config import EarlyStopping, load_params
     from bplab.data import catalog, processed
-    from bplab.evaluate import compute_metrics, predict
-    from bplab.models import build_model, initialize
+    from bplab.models.architectures import build_model, initialize
+    from bplab.pipeline.evaluate import compute_metrics, predict
     from bplab.train.loop import Schedule, Task, fit
     from bplab.train.optim import build_optimizer
     from bplab.train.schedules import build_controls

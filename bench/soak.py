@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from bplab import scratch
-from bplab.reproduce import UNREPEATABLE
+from bplab.commands.reproduce import UNREPEATABLE
+from bplab.testing import scratch
 from bplab.timings import KILL_ANNOUNCEMENT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def _histories(repo: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
 
 def _outputs(repo: Path, variant: str) -> dict[str, Any]:
     """What the stages wrote, less what differs between any two runs (ids, wall times)."""
-    from bplab.safe_load import load_state_dict, load_whole_model
+    from bplab.models.safe_load import load_state_dict, load_whole_model
 
     folder = repo / "models" / variant
     record = json.loads((folder / "run.json").read_text())

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bplab import scratch
+from bplab.testing import scratch
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "mnist_mlp"

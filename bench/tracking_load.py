@@ -50,9 +50,9 @@ from typing import Any
 import numpy as np
 
 from bplab.config import SECONDS, record_stride
-from bplab.local_servers import MlflowServer, PostgreSQL
-from bplab.recorder import LOGGED_THROUGH_TAG
-from bplab.scratch import REPO, set_params, stage_env
+from bplab.testing.local_servers import MlflowServer, PostgreSQL
+from bplab.testing.scratch import REPO, set_params, stage_env
+from bplab.tracking.recorder import LOGGED_THROUGH_TAG
 
 VARIANT, DATASET = "boston_module", "boston"
 BACKENDS = ("postgresql", "sqlite")
@@ -203,7 +203,7 @@ def check_every_point_once(client: Any, where: Path) -> int:
 def check_champion(client: Any, judged_runs: set[str], metric: str, higher_is_better: bool) -> dict[str, Any]:
     """Fail unless ``boston@champion`` is the best of the versions scored on the split the
     ``judged_runs`` were (ties keep the earlier version); those versions' scores."""
-    from bplab.registry import SPLIT_TAG
+    from bplab.tracking.registry import SPLIT_TAG
 
     versions = client.search_model_versions(f"name = '{DATASET}'")
     splits = {v.tags[SPLIT_TAG] for v in versions if v.run_id in judged_runs}
@@ -317,7 +317,7 @@ def log_only_load(uri: str, sizes: Sizes) -> dict[str, Any]:
 
 def _logging_since(where: Path) -> bool:
     """Whether the training in ``where`` has stored a report (its checkpoint is past epoch 0)."""
-    from bplab.safe_load import load_without_code
+    from bplab.models.safe_load import load_without_code
 
     path = where / "checkpoints" / f"{VARIANT}.pt"
     try:

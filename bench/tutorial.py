@@ -1,7 +1,7 @@
 """The seeds' own training loops, data pipelines included, as the baseline of ``bench/run.py``.
 
 The loops, transforms and DataLoaders are the seeds' (``../shared/seeds``); the network classes
-come from :mod:`bplab.models`, which are the tutorials' classes with the same submodules. The
+come from :mod:`bplab.models.architectures`, which are the tutorials' classes with the same submodules. The
 ``Variable(...)`` wrappers are left out: they have been no-ops since PyTorch 0.4. Nothing here is
 tracked or saved, which is the point: it is what the tutorials cost without the pipeline.
 """
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from bplab.config import ModelSpec
-from bplab.models import build_model
+from bplab.models.architectures import build_model
 
 
 def data_tf(x):

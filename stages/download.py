@@ -2,8 +2,8 @@
 
 import argparse
 
-from bplab.cli import stage_process
 from bplab.config import load_params
+from bplab.pipeline.process import stage_process
 
 
 def main() -> None:
@@ -13,7 +13,7 @@ def main() -> None:
     args = parser.parse_args()
     with stage_process(f"download@{args.dataset}"):
         params = load_params(args.params)
-        from bplab.data.stage import download
+        from bplab.pipeline.data_stages import download
 
         download(args.dataset, params)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from bplab.local_servers import free_port, wait_for_http  # noqa: F401 (shared: servers the tests start)
-from bplab.scratch import REPO, commit, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
+from bplab.testing.local_servers import free_port, wait_for_http  # noqa: F401 (shared: servers the tests start)
+from bplab.testing.scratch import REPO, commit, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
@@ -90,9 +90,9 @@ def mlflow_client():
     """A client of the store the pipeline resolves to from the current directory."""
     from mlflow import MlflowClient
 
-    from bplab import track
+    from bplab.tracking import store
 
-    return MlflowClient(track.tracking_uri())
+    return MlflowClient(store.tracking_uri())
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from bplab import track
-from bplab.local_servers import MlflowServer
+from bplab.testing.local_servers import MlflowServer
+from bplab.tracking import store
 from conftest import REPO, set_params, stage_env
 
 pytestmark = pytest.mark.e2e
@@ -146,7 +146,7 @@ def test_the_check_before_a_run_tells_missing_from_refused_credentials(
     for name in CREDENTIALS:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(TrackingRefused) as missing:
-        track.check_reachable(auth_server.uri)
+        store.check_reachable(auth_server.uri)
     assert str(missing.value) == (
         f"the MLflow tracking server at {auth_server.uri} (MLFLOW_TRACKING_URI) requires credentials (HTTP 401) "
         "and none are set: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
@@ -154,13 +154,13 @@ def test_the_check_before_a_run_tells_missing_from_refused_credentials(
 
     in_uri = auth_server.uri.replace("http://", f"http://{USER}:wrong-{auth_server.password}@")
     with pytest.raises(TrackingRefused, match=r"at http://\*\*\*@127\.0\.0\.1:\d+ .*HTTP 401 for the user in") as bad:
-        track.check_reachable(in_uri)
+        store.check_reachable(in_uri)
     assert auth_server.password not in str(bad.value)
 
     (tmp_path / ".mlflow").mkdir()  # MLflow's credentials file counts, as it does for MLflow's client
     (tmp_path / ".mlflow/credentials").write_text(
         f"[mlflow]\nmlflow_tracking_username = {USER}\nmlflow_tracking_password = {auth_server.password}\n")
-    track.check_reachable(auth_server.uri)
+    store.check_reachable(auth_server.uri)
 
 
 def test_a_refusal_after_the_check_ends_the_stage_with_one_line(
@@ -168,12 +168,12 @@ def test_a_refusal_after_the_check_ends_the_stage_with_one_line(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from bplab.cli import stage_process
+    from bplab.pipeline.process import stage_process
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_server.uri)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", auth_server.password)
-    track.check_reachable(auth_server.uri)  # the credentials are good: USER may read everything
+    store.check_reachable(auth_server.uri)  # the credentials are good: USER may read everything
     with pytest.raises(SystemExit) as ended, stage_process("train@boston_module"):
         try:
             MlflowClient(auth_server.uri).create_run(auth_server.admins_experiment)  # but not write here
@@ -190,9 +190,9 @@ def test_a_refusal_after_the_check_ends_the_stage_with_one_line(
 
 def test_a_login_in_the_tracking_uri_is_never_printed(
         mlflow_repo: Path, auth_server: AuthServer, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
-    from bplab.recorder import Recorder
+    from bplab.tracking.recorder import Recorder
 
-    for name in (*CREDENTIALS, track.LINKS_ENV):
+    for name in (*CREDENTIALS, store.LINKS_ENV):
         monkeypatch.delenv(name, raising=False)
     login = f"http://{USER}:{auth_server.password}@"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_server.uri.replace("http://", login))  # MLflow's client takes it

@@ -1,4 +1,4 @@
-"""How a stage process starts and ends (bplab.cli): the garbage collector around start-up, exit codes."""
+"""How a stage process starts and ends (bplab.pipeline.process): the garbage collector around start-up, exit codes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bplab.cli import stage_process, started
 from bplab.errors import ParamsError
+from bplab.pipeline.process import stage_process, started
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_a_stage_process_that_leaves_cycles_after_started_gets_them_collected() 
     # collector on its own, without anyone calling gc.collect().
     code = """
 import gc, weakref
-from bplab.cli import stage_process, started
+from bplab.pipeline.process import stage_process, started
 
 class Node:
     pass
@@ -80,7 +80,7 @@ def test_errors_a_stage_prints_have_their_urls_redacted(collector, capsys: pytes
     assert capsys.readouterr().err == \
         "download@x: error: data.x.download.mirrors.0: invalid (got 'https://***@mirror.example/x/')\n"
     # An error nobody expected ends the process with its traceback, as Python prints it, redacted.
-    code = ("from bplab.cli import stage_process\nwith stage_process('train@x'):\n"
+    code = ("from bplab.pipeline.process import stage_process\nwith stage_process('train@x'):\n"
             "    raise RuntimeError('API request to http://bob:Pa55/w#rd@tracking.example/api failed')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout == ""
@@ -91,8 +91,8 @@ def test_errors_a_stage_prints_have_their_urls_redacted(collector, capsys: pytes
 
 DEFERRED = """
 import os, signal, sys
-from bplab.cli import interrupts_deferred, progress_bar
-from bplab.track import Terminated
+from bplab.pipeline.process import interrupts_deferred, progress_bar
+from bplab.tracking.store import Terminated
 
 def terminated(signum, frame):
     raise Terminated(f"received signal {signum}")
@@ -135,7 +135,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], ended: pytest.ExceptionI
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_damaged_store_ends_a_stage_with_one_line_naming_it(
         collector, mlflow_repo: Path, capsys: pytest.CaptureFixture[str], damage: str) -> None:
-    from bplab.recorder import Recorder
+    from bplab.tracking.recorder import Recorder
 
     store = mlflow_repo / "mlflow.db"
     if damage == "garbage":
@@ -156,7 +156,7 @@ def test_a_damaged_store_ends_a_stage_with_one_line_naming_it(
 
 def test_a_damaged_store_ends_a_bplab_command_with_one_line(mlflow_repo: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from bplab.command import main
+    from bplab.commands.main import main
 
     (mlflow_repo / "mlflow.db").write_bytes(os.urandom(8192))
     assert main(["compare"]) == 2
@@ -168,8 +168,8 @@ def test_a_damaged_store_ends_a_bplab_command_with_one_line(mlflow_repo: Path,
 def test_evaluating_a_model_whose_run_is_not_in_the_store_is_one_line(
         collector, workspace: Path, params, capsys: pytest.CaptureFixture[str]) -> None:
     # As after `dvc pull` of models trained against another store, or with MLFLOW_TRACKING_URI changed
-    from bplab.evaluate import evaluate
     from bplab.paths import RUN_FILE, model_dir
+    from bplab.pipeline.evaluate import evaluate
 
     model_dir("flower_logreg").mkdir(parents=True)
     (model_dir("flower_logreg") / RUN_FILE).write_text(json.dumps({"run_id": "0" * 32, "task": "binary"}))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bplab import track
 from bplab.config import Params
-from bplab.evaluate import evaluate
-from bplab.train.stage import train
+from bplab.pipeline.evaluate import evaluate
+from bplab.pipeline.train_stage import train
+from bplab.tracking import store
 from conftest import free_port, mlflow_client, tiny
 
 BPLAB = Path(sys.executable).with_name("bplab")  # the console script of [project.scripts]
@@ -106,7 +106,7 @@ def test_serve_refuses_with_one_line_naming_what_is_wrong(mlflow_repo: Path) -> 
             f"bplab serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
     # a tracking server that does not answer: named without its credentials, and in seconds
-    server = {**os.environ, track.TRACKING_ENV: f"http://ann:s3cret@127.0.0.1:{free_port()}/?token=abc"}
+    server = {**os.environ, store.TRACKING_ENV: f"http://ann:s3cret@127.0.0.1:{free_port()}/?token=abc"}
     for command in ("serve", "compare"):
         line = refused(bplab(command, *(["flower"] if command == "serve" else []), cwd=mlflow_repo, env=server),
                        command)
@@ -115,7 +115,7 @@ def test_serve_refuses_with_one_line_naming_what_is_wrong(mlflow_repo: Path) -> 
 
 
 def test_promote_moves_the_champion_and_says_from_where(mlflow_repo: Path, capsys: pytest.CaptureFixture) -> None:
-    from bplab.command import main
+    from bplab.commands.main import main
 
     assert main(["promote", "flower", "1"]) == 2  # no store yet: none is created by looking
     assert f"no MLflow store at sqlite:///{mlflow_repo / 'mlflow.db'}" in capsys.readouterr().err

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from bplab import compare, registry
+from bplab.commands import compare
 from bplab.config import Params
 from bplab.data import catalog
-from bplab.evaluate import evaluate
-from bplab.train.stage import train
+from bplab.pipeline.evaluate import evaluate
+from bplab.pipeline.train_stage import train
+from bplab.tracking import registry
 from conftest import mlflow_client, tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

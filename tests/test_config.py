@@ -14,7 +14,7 @@ from bplab.config import Params, load_params, parse_params
 from bplab.errors import ParamsError
 from bplab.outputs import publish_directory, write_text_atomic
 from bplab.paths import NAME_LIMIT, checkpoint_file, history_file, metrics_file, model_dir
-from bplab.scratch import set_dotted
+from bplab.testing.scratch import set_dotted
 from conftest import REPO, run, set_params
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())

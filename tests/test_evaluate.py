@@ -13,9 +13,9 @@ import torch
 
 from bplab.config import Params
 from bplab.errors import ModelFileError
-from bplab.evaluate import EvaluationError, compute_metrics, evaluate
 from bplab.paths import metrics_file, model_dir, plots_dir
-from bplab.train.stage import train
+from bplab.pipeline.evaluate import EvaluationError, compute_metrics, evaluate
+from bplab.pipeline.train_stage import train
 from conftest import mlflow_client, tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

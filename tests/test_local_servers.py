@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bplab.local_servers import PostgreSQL, postgres_bin
+from bplab.testing.local_servers import PostgreSQL, postgres_bin
 from conftest import REPO, stage_env, unavailable
 
 
@@ -50,7 +50,7 @@ def test_a_cluster_serves_its_database_to_its_role_and_password_only(postgres_av
 
 
 def test_a_cluster_dies_with_the_process_that_started_it(postgres_available: None, tmp_path: Path) -> None:
-    script = ("import sys, time\nfrom bplab.local_servers import PostgreSQL\n"
+    script = ("import sys, time\nfrom bplab.testing.local_servers import PostgreSQL\n"
               "cluster = PostgreSQL().start()\nprint(cluster.process.pid, cluster.root, flush=True)\ntime.sleep(600)\n")
     starter = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=stage_env(), text=True,
                                stdout=subprocess.PIPE)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bplab import track
-from bplab.local_servers import MlflowServer
-from bplab.recorder import CREATION_TAG, LOGGED_THROUGH_TAG, Recorder
+from bplab.testing.local_servers import MlflowServer
+from bplab.tracking import store
+from bplab.tracking.recorder import CREATION_TAG, LOGGED_THROUGH_TAG, Recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +77,7 @@ def proxy(server: MlflowServer, mlflow_repo: Path, monkeypatch: pytest.MonkeyPat
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     seen.uri = f"http://127.0.0.1:{httpd.server_address[1]}"
-    monkeypatch.setenv(track.TRACKING_ENV, seen.uri)
+    monkeypatch.setenv(store.TRACKING_ENV, seen.uri)
     yield seen
     httpd.shutdown()
     httpd.server_close()

@@ -19,7 +19,7 @@ from torch import nn
 
 from bplab.config import ModelSpec, VariantParams, load_params
 from bplab.errors import ParamsError
-from bplab.models import (
+from bplab.models.architectures import (
     MAX_PARAMETERS,
     build_model,
     initialize,
@@ -27,8 +27,8 @@ from bplab.models import (
     layer_parameters,
     linear_parameters,
 )
-from bplab.networks import BatchNet, LogisticRegression, ModuleNet, TestNet, TwoLayerNet
-from bplab.safe_load import load_whole_model
+from bplab.models.networks import BatchNet, LogisticRegression, ModuleNet, TestNet, TwoLayerNet
+from bplab.models.safe_load import load_whole_model
 from conftest import REPO
 
 PARAMS = load_params(REPO / "params.yaml")

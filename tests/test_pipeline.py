@@ -155,7 +155,7 @@ def test_status_names_exactly_the_stages_an_edit_touches(pipeline: tuple[Path, s
         (repo / "params.yaml").write_text(params_text)
     finally:
         (repo / "params.yaml").write_text(params_text)
-    models_py = repo / "src/bplab/models.py"
+    models_py = repo / "src/bplab/models/architectures.py"
     original = models_py.read_text()
     try:
         models_py.write_text(original + "\n# an edit\n")

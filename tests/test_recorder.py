@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bplab import track
-from bplab.recorder import Recorder
+from bplab.tracking import store
+from bplab.tracking.recorder import Recorder
 from conftest import REPO
 
 
@@ -26,7 +26,7 @@ def test_a_run_always_ends_with_a_status(mlflow_repo: Path, error: BaseException
             holder["id"] = recorder.run_id
             if error:
                 raise error
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     assert client.get_run(holder["id"]).info.status == status
     assert client.get_experiment_by_name("toy").artifact_location == (mlflow_repo / "mlartifacts" / "toy").as_uri()
 
@@ -40,15 +40,16 @@ def test_sigterm_ends_the_run_as_killed(mlflow_repo: Path) -> None:
         with Recorder.run("toy", "step", {}) as recorder:
             holder["id"] = recorder.run_id
             os.kill(os.getpid(), signal.SIGTERM)
-    assert MlflowClient(track.tracking_uri()).get_run(holder["id"]).info.status == "KILLED"
+    assert MlflowClient(store.tracking_uri()).get_run(holder["id"]).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
 
 
 # Modules that may import mlflow: the recorder writes, the registry registers and reads versions,
 # compare reads runs.
-MLFLOW_OWNERS = {"src/bplab/recorder.py", "src/bplab/registry.py", "src/bplab/compare.py",
-                 "src/bplab/reproduce.py",  # reads a run's record back; writes nothing
-                 "src/bplab/sweep_record.py"}  # tags trial runs with their study; the study run's per-trial metrics
+MLFLOW_OWNERS = {"src/bplab/tracking/recorder.py", "src/bplab/tracking/registry.py",
+                 "src/bplab/commands/compare.py",
+                 "src/bplab/commands/reproduce.py",  # reads a run's record back; writes nothing
+                 "src/bplab/tracking/sweep_runs.py"}  # tags trial runs with their study; the study run's metrics
 
 
 def test_only_the_recorder_registry_and_compare_reach_mlflow() -> None:
@@ -71,7 +72,7 @@ def _epochs(*numbers: int):
 def test_a_checkpoint_is_written_only_after_its_epochs_are_stored(mlflow_repo: Path) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     with Recorder.run("toy", "step", {}) as recorder:
         logger = recorder.epoch_logger(epochs=6, max_points=None, record_steps=True)
         stored_when_written = []
@@ -86,7 +87,7 @@ def test_a_checkpoint_is_written_only_after_its_epochs_are_stored(mlflow_repo: P
 def test_a_resumed_run_logs_each_epoch_once(mlflow_repo: Path) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     with Recorder.run("toy", "step", {}) as first:
         logger = first.epoch_logger(epochs=6, max_points=None, record_steps=True)
         logger(_epochs(1, 2, 3, 4))  # stored through epoch 4; say the last checkpoint was at epoch 2
@@ -106,17 +107,17 @@ def test_epochs_stored_by_a_write_whose_answer_was_lost_are_not_logged_again(mlf
 
     from bplab.errors import TrackingUnavailable
 
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     with pytest.raises(TrackingUnavailable, match="connection reset"):
         with Recorder.run("toy", "step", {}) as first:
             logger = first.epoch_logger(epochs=6, max_points=None, record_steps=True)
             logger(_epochs(1, 2))
             logger.wait()
             logger = first.epoch_logger(epochs=6, max_points=None, record_steps=True)
-            store = logger.client.log_batch
+            log_batch = logger.client.log_batch
 
             def metrics_committed_then_lost(run_id, metrics, tags):
-                store(run_id, metrics=metrics)  # the metrics' transaction; the tags' never happens
+                log_batch(run_id, metrics=metrics)  # the metrics' transaction; the tags' never happens
                 raise ConnectionError("connection reset")
 
             logger.client.log_batch = metrics_committed_then_lost
@@ -138,7 +139,7 @@ def test_after_a_failed_write_no_checkpoint_is_written_and_the_next_report_fails
 
     from bplab.errors import TrackingUnavailable
 
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     written = []
     with pytest.raises(TrackingUnavailable, match=r"writing to the MLflow tracking store sqlite:///.* failed"):
         with Recorder.run("toy", "step", {}) as recorder:
@@ -160,7 +161,7 @@ def test_a_logged_model_requires_this_torch_and_mlflow_without_scanning_every_pa
     from mlflow.utils import requirements_utils
 
     from bplab.config import ModelSpec
-    from bplab.models import build_model
+    from bplab.models.architectures import build_model
 
     # As in a stage process: no map built yet (an earlier test in this process may have logged a model).
     monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)

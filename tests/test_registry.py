@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bplab import registry, track
 from bplab.config import Params
 from bplab.paths import metrics_file
-from bplab.registry import Score
+from bplab.tracking import registry, store
+from bplab.tracking.registry import Score
 from conftest import REPO, mlflow_client, run, stage_env, tiny
 
 SPLIT = "split-a"
@@ -26,7 +26,7 @@ def model_uri(mlflow_repo: Path) -> str:
     import mlflow
     import torch
 
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(store.tracking_uri())
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", serialization_format="pickle",
                                         pip_requirements=["torch"])
@@ -81,12 +81,12 @@ def test_only_an_evaluate_on_the_committed_split_moves_the_champion(model_uri: s
 def test_promote_moves_the_alias_on_purpose_and_names_an_unknown_version(model_uri: str) -> None:
     registry.register(model_uri, "toy", "a", "run", Score("val_acc", 0.90, True, SPLIT))
     registry.register(model_uri, "toy", "b", "run", Score("val_acc", 0.50, True, "other", committed=False))
-    before, chosen = registry.promote("toy", "2", track.tracking_uri())
+    before, chosen = registry.promote("toy", "2", store.tracking_uri())
     assert (before, str(chosen.version), chosen.tags["variant"]) == ("1", "2", "b")
     assert champion_version() == "2"
     with pytest.raises(registry.RegistryError, match=r"registered model 'toy' has no version '7'; its versions "
                                                      r"are 1, 2"):
-        registry.promote("toy", "7", track.tracking_uri())
+        registry.promote("toy", "7", store.tracking_uri())
     assert champion_version() == "2"
 
 
@@ -105,8 +105,8 @@ def test_a_version_without_its_metric_is_never_champion(model_uri: str) -> None:
 
 
 def test_registry_failure_fails_the_stage_and_moves_nothing(workspace: Path, params: Params) -> None:
-    from bplab.evaluate import evaluate
-    from bplab.train.stage import train
+    from bplab.pipeline.evaluate import evaluate
+    from bplab.pipeline.train_stage import train
 
     first = tiny(params, "flower_logreg", epochs=5)
     train("flower_logreg", first)
@@ -138,7 +138,7 @@ def test_concurrent_evaluations_leave_the_alias_on_the_best_version(model_uri: s
         values[worse].append(base + 0.01)
     signals = mlflow_repo / "rounds"
     signals.mkdir()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(), "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(), "PYTHONPATH": str(REPO / "src")}
     workers = [subprocess.Popen([sys.executable, str(REPO / "tests/helpers/registry_worker.py"), model_uri, "toy",
                                  worker, str(signals), *map(repr, values[worker])], env=env, cwd=mlflow_repo,
                                 stderr=subprocess.PIPE, text=True)
@@ -166,8 +166,8 @@ def test_concurrent_evaluations_leave_the_alias_on_the_best_version(model_uri: s
 
 
 def test_evaluating_the_same_training_again_registers_no_second_version(workspace: Path, params: Params) -> None:
-    from bplab.evaluate import evaluate
-    from bplab.train.stage import train
+    from bplab.pipeline.evaluate import evaluate
+    from bplab.pipeline.train_stage import train
 
     small = tiny(params, "flower_logreg", epochs=5)
     train("flower_logreg", small)
@@ -185,7 +185,7 @@ def test_an_evaluate_on_another_machine_cannot_leave_the_alias_on_a_worse_versio
     the better version exists and moves the alias after the better one's process has: its move is
     stale, and it must see so and put the alias back on the better version."""
     worker = [sys.executable, str(REPO / "tests/helpers/registry_worker.py"), model_uri, "toy"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(), "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(), "PYTHONPATH": str(REPO / "src")}
     rounds = {name: mlflow_repo / name for name in ("worse", "better", "tmp-a", "tmp-b")}
     for folder in rounds.values():
         folder.mkdir()

@@ -2,7 +2,7 @@
 
 MLflow's sqlite store answers an alias's version as an ``int`` (``get_registered_model(name).aliases``
 gives ``{'champion': 2}``) while versions are compared as strings elsewhere: compared as they come,
-the alias never looks settled, and every evaluate set it again :data:`bplab.registry.SETTLE_ROUNDS` times.
+the alias never looks settled, and every evaluate set it again :data:`bplab.tracking.registry.SETTLE_ROUNDS` times.
 """
 
 from __future__ import annotations
@@ -11,32 +11,32 @@ from pathlib import Path
 
 import pytest
 
-from bplab import registry, track
-from bplab.registry import Score
+from bplab.tracking import registry, store
+from bplab.tracking.registry import Score
 
 
 @pytest.fixture
-def store(mlflow_repo: Path) -> Path:
+def model_source(mlflow_repo: Path) -> Path:
     """The repository's own sqlite store, and a model "source" to register (a registry version
     only records where its files are: no model needs logging for the alias to move)."""
     import mlflow
 
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(store.tracking_uri())
     source = mlflow_repo / "model"
     source.mkdir()
     return source
 
 
-def test_the_sqlite_store_answers_an_alias_version_as_an_int(store: Path) -> None:
+def test_the_sqlite_store_answers_an_alias_version_as_an_int(model_source: Path) -> None:
     from mlflow import MlflowClient
 
-    registry.register(store.as_uri(), "toy", "v", "run", Score("test_acc", 0.8, True, "split"))
+    registry.register(model_source.as_uri(), "toy", "v", "run", Score("test_acc", 0.8, True, "split"))
     held = MlflowClient().get_registered_model("toy").aliases[registry.CHAMPION]
     assert isinstance(held, int) and str(held) == "1"  # what registry must compare as a version string
 
 
 def test_an_evaluate_moves_the_alias_only_when_the_champion_changes(
-        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        model_source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
     moves: list[str] = []
@@ -50,7 +50,7 @@ def test_an_evaluate_moves_the_alias_only_when_the_champion_changes(
     # the first version, a better one, a worse one, a tie: (value, alias moves, champion after)
     for value, expected, champion in ((0.8, ["1"], "1"), (0.9, ["2"], "2"), (0.7, [], "2"), (0.9, [], "2")):
         moves.clear()
-        result = registry.register(store.as_uri(), "toy", "v", "run", Score("test_acc", value, True, "split"))
+        result = registry.register(model_source.as_uri(), "toy", "v", "run", Score("test_acc", value, True, "split"))
         assert moves == expected, f"registering {value} moved the alias {len(moves)} times"
         assert result.champion_version == champion
     assert str(MlflowClient().get_model_version_by_alias("toy", registry.CHAMPION).version) == "2"

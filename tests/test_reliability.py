@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bplab.commands.reproduce import UNREPEATABLE
 from bplab.data import processed
 from bplab.data.processed import Prepared
-from bplab.reproduce import UNREPEATABLE
 from conftest import REPO, free_port, mlflow_client, set_params, stage_env
 
 
@@ -54,7 +54,7 @@ def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -
 
 def wait_for_epoch(checkpoint: Path, process: subprocess.Popen[str], epoch: int, timeout: float = 120) -> int:
     """Wait until ``checkpoint`` holds at least ``epoch`` (it is written whole, by rename); its epoch."""
-    from bplab.safe_load import load_without_code
+    from bplab.models.safe_load import load_without_code
 
     deadline = time.monotonic() + timeout
     while True:
@@ -252,7 +252,7 @@ def killed_boston_training(stage_dir: Path) -> int:
     killed = stage(stage_dir, "stages/train.py", "boston_module",
                    env=stage_env(**{KILL_AT: "train@boston_module/checkpoints:2:end"}))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    from bplab.safe_load import load_without_code
+    from bplab.models.safe_load import load_without_code
 
     return load_without_code(stage_dir / "checkpoints/boston_module.pt", "a checkpoint")["epoch"]
 
@@ -272,7 +272,7 @@ def test_new_training_data_sets_an_unfinished_checkpoint_aside_and_starts_afresh
     assert (f"checkpoint checkpoints/boston_module.pt (epoch {saved_epoch} of 3000) was trained with other data; "
             "kept as checkpoints/boston_module.pt.set-aside-") in again.stderr
     [kept] = (stage_dir / "checkpoints").glob("boston_module.pt.set-aside-*")
-    from bplab.safe_load import load_without_code
+    from bplab.models.safe_load import load_without_code
 
     assert load_without_code(kept, "a checkpoint")["epoch"] == saved_epoch
     killed_run, new_run = runs_of("boston", "boston_module")
@@ -302,7 +302,7 @@ def test_a_changed_network_sets_the_checkpoint_aside_instead_of_crashing(repo_co
     killed = run(["dvc", "repro", "train@flower_module"], repo_copy, check=False,
                  env=stage_env(repo_copy, **{KILL_AT: "train@flower_module/checkpoints:2:end"}))
     assert killed.returncode != 0 and (repo_copy / "checkpoints/flower_module.pt").exists()
-    networks = repo_copy / "src/bplab/networks.py"  # the copy runs its own code: a real code change
+    networks = repo_copy / "src/bplab/models/networks.py"  # the copy runs its own code: a real code change
     source = networks.read_text()
     changed = source.replace("self.layer3 = nn.Linear(num_hidden, num_output)",
                              "self.layer3 = nn.Linear(num_hidden, num_output, bias=False)")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bplab.commands.reproduce import Recorded, experiment_command, overrides, side_by_side
 from bplab.config import read_yaml
-from bplab.reproduce import Recorded, experiment_command, overrides, side_by_side
 from conftest import NO_MIRROR, commit, copy_repository, data_mirror, run, unavailable
 
 VARIANT = "boston_module"
@@ -129,8 +129,8 @@ def test_training_records_params_as_the_stages_read_them(mlflow_repo: Path) -> N
     """DVC writes a small lr as ``1e-05``; YAML 1.1 (``yaml.safe_load``) reads that as a string, so
     the record, and any rerun from it, would carry ``'1e-05'``, which validation refuses."""
     from bplab.config import load_params
-    from bplab.scratch import REPO
-    from bplab.train.stage import _reproduction
+    from bplab.pipeline.train_stage import _reproduction
+    from bplab.testing.scratch import REPO
 
     text = (REPO / "params.yaml").read_text()
     (mlflow_repo / "params.yaml").write_text(text.replace("    lr: 0.001\n", "    lr: 1e-05\n", 1))
@@ -151,9 +151,9 @@ def training_run(mlflow_repo: Path, status: str, metrics: dict[str, float], para
     """A training run in the repository's own sqlite store, made with the real client."""
     from mlflow import MlflowClient
 
-    from bplab import track
+    from bplab.tracking import store
 
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     found = client.get_experiment_by_name("boston")
     experiment = found.experiment_id if found else client.create_experiment(
         "boston", artifact_location=(mlflow_repo / "mlartifacts").as_uri())
@@ -169,10 +169,10 @@ def training_run(mlflow_repo: Path, status: str, metrics: dict[str, float], para
 
 def reproduce_in_process(capsys: pytest.CaptureFixture[str], run_id: str) -> tuple[int, str]:
     """``bplab reproduce RUN --any-commit`` in this process: its exit status and everything it printed."""
-    from bplab import command
+    from bplab.commands import main
 
     capsys.readouterr()  # what creating the store printed
-    status = command.main(["reproduce", run_id, "--any-commit"])
+    status = main.main(["reproduce", run_id, "--any-commit"])
     out, err = capsys.readouterr()
     return status, out + err
 
@@ -219,10 +219,11 @@ def test_what_cannot_be_proved_is_refused_in_one_line_and_an_interpolation_by_it
 
 def test_another_commit_is_refused_unless_asked_and_unrecorded_changes_are_named(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from bplab import reproduce, track
+    from bplab.commands import reproduce
+    from bplab.tracking import store
 
-    monkeypatch.setattr(track, "git_commit", lambda: "b" * 40)  # this checkout's HEAD
-    changes = [" M params.yaml", " M dvc.lock", " M src/bplab/networks.py", "?? notes.txt"]
+    monkeypatch.setattr(store, "git_commit", lambda: "b" * 40)  # this checkout's HEAD
+    changes = [" M params.yaml", " M dvc.lock", " M src/bplab/models/networks.py", "?? notes.txt"]
     run = Recorded("r1", VARIANT, "boston", "a" * 40, changes, {}, {})
     with pytest.raises(reproduce.ReproduceError, match=f"run r1 was made at commit {'a' * 12}; this checkout is at "
                                                        f"{'b' * 12}: `git checkout {'a' * 12}` first, or pass "
@@ -232,6 +233,6 @@ def test_another_commit_is_refused_unless_asked_and_unrecorded_changes_are_named
     assert notes[0].endswith("rerunning it on this code (--any-commit)")
     # params.yaml and dvc.lock are recorded and set back; the rest is named, not silently ignored
     assert notes[1] == ("the run was made with uncommitted changes that are not reproduced: "
-                        "src/bplab/networks.py, notes.txt")
+                        "src/bplab/models/networks.py, notes.txt")
     same_commit = Recorded("r2", VARIANT, "boston", "b" * 40, [], {}, {})
     assert reproduce.check_commit(same_commit, any_commit=False) == []

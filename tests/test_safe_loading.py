@@ -19,7 +19,7 @@ import torch
 
 from bplab.config import Params
 from bplab.paths import checkpoint_file, metrics_file, model_dir
-from bplab.train.stage import train
+from bplab.pipeline.train_stage import train
 from conftest import REPO, mlflow_client, run, stage_env, tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,8 +84,8 @@ def test_training_ignores_a_checkpoint_that_would_run_code(workspace: Path) -> N
 
 
 def test_every_architecture_loads_back_through_the_allowlist(tmp_path: Path, params: Params) -> None:
-    from bplab.models import build_model
-    from bplab.safe_load import load_whole_model
+    from bplab.models.architectures import build_model
+    from bplab.models.safe_load import load_whole_model
 
     widths = {"mnist": (784, 10), "boston": (13, 1), "flower": (2, 1)}
     for name, variant in params.train.items():
@@ -102,7 +102,7 @@ def test_every_architecture_loads_back_through_the_allowlist(tmp_path: Path, par
 
 def test_a_file_holding_no_model_is_refused_naming_it(tmp_path: Path) -> None:
     from bplab.errors import ModelFileError
-    from bplab.safe_load import load_state_dict, load_whole_model
+    from bplab.models.safe_load import load_state_dict, load_whole_model
 
     path = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(2)}, path)
@@ -159,5 +159,5 @@ def test_no_load_in_the_pipeline_can_run_code() -> None:
                 problems.append(f"{where}:{call.lineno}: np.load without allow_pickle=False")
         if "weights_only=False" in path.read_text():
             problems.append(f"{where}: mentions weights_only=False")
-    assert torch_loads == ["src/bplab/safe_load.py"]  # one home for reading torch files
+    assert torch_loads == ["src/bplab/models/safe_load.py"]  # one home for reading torch files
     assert problems == []

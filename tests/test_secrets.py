@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bplab import command
-from bplab.local_servers import PostgreSQL, postgres_bin
+from bplab.commands import main
+from bplab.testing.local_servers import PostgreSQL, postgres_bin
 from conftest import copy_repository, run, stage_env, unavailable
 from data.conftest import LocalHTTPServer
 
@@ -47,10 +47,10 @@ def plant_a_study(sweep_args: list[str]) -> None:
     reports it without queueing an experiment. Made as the sweep would (its direction, its params)."""
     import optuna
 
-    from bplab import sweep
+    from bplab.sweep import search
 
-    args = command.build_parser().parse_args(sweep_args)
-    s = sweep.setup(args)
+    args = main.build_parser().parse_args(sweep_args)
+    s = search.setup(args)
     distributions = {d.name: d.distribution() for d in s.dimensions}
     study = optuna.create_study(study_name=s.study, storage=args.storage,
                                 direction="maximize" if s.maximize else "minimize")
@@ -89,7 +89,7 @@ def test_planted_secrets_reach_neither_the_output_nor_the_store(tmp_path: Path, 
                     "--storage", cluster.uri]
             plant_a_study(args)
             capfd.readouterr()
-            assert command.main(args) == 0
+            assert main.main(args) == 0
             sweep = capfd.readouterr()
         shown = f"postgresql+psycopg://***@127.0.0.1:{cluster.port}/optuna"
         assert f"study s in {shown} (resumed with 1 trials)" in sweep.out

@@ -22,12 +22,12 @@ import torch
 
 from bplab.config import Params
 from bplab.data import processed
-from bplab.evaluate import evaluate, predict
-from bplab.models import build_model
+from bplab.models.architectures import build_model
+from bplab.models.safe_load import load_state_dict
 from bplab.paths import model_dir, processed_dir
-from bplab.recorder import SERVING_DEVICE
-from bplab.safe_load import load_state_dict
-from bplab.train.stage import train
+from bplab.pipeline.evaluate import evaluate, predict
+from bplab.pipeline.train_stage import train
+from bplab.tracking.recorder import SERVING_DEVICE
 from conftest import free_port, tiny, wait_for_http
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bplab.local_servers import MlflowServer, postgres_bin
+from bplab.testing.local_servers import MlflowServer, postgres_bin
 from conftest import REPO, TINY_PIPELINE, copy_repository, run, stage_env, unavailable
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -85,7 +85,7 @@ def test_runs_adding_the_same_new_dataset_at_once_each_get_it(server: MlflowServ
     import mlflow
     from mlflow import MlflowClient
 
-    from bplab.recorder import Recorder, ensure_experiment
+    from bplab.tracking.recorder import Recorder, ensure_experiment
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     experiment = ensure_experiment("dataset-race")

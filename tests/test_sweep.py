@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bplab import dvc_queue, search_space
+from bplab.sweep import dvc_queue, space
 from conftest import REPO, commit, copy_repository, free_port, run, stage_env
 
 BPLAB = Path(sys.executable).with_name("bplab")
@@ -38,8 +38,8 @@ def _raw() -> dict:
     ("data.boston.preprocess.test_size=float:0.1:0.3", "data.boston.preprocess.test_size", (0.1, 0.3)),
 ])
 def test_a_param_spec_names_a_key_and_a_distribution(spec: str, key: str, extremes: tuple) -> None:
-    dimension = search_space.parse(spec, VARIANT)
-    search_space.check([dimension], _raw(), VARIANT)
+    dimension = space.parse(spec, VARIANT)
+    space.check([dimension], _raw(), VARIANT)
     assert (dimension.key, dimension.extremes()) == (key, extremes)
     assert type(dimension.extremes()[0]) is type(extremes[0])
 
@@ -57,17 +57,17 @@ def test_a_param_spec_names_a_key_and_a_distribution(spec: str, key: str, extrem
     ("train.boston_adam.lr=log:1e-3:1", "does not reach train@boston_module"),
 ])
 def test_a_bad_param_spec_is_refused_naming_it(spec: str, message: str) -> None:
-    with pytest.raises(search_space.SearchSpaceError) as refused:
-        search_space.check([search_space.parse(spec, VARIANT)], _raw(), VARIANT)
+    with pytest.raises(space.SearchSpaceError) as refused:
+        space.check([space.parse(spec, VARIANT)], _raw(), VARIANT)
     assert str(refused.value).startswith(f"--param {spec!r}: ") and message in str(refused.value)
 
 
 def test_overrides_are_dvc_set_params() -> None:
-    assert search_space.override("train.v.lr", 0.0123, True) == "train.v.lr=0.0123"
-    assert search_space.override("train.v.lr", 1e-05, True) == "train.v.lr=1e-05"
-    assert search_space.override("train.v.momentum", 0.5, False) == "++train.v.momentum=0.5"  # not in params.yaml
-    assert search_space.override("train.v.batch_size", None, True) == "train.v.batch_size=null"
-    assert search_space.override("train.v.shuffle", False, True) == "train.v.shuffle=false"
+    assert space.override("train.v.lr", 0.0123, True) == "train.v.lr=0.0123"
+    assert space.override("train.v.lr", 1e-05, True) == "train.v.lr=1e-05"
+    assert space.override("train.v.momentum", 0.5, False) == "++train.v.momentum=0.5"  # not in params.yaml
+    assert space.override("train.v.batch_size", None, True) == "train.v.batch_size=null"
+    assert space.override("train.v.shuffle", False, True) == "train.v.shuffle=false"
 
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
@@ -107,13 +107,13 @@ Worker status: 1 active, 0 idle
 def test_each_trial_draws_from_its_own_number() -> None:
     import optuna
 
-    from bplab import sweep_study
+    from bplab.sweep import optuna_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dimension = search_space.parse("lr=log:1e-4:1", VARIANT)
+    dimension = space.parse("lr=log:1e-4:1", VARIANT)
 
     def draws(seed: int, count: int) -> list[float]:
-        study = optuna.create_study(sampler=sweep_study.sampler("tpe", seed))
+        study = optuna.create_study(sampler=optuna_study.sampler("tpe", seed))
         trials = [study.ask({"lr": dimension.distribution()}) for _ in range(count)]
         return [t.params["lr"] for t in trials]
 
@@ -259,7 +259,8 @@ def test_a_trial_whose_experiment_left_the_queue_is_told_fail(mlflow_repo: Path,
     import optuna
     from mlflow import MlflowClient
 
-    from bplab import sweep, track
+    from bplab.sweep import search
+    from bplab.tracking import store
 
     repo = mlflow_repo / "repo"
     repo.mkdir()
@@ -268,11 +269,11 @@ def test_a_trial_whose_experiment_left_the_queue_is_told_fail(mlflow_repo: Path,
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # `dvc queue remove s-t0`
     study = optuna.create_study(study_name="s")
     study.ask()
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     run_id = client.create_run(client.create_experiment("boston")).info.run_id
-    setup = sweep.Setup(repo, VARIANT, "boston", "test_rmse", False, (), {}, "s", 1, 1, "tpe", 0)
-    sweeper = sweep.Sweeper(setup, study, run_id, {0: sweep.Pending(0, "s-t0", "ab" * 20)})
-    monkeypatch.setattr(sweep, "POLL_S", 0.05)  # a listing of the queue every 0.25 s, not every 5 s
+    setup = search.Setup(repo, VARIANT, "boston", "test_rmse", False, (), {}, "s", 1, 1, "tpe", 0)
+    sweeper = search.Sweeper(setup, study, run_id, {0: search.Pending(0, "s-t0", "ab" * 20)})
+    monkeypatch.setattr(search, "POLL_S", 0.05)  # a listing of the queue every 0.25 s, not every 5 s
 
     waiting = threading.Thread(target=sweeper.wait, daemon=True)
     waiting.start()

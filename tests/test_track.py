@@ -9,33 +9,33 @@ from pathlib import Path
 
 import pytest
 
-from bplab import track
+from bplab.tracking import store
 
 
 def test_repo_root_of_a_dvc_temp_experiment_is_the_original_repository(tmp_path: Path) -> None:
     (tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12" / ".dvc").mkdir(parents=True)
     (tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12" / "stages").mkdir()
-    assert track.repo_root(tmp_path / ".dvc/tmp/exps/tmpab12/stages") == tmp_path
-    assert track.repo_root(tmp_path / ".dvc") == tmp_path
+    assert store.repo_root(tmp_path / ".dvc/tmp/exps/tmpab12/stages") == tmp_path
+    assert store.repo_root(tmp_path / ".dvc") == tmp_path
 
 
 def test_default_store_is_sqlite_at_the_repository_root(mlflow_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (mlflow_repo / "stages").mkdir()
     monkeypatch.chdir(mlflow_repo / "stages")
-    assert track.tracking_uri() == f"sqlite:///{mlflow_repo / 'mlflow.db'}"
+    assert store.tracking_uri() == f"sqlite:///{mlflow_repo / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert track.tracking_uri() == "http://127.0.0.1:5000"
+    assert store.tracking_uri() == "http://127.0.0.1:5000"
 
 
 def test_run_tags_include_dvc_exp_when_set(mlflow_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "lively-lark")
-    tags = track.run_tags(dataset="mnist", stage="train", variant="mnist_mlp")
+    tags = store.run_tags(dataset="mnist", stage="train", variant="mnist_mlp")
     assert tags["dvc_exp"] == "lively-lark"
     assert (tags["dataset"], tags["stage"], tags["variant"]) == ("mnist", "train", "mnist_mlp")
 
 
 def test_flatten() -> None:
-    assert track.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+    assert store.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
 
 
 @pytest.mark.parametrize(("uri", "shown"), [
@@ -58,20 +58,20 @@ def test_flatten() -> None:
     ("data/raw/boston", "data/raw/boston"),
 ])
 def test_redact_hides_credentials_and_query_strings(uri: str, shown: str) -> None:
-    assert track.redact(uri) == shown
+    assert store.redact(uri) == shown
 
 
 def test_redact_hides_them_in_any_text_holding_urls() -> None:
     message = ("could not open 'postgresql+psycopg://bob:Pa55/w?rd#1@db/optuna': timeout; "
                "see https://mirror.example/f.gz?sig=S1gnature. (nothing else)")
-    assert track.redact(message) == ("could not open 'postgresql+psycopg://***@db/optuna': timeout; "
+    assert store.redact(message) == ("could not open 'postgresql+psycopg://***@db/optuna': timeout; "
                                      "see https://mirror.example/f.gz (nothing else)")
     packed = '["https://m1.example/a?sig=S1gnature","https://u:Pa55/w?rd#2@m2.example/b","x://y:Pa55w@z"]'
-    shown = track.redact(packed)  # URLs with no space between them: each one is redacted
+    shown = store.redact(packed)  # URLs with no space between them: each one is redacted
     assert "S1gnature" not in shown and "Pa55" not in shown and "rd#" not in shown
     assert shown.startswith('["https://m1.example/a')
-    assert track.redact_all({"mirrors": [packed], "note": message, "n": 3}) == \
-        {"mirrors": [shown], "note": track.redact(message), "n": 3}
+    assert store.redact_all({"mirrors": [packed], "note": message, "n": 3}) == \
+        {"mirrors": [shown], "note": store.redact(message), "n": 3}
 
 
 @pytest.fixture
@@ -108,13 +108,13 @@ def test_the_reachability_check_goes_through_the_proxy_like_mlflow_does(forward_
         monkeypatch.setenv(name, proxy)
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    track.check_reachable("http://tracking.invalid:5000")  # only the proxy can reach this name
+    store.check_reachable("http://tracking.invalid:5000")  # only the proxy can reach this name
     assert seen == ["http://tracking.invalid:5000/api/2.0/mlflow/experiments/search?max_results=1"]
 
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "tracking.invalid")
     with pytest.raises(TrackingUnavailable, match=r"cannot reach the MLflow tracking server at http://tracking.invalid:5000"):
-        track.check_reachable("http://tracking.invalid:5000", timeout_s=2)
+        store.check_reachable("http://tracking.invalid:5000", timeout_s=2)
     assert len(seen) == 1
 
 
@@ -128,7 +128,8 @@ def test_mlflow_clients_of_the_pipeline_retry_briefly_and_send_no_telemetry() ->
     """In a process outside CI (MLflow itself turns telemetry off under CI=true), importing the
     pipeline before mlflow turns MLflow's telemetry off: its thread would delete a
     variable from os.environ while the metrics writer's requests read the environment."""
-    code = ("import os; import bplab.track; import mlflow; from mlflow.telemetry.utils import is_telemetry_disabled; "
+    code = ("import os; import bplab.tracking.store; import mlflow; "
+            "from mlflow.telemetry.utils import is_telemetry_disabled; "
             "print(is_telemetry_disabled(), os.environ.get('_MLFLOW_TELEMETRY_SESSION_ID'), "
             "os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])")
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_SEES_AS_CI | {"MLFLOW_DISABLE_TELEMETRY"}}

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from bplab.config import Params
-from bplab.evaluate import evaluate
-from bplab.local_servers import MlflowServer
-from bplab.train.stage import train
+from bplab.pipeline.evaluate import evaluate
+from bplab.pipeline.train_stage import train
+from bplab.testing.local_servers import MlflowServer
 from conftest import tiny
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
@@ -81,7 +81,7 @@ def _start_training(workspace: Path, uri: str) -> subprocess.Popen[str]:
 
 
 def _wait_for_epoch(workspace: Path, process: subprocess.Popen[str], epoch: int) -> None:
-    from bplab.safe_load import load_without_code
+    from bplab.models.safe_load import load_without_code
 
     checkpoint, deadline = workspace / "checkpoints/boston_module.pt", time.monotonic() + 120
     while not (checkpoint.exists() and load_without_code(checkpoint, "a checkpoint")["epoch"] >= epoch):

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bplab import browser, track
 from bplab.config import load_params
+from bplab.testing import browser
+from bplab.tracking import store
 from conftest import REPO, TinyPipeline, unavailable
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.e2e
-(KIND, MODEL_TRAINING) = next(iter(track.EXPERIMENT_KIND_TAG.items()))
+(KIND, MODEL_TRAINING) = next(iter(store.EXPERIMENT_KIND_TAG.items()))
 MNIST = [name for name, variant in load_params(REPO / "params.yaml").train.items() if variant.dataset == "mnist"]
 COMPARED = ("lr", "model.arch")  # params that differ between the two MNIST variants
 
@@ -27,9 +28,9 @@ COMPARED = ("lr", "model.arch")  # params that differ between the two MNIST vari
 def test_experiments_are_marked_for_model_training_and_older_ones_at_their_next_run(mlflow_repo: Path) -> None:
     from mlflow import MlflowClient
 
-    from bplab.recorder import ensure_experiment
+    from bplab.tracking.recorder import ensure_experiment
 
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     created = ensure_experiment("flower")
     assert client.get_experiment(created).tags[KIND] == MODEL_TRAINING
     older = client.create_experiment("mnist")  # as a store from before the tag has it

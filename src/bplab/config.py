@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from bplab.errors import ParamsError
-from bplab.models import ARCHITECTURES, MAX_PARAMETERS, TOO_MANY, linear_parameters
+from bplab.models.architectures import ARCHITECTURES, MAX_PARAMETERS, TOO_MANY, linear_parameters
 from bplab.paths import NAME_LIMIT, name_too_long
 
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]

@@ -2,7 +2,7 @@
 
 Usage: registry_worker.py MODEL_URI NAME WORKER ROUNDS_DIR VALUE [VALUE ...]
 
-For round r it waits until ROUNDS_DIR/go-r exists, calls :func:`bplab.registry.register` with
+For round r it waits until ROUNDS_DIR/go-r exists, calls :func:`bplab.tracking.registry.register` with
 the r-th value (higher is better), then writes ROUNDS_DIR/done-WORKER-r holding the version.
 
 With ``REGISTRY_WORKER_HOLD=FILE`` it stops once, right after its first read of the registry's
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bplab import registry
+from bplab.tracking import registry
 
 
 def _held_after_first_read(hold: Path) -> None:

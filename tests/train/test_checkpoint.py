@@ -60,10 +60,11 @@ def test_the_code_is_the_train_stages_code_deps_in_dvc_yaml(tmp_path: Path) -> N
 
     before = code_digests(root, "mnist_mlp", "mnist")
 
-    assert {"stages/train.py", "src/bplab/train/loop.py", "src/bplab/models.py", "src/bplab/data/mnist.py"} <= {*before}
+    assert {"stages/train.py", "src/bplab/train/loop.py", "src/bplab/models/architectures.py",
+            "src/bplab/data/mnist.py"} <= {*before}
     assert "src/bplab/data/flower.py" not in before  # another dataset's module
-    assert "src/bplab/recorder.py" not in before  # MLflow logging: not a dep, cannot change the outputs
-    with (root / "src/bplab/recorder.py").open("a") as file:
+    assert "src/bplab/tracking/recorder.py" not in before  # MLflow logging: not a dep, cannot change the outputs
+    with (root / "src/bplab/tracking/recorder.py").open("a") as file:
         file.write("# not a dep\n")
     assert code_digests(root, "mnist_mlp", "mnist") == before
     with (root / "src/bplab/train/loop.py").open("a") as file:

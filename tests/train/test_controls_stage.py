@@ -44,7 +44,7 @@ def histories(run_id: str, prefix: str = "") -> dict[str, list[tuple[int, float]
 
 
 def test_killed_training_with_a_schedule_and_early_stopping_resumes_exactly(stage_dir: Path) -> None:
-    from bplab.safe_load import load_state_dict, load_without_code
+    from bplab.models.safe_load import load_state_dict, load_without_code
 
     set_params(stage_dir, CONTROLS)
     straight = train(stage_dir)

@@ -111,7 +111,7 @@ def test_every_rank_resumes_from_rank_0s_checkpoint(workspace: Path) -> None:
                             env=env | {"BPLAB_KILL_AT": "train@flower_sequential/checkpoints:2:end"},
                             capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
-    from bplab.safe_load import load_without_code
+    from bplab.models.safe_load import load_without_code
 
     saved = load_without_code(first / "checkpoints/flower_sequential.pt", "a checkpoint")["epoch"]
     assert saved > 0 and not (second / "checkpoints").exists()  # the other node has no checkpoint at all

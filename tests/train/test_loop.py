@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from bplab.config import VariantParams, load_params
 from bplab.data import catalog, flower
-from bplab.models import build_model, initialize
+from bplab.models.architectures import build_model, initialize
 from bplab.train.loop import (
     BatchSizeError,
     EpochRecord,

@@ -9,7 +9,7 @@ from torch.optim import Adam
 
 from bplab.config import VariantParams, load_params
 from bplab.errors import ParamsError
-from bplab.models import build_model
+from bplab.models.architectures import build_model
 from bplab.train.optim import build_optimizer, check_param_groups
 from conftest import REPO
 

@@ -11,9 +11,9 @@ import torch
 from bplab.config import Params
 from bplab.data import processed
 from bplab.errors import ParamsError
-from bplab.models import build_model
+from bplab.models.architectures import build_model
+from bplab.models.safe_load import load_whole_model
 from bplab.paths import history_file
-from bplab.safe_load import load_whole_model
 from bplab.train import stage
 from conftest import mlflow_client as client
 from conftest import tiny
@@ -112,7 +112,7 @@ def test_unknown_variant_and_bad_param_group_stop_before_any_run(workspace: Path
 
 def test_long_runs_record_at_most_max_epoch_points_and_train_exactly_as_when_recording_all(
         workspace: Path, params: Params) -> None:
-    from bplab.safe_load import load_state_dict
+    from bplab.models.safe_load import load_state_dict
 
     small = tiny(params, "flower_sequential", epochs=50)
     rows, weights = {}, {}

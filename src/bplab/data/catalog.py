@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from bplab.data.processed import Prepared
 
 TaskKind = Literal["multiclass", "binary", "regression"]
-# What evaluate scores a trained model by, per kind of task (bplab.evaluate.compute_metrics): on the
+# What evaluate scores a trained model by, per kind of task (bplab.pipeline.evaluate.compute_metrics): on the
 # validation split as val_<score> (what selection reads), on the test split as test_<score> (reported).
 SCORES: dict[str, tuple[str, ...]] = {
     "multiclass": ("loss", "acc"),
@@ -94,7 +94,7 @@ class Dataset:
     preview: Callable[[Prepared, Path], Figure]
     evaluation_pictures: Callable[[Evaluation], Mapping[str, Figure]]
     champion: Champion  # the score of the best model: chosen on the validation split, reported on the test split
-    compare_columns: tuple[str, ...]  # what `bplab.compare` shows of each run, besides params
+    compare_columns: tuple[str, ...]  # what `bplab.commands.compare` shows of each run, besides params
 
     def __post_init__(self) -> None:
         if self.champion.score not in SCORES[self.task]:

@@ -5,7 +5,7 @@ backoff, anything else (not found, a refused login, a malformed URL, checksum mi
 undecodable bytes) moves on to the next source at once. The file only appears at its final path
 after its SHA-256 has matched, via a temporary file and ``os.replace``, so an interruption never
 leaves a half-written file behind. A login in a URL is sent as HTTP basic auth; the reasons a
-source failed are redacted (:func:`bplab.track.redact`).
+source failed are redacted (:func:`bplab.tracking.store.redact`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Annotated
 
 from pydantic import Field
 
-from bplab import track
-from bplab.cli import progress_bar
 from bplab.config import Strict
 from bplab.errors import DownloadError
 from bplab.outputs import write_bytes_atomic
+from bplab.pipeline.process import progress_bar
+from bplab.tracking import store
 
 
 class FetchPolicy(Strict):
@@ -81,7 +81,7 @@ class _Attempts:
     failures: list[str] = field(default_factory=list)
 
     def add(self, location: str, reason: str) -> None:
-        self.failures.append(f"  - {track.redact(location)}: {track.redact(reason)}")
+        self.failures.append(f"  - {store.redact(location)}: {store.redact(reason)}")
 
 
 class _Transient(Exception):
@@ -107,7 +107,7 @@ def mirror_dir() -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()
-    return (path if path.is_absolute() else track.repo_root() / path).resolve()
+    return (path if path.is_absolute() else store.repo_root() / path).resolve()
 
 
 def _is_url(location: str) -> bool:
@@ -201,7 +201,7 @@ def fetch_file(
             attempts.add(candidate.location, f"checksum mismatch: sha256 {digest}, expected {sha256}")
             continue
         write_bytes_atomic(dest, content)
-        return FetchedFile(name, dest, track.redact(candidate.location), digest, len(content))
+        return FetchedFile(name, dest, store.redact(candidate.location), digest, len(content))
     raise DownloadError(
         f"could not get {name}: every source failed\n" + "\n".join(attempts.failures) + "\n"
         f"Offline? Set {MIRROR_ENV} to a directory laid out like the project's data mirror "

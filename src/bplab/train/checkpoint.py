@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from bplab.errors import ModelFileError
+from bplab.models.safe_load import load_without_code
 from bplab.outputs import write_bytes_atomic
-from bplab.safe_load import load_without_code
 from bplab.train.loop import SECONDS, EpochRecord, history_columns
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from bplab.config import VariantParams
 from bplab.errors import ParamsError
-from bplab.models import layer_names, layer_parameters
+from bplab.models.architectures import layer_names, layer_parameters
 
 # params.yaml's optimizer names (config.OptimizerName lists the same) and how each is built from
 # the parameter groups and the variant's settings.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bplab.errors import BplabError
-from bplab.track import Terminated, redact, refusal, store_failure
+from bplab.tracking.store import Terminated, redact, refusal, store_failure
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -28,7 +28,7 @@ def stage_process(stage: str) -> Iterator[None]:
     A :class:`BplabError` prints as ``<stage>: error: <message>`` (URLs in it redacted) and exits
     2, without a traceback; so do an MLflow tracking server's refusal (HTTP 401 or 403, :func:`refusal`)
     and a tracking store whose database fails (a damaged ``mlflow.db``, :func:`store_failure`).
-    An interrupt (Ctrl-C, or SIGTERM turned into one by :meth:`bplab.recorder.Recorder.run`)
+    An interrupt (Ctrl-C, or SIGTERM turned into one by :meth:`bplab.tracking.recorder.Recorder.run`)
     exits 130 or 143, the shell's codes for those signals.
 
     Python's cyclic garbage collector is off while the stage starts (until :func:`started`, or

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from bplab.config import Params, parse_params, read_yaml
-from bplab.dvc_queue import hydra_value
 from bplab.errors import BplabError, ParamsError
+from bplab.sweep.dvc_queue import hydra_value
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution

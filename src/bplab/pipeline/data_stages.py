@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bplab import track
 from bplab.config import Params
 from bplab.data import catalog, processed
 from bplab.data.fetch import FetchedFile
 from bplab.errors import ParamsError
 from bplab.paths import processed_dir, raw_dir
-from bplab.recorder import Recorder
+from bplab.tracking import store
+from bplab.tracking.recorder import Recorder
 
 PREVIEW = "preview.png"
 
@@ -31,7 +31,7 @@ def download(name: str, params: Params, root: Path = Path(".")) -> list[FetchedF
     """Fetch or generate the raw files of dataset ``name``, and log their provenance."""
     dataset = _listed(name, params)
     settings = getattr(params.data, name).download
-    with Recorder.run(f"{name}-data", "download", track.run_tags(dataset=name, stage="download")) as recorder:
+    with Recorder.run(f"{name}-data", "download", store.run_tags(dataset=name, stage="download")) as recorder:
         files = dataset.download(raw_dir(name, root), settings)
         record = {f.name: {"source": f.source, "sha256": f.sha256, "bytes": f.size} for f in files}
         recorder.log_params({"download": settings.model_dump(mode="json"),
@@ -47,7 +47,7 @@ def preprocess(name: str, params: Params, root: Path = Path(".")) -> processed.P
     dataset = _listed(name, params)
     settings = getattr(params.data, name).preprocess
     source = raw_dir(name, root)
-    with Recorder.run(f"{name}-data", "preprocess", track.run_tags(dataset=name, stage="preprocess")) as recorder:
+    with Recorder.run(f"{name}-data", "preprocess", store.run_tags(dataset=name, stage="preprocess")) as recorder:
         prepared = dataset.preprocess(source, settings)
         out = processed_dir(name, root)
         processed.save(prepared, out)

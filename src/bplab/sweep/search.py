@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bplab import dvc_queue, track
 from bplab.data import catalog
 from bplab.errors import BplabError
+from bplab.sweep import dvc_queue
+from bplab.tracking import store
 
 if TYPE_CHECKING:
-    from bplab.search_space import Dimension
+    from bplab.sweep.space import Dimension
 
 POLL_S = 1.0  # between two looks for finished experiments (git refs: milliseconds)
 STATUS_EVERY = 5  # polls per `dvc queue status` (about 0.5 s of CPU), which tells failures
@@ -120,14 +121,14 @@ def _objective(dataset: catalog.Dataset, name: str, metric: str | None) -> tuple
 
 def setup(args: argparse.Namespace) -> Setup:
     """Check the command line against params.yaml; every refusal names what is wrong."""
-    from bplab import search_space  # pydantic and the params models: not needed by `bplab --help`
+    from bplab.sweep import space  # pydantic and the params models: not needed by `bplab --help`
 
-    repo = track.repo_root()
-    raw, params = search_space.read_params(repo / "params.yaml")
+    repo = store.repo_root()
+    raw, params = space.read_params(repo / "params.yaml")
     variant = params.variant(args.variant)
     metric, maximize = _objective(catalog.dataset(variant.dataset), variant.dataset, args.metric)
-    dimensions = [search_space.parse(spec, args.variant) for spec in args.param]
-    search_space.check(dimensions, raw, args.variant)
+    dimensions = [space.parse(spec, args.variant) for spec in args.param]
+    space.check(dimensions, raw, args.variant)
     study = args.study or args.variant
     if not _STUDY_NAME.fullmatch(study):
         raise SweepError(f"--study {study!r}: use letters, digits, _ and - (it names DVC experiments)")
@@ -149,7 +150,7 @@ def _alive(pid: Any) -> bool:
 def say(line: str) -> None:
     """Print a line of the sweep's report now (the output is often a pipe), URLs redacted (a failed
     trial's reason quotes DVC's or a stage's error)."""
-    print(track.redact(line), flush=True)
+    print(store.redact(line), flush=True)
 
 
 @dataclass
@@ -177,10 +178,10 @@ class Sweeper:
 
     def _queue(self, number: int, name: str, values: dict[str, Any], baseline: str) -> None:
         """Queue trial ``number``'s experiment and wait for it; tell FAIL when DVC refuses it."""
-        from bplab import search_space
+        from bplab.sweep import space
 
         s = self.setup
-        overrides = [search_space.override(d.key, values[d.name], search_space.present(s.raw, d.key))
+        overrides = [space.override(d.key, values[d.name], space.present(s.raw, d.key))
                      for d in s.dimensions]
         try:
             dvc_queue.enqueue(s.repo, name, overrides, s.targets)
@@ -243,7 +244,7 @@ class Sweeper:
         """Tell the study how trial ``number`` ended, print it, and tag its MLflow run."""
         from optuna.trial import TrialState
 
-        from bplab import sweep_record
+        from bplab.tracking import sweep_runs
 
         if value is None:
             self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
@@ -251,10 +252,10 @@ class Sweeper:
         else:
             self.study.tell(number, value, skip_if_finished=True)
             say(f"trial {number}: {self.setup.metric} {value:.6g} ({name})")
-        if name and sweep_record.tag_trial(self.setup.dataset, name, self.setup.study, number) is None \
+        if name and sweep_runs.tag_trial(self.setup.dataset, name, self.setup.study, number) is None \
                 and value is not None:
             say(f"trial {number}: no MLflow run is tagged dvc_exp={name}; its study tags are not set")
-        sweep_record.log_progress(self.run_id, self.study.get_trials(deepcopy=False), self.setup.maximize)
+        sweep_runs.log_progress(self.run_id, self.study.get_trials(deepcopy=False), self.setup.maximize)
 
     def _outcome(self, pending: Pending, state: str) -> tuple[float | None, str]:
         """A finished experiment's objective, or ``None`` and why there is none."""
@@ -313,7 +314,7 @@ class Sweeper:
 def _record(recorder: Any, s: Setup, study: Any, importances: dict[str, float] | None, line: str) -> None:
     """What the study found, on its MLflow run: the best trial as tags and under the metric's own
     name (so `bplab compare` shows it), the importances, their picture, and every trial as JSON."""
-    from bplab import sweep_study
+    from bplab.sweep import optuna_study
 
     recorder.set_tags({"param_importances": line})
     trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
@@ -321,7 +322,7 @@ def _record(recorder: Any, s: Setup, study: Any, importances: dict[str, float] |
     recorder.log_dict({"study": s.study, "metric": s.metric, "trials": trials}, "sweep/trials.json")
     if importances:
         recorder.log_metrics({f"importance/{name}": value for name, value in importances.items()})
-        recorder.log_figures({"param_importances.png": sweep_study.importance_figure(study, s.metric)}, folder="sweep")
+        recorder.log_figures({"param_importances.png": optuna_study.importance_figure(study, s.metric)}, folder="sweep")
     if any(t["state"] == "COMPLETE" for t in trials):
         best = study.best_trial
         recorder.set_tags({"best_trial": best.number, "best_exp": best.user_attrs.get(EXP, ""),
@@ -332,14 +333,14 @@ def _record(recorder: Any, s: Setup, study: Any, importances: dict[str, float] |
 def report(s: Setup, study: Any, recorder: Any) -> int:
     """Print the study's outcome and the `dvc exp apply` line that keeps its best params; 1 when
     no trial has completed."""
-    from bplab import sweep_study
+    from bplab.sweep import optuna_study
 
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
     for trial in trials:
         states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
     say(f"study {s.study}: {len(trials)} trials (" + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + ")")
-    importances, line = sweep_study.importances(study)
+    importances, line = optuna_study.importances(study)
     _record(recorder, s, study, importances, line)
     say(line)
     if not states.get("complete"):
@@ -359,12 +360,13 @@ def report(s: Setup, study: Any, recorder: Any) -> int:
 def run(args: argparse.Namespace) -> int:
     """``bplab sweep``: check the command line, open the study and its MLflow run, recover what a
     stopped sweep left, run the trials, report."""
-    from bplab import sweep_record, sweep_study
+    from bplab.sweep import optuna_study
+    from bplab.tracking import sweep_runs
 
     s = setup(args)
-    track.check_reachable(track.tracking_uri())
-    where, shown = sweep_study.storage(args.storage, s.repo, s.study)
-    study, existed = sweep_study.open_study(s.study, where, shown, s.maximize, sweep_study.sampler(s.sampler, s.seed),
+    store.check_reachable(store.tracking_uri())
+    where, shown = optuna_study.storage(args.storage, s.repo, s.study)
+    study, existed = optuna_study.open_study(s.study, where, shown, s.maximize, optuna_study.sampler(s.sampler, s.seed),
                                             {"variant": s.variant, "metric": s.metric})
     direction = "maximize" if s.maximize else "minimize"
     say(f"study {s.study} in {shown} ({'resumed with ' + str(len(study.trials)) + ' trials' if existed else 'new'}): "
@@ -372,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
     tags = {"dataset": s.dataset, "stage": "sweep", "sweep_variant": s.variant, "sweep_metric": s.metric,
             "sweep_direction": direction, "sweep_sampler": f"{s.sampler} seed {s.seed}",
             "sweep_space": " ".join(d.spec for d in s.dimensions)}
-    with sweep_record.study_run(s.dataset, s.study, shown, tags) as recorder:
+    with sweep_runs.study_run(s.dataset, s.study, shown, tags) as recorder:
         sweeper = Sweeper(s, study, recorder.run_id)
         try:
             sweeper.recover()

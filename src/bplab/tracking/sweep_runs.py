@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from bplab import track
-from bplab.recorder import Recorder, ensure_experiment, run_of_dvc_exp
+from bplab.tracking import store
+from bplab.tracking.recorder import Recorder, ensure_experiment, run_of_dvc_exp
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -26,9 +26,9 @@ STUDY_TAG, TRIAL_TAG, STORAGE_TAG = "sweep_study", "sweep_trial", "sweep_storage
 def _client() -> Any:
     from mlflow import MlflowClient
 
-    uri = track.tracking_uri()
-    track.check_reachable(uri)
-    with track.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
+    with store.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
     return client

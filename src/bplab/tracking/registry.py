@@ -176,7 +176,7 @@ def _locked(name: str) -> Iterator[Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from bplab.track import redact, refusal
+    from bplab.tracking.store import redact, refusal
 
     store = redact(mlflow.get_tracking_uri())
     lock = FileLock(str(_lock_file(mlflow.get_tracking_uri(), name)), timeout=LOCK_TIMEOUT_S)
@@ -233,6 +233,6 @@ def promote(name: str, version: str, tracking_uri: str) -> tuple[str | None, Any
 def _store() -> str:
     import mlflow
 
-    from bplab.track import redact
+    from bplab.tracking.store import redact
 
     return redact(mlflow.get_tracking_uri())

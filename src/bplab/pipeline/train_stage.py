@@ -3,8 +3,8 @@
 Outputs, written only after training and logging succeeded (staged, then renamed into place):
 
 - ``models/<variant>/model.pt``: the whole model, saved by ``torch.save`` as in the tutorials
-  (load it with :func:`bplab.safe_load.load_whole_model`, which runs no code from the file);
-- ``models/<variant>/state_dict.pt``: the weights (:func:`bplab.safe_load.load_state_dict`);
+  (load it with :func:`bplab.models.safe_load.load_whole_model`, which runs no code from the file);
+- ``models/<variant>/state_dict.pt``: the weights (:func:`bplab.models.safe_load.load_state_dict`);
 - ``models/<variant>/run.json``: the MLflow run id and the logged model's URI;
 - ``history/<variant>.csv``: per-epoch metrics, a DVC plots file.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bplab import cli, plots, track
+from bplab import plots
 from bplab.config import Params, VariantParams, record_stride
 from bplab.data import catalog, processed
 from bplab.errors import ParamsError
@@ -37,8 +37,10 @@ from bplab.paths import (
     model_dir,
     processed_dir,
 )
-from bplab.recorder import Recorder
+from bplab.pipeline import process
 from bplab.timings import StageClock
+from bplab.tracking import store
+from bplab.tracking.recorder import Recorder
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +84,7 @@ class _Job:
 def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str, list[int]]) -> dict[str, Any]:
     """Every training knob, flattened (``lr``, ``model.hidden``, ``param_groups.hidden``, ...)."""
     variant = params.train[name]
-    flat = track.flatten(variant.model_dump(mode="json"))
+    flat = store.flatten(variant.model_dump(mode="json"))
     flat |= {"seed": params.seed, "variant": name, "n_parameters": n_parameters, "n_train": shapes["x_train"][0],
              "n_val": shapes["x_val"][0], "n_test": shapes["x_test"][0], "n_features": shapes["x_train"][1]}
     return flat
@@ -125,7 +127,7 @@ def _resumption(path: Path, expected: dict[str, str], epochs: int, placement: Pl
 
 def _decide(path: Path, expected: dict[str, str], epochs: int) -> tuple[Resumption, bytes | None]:
     """Rank 0's decision on the checkpoint at ``path``, and the bytes to resume from (None: afresh)."""
-    from bplab import recorder
+    from bplab.tracking import recorder
     from bplab.train.checkpoint import Resumption, decide, read, set_aside
 
     raw = read(path)
@@ -142,7 +144,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     """Data on the device, the seeded model and optimizer, and the checkpoint to resume from, if any."""
     import torch
 
-    from bplab.models import build_model, initialize
+    from bplab.models.architectures import build_model, initialize
     from bplab.train.checkpoint import code_digests, fingerprint
     from bplab.train.loop import BatchSizeError, Schedule, Task, check_schedule
     from bplab.train.optim import build_optimizer, check_param_groups
@@ -218,7 +220,7 @@ def _reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
     # caller that passed params without one gets them as validated.
     raw = read_yaml(file.read_text()) if file.exists() else params.model_dump(mode="json")
     return {"params": raw, "resolved": resolved, "lock": lock.read_text() if lock.exists() else None,
-            "changes": track.git_changes()}
+            "changes": store.git_changes()}
 
 
 def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClock,
@@ -248,7 +250,7 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
         logger = recorder.epoch_logger(job.variant.epochs, params.tracking.max_epoch_points,
                                        record_steps=job.task.kind == "regression")
     try:
-        with cli.progress_bar(total=job.variant.epochs, initial=job.first_epoch - 1, desc=f"train@{job.name}",
+        with process.progress_bar(total=job.variant.epochs, initial=job.first_epoch - 1, desc=f"train@{job.name}",
                               unit="epoch", mininterval=1.0) as bar:
             def on_epochs(records: list[EpochRecord]) -> None:
                 with clock.phase("mlflow_metrics"):
@@ -260,7 +262,7 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
                 bar.set_postfix({k: f"{v:.4g}" for k, v in records[-1].metrics.items()}, refresh=False)
                 bar.update(records[-1].epoch - bar.n)
 
-            cli.started()
+            process.started()
             clock.first_step = time.time()
             with clock.phase("training"):
                 last_epoch = _fit(job, on_epochs)
@@ -346,7 +348,7 @@ def train(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any] |
         where = f" on {placement.world} ranks" if placement.world > 1 else ""
         print(f"train@{name}: {job.why}; device {placement.device}{where}", file=sys.stderr)
         reproduction = _reproduction(root, params, name)
-        tags = track.run_tags(dataset=variant.dataset, stage="train", variant=name, changes=reproduction["changes"])
+        tags = store.run_tags(dataset=variant.dataset, stage="train", variant=name, changes=reproduction["changes"])
         with ExitStack() as run:
             with clock.phase("mlflow_setup"):
                 recorder = run.enter_context(

@@ -27,11 +27,12 @@ from typing import Any
 
 import yaml
 
-from bplab import dvc_queue, track
-from bplab.cli import this_environment_first
 from bplab.config import read_yaml
-from bplab.dvc_queue import KEY_PART, hydra_name, hydra_value
 from bplab.errors import BplabError
+from bplab.pipeline.process import this_environment_first
+from bplab.sweep import dvc_queue
+from bplab.sweep.dvc_queue import KEY_PART, hydra_name, hydra_value
+from bplab.tracking import store
 
 # Metrics that differ between any two runs of the same training: wall times and the machine's
 # samples (the soak and the resume tests leave them out too).
@@ -61,7 +62,7 @@ class Recorded:
 def _client():
     from mlflow import MlflowClient
 
-    return MlflowClient(track.tracking_uri())
+    return MlflowClient(store.tracking_uri())
 
 
 def _finished_run(client: Any, run_id: str) -> Any:
@@ -71,7 +72,7 @@ def _finished_run(client: Any, run_id: str) -> Any:
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise ReproduceError(f"no run {run_id!r} in {track.redact(track.tracking_uri())}") from None
+        raise ReproduceError(f"no run {run_id!r} in {store.redact(store.tracking_uri())}") from None
     tags = run.data.tags
     if tags.get("stage") != "train" or "variant" not in tags:
         raise ReproduceError(f"run {run_id} is not a training run (its stage tag is {tags.get('stage')!r})")
@@ -198,7 +199,7 @@ def check_interpolations(run: Recorded, settings: dict[str, Any], current: dict[
 
 def check_commit(run: Recorded, any_commit: bool) -> list[str]:
     """Refuse a run of another commit unless ``any_commit``; the notes to print about the tree."""
-    head = track.git_commit()
+    head = store.git_commit()
     notes = []
     if run.commit != head:
         where = f"commit {run.commit[:12]}" if run.commit else "no git commit"
@@ -231,7 +232,7 @@ def experiment_command(run: Recorded, settings: dict[str, Any], name: str) -> li
 
 def rerun_metrics(run: Recorded, name: str) -> dict[str, float]:
     """The final metrics of the training run the experiment ``name`` made."""
-    from bplab.recorder import run_of_dvc_exp
+    from bplab.tracking.recorder import run_of_dvc_exp
 
     found = run_of_dvc_exp(run.dataset, name, run.variant)
     if found is None:
@@ -256,7 +257,7 @@ def reproduce(run_id: str, any_commit: bool = False, root: Path | None = None) -
     run = recorded(run_id)
     for note in check_commit(run, any_commit):
         print(f"bplab reproduce: {note}", file=sys.stderr)
-    root = root or track.repo_root()
+    root = root or store.repo_root()
     try:
         current = read_yaml((root / "params.yaml").read_text())
     except (OSError, yaml.YAMLError) as exc:

@@ -15,10 +15,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bplab import compare, registry, sweep, track
-from bplab.cli import redacted_tracebacks, this_environment_first
+from bplab.commands import compare
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
+from bplab.pipeline.process import redacted_tracebacks, this_environment_first
+from bplab.sweep import search
+from bplab.tracking import registry, store
 
 # Not MLflow's default 5000: that is where `mlflow ui` listens, and both are often up at once.
 DEFAULT_PORT = 5001
@@ -43,9 +45,9 @@ class Subcommand:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """``bplab compare``: :func:`bplab.compare.run`, after checking that a tracking server answers."""
+    """``bplab compare``: :func:`bplab.commands.compare.run`, after checking that a tracking server answers."""
     # MLflow's client would retry a server that is down for minutes; this fails in seconds, naming it.
-    track.check_reachable(track.tracking_uri())
+    store.check_reachable(store.tracking_uri())
     return compare.run(args)
 
 
@@ -123,7 +125,7 @@ def serve_command(args: argparse.Namespace, uri: str) -> tuple[list[str], dict[s
         command += ["--workers", str(args.workers)]
     # The resolved store, not MLflow's cwd-relative default; and MLflow starts `uvicorn` by name,
     # so this interpreter's bin directory goes first on PATH (no need to activate the venv).
-    env = this_environment_first() | {track.TRACKING_ENV: uri}
+    env = this_environment_first() | {store.TRACKING_ENV: uri}
     return command, env
 
 
@@ -134,13 +136,13 @@ def run_serve(args: argparse.Namespace) -> int:
     reach the server directly; MLflow stops its uvicorn child when it ends (``PR_SET_PDEATHSIG``).
     """
     _check_dataset(args.dataset)
-    uri = track.tracking_uri()
-    track.check_reachable(uri)
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
     version = compare.aliased_version(args.dataset, uri, args.alias)
     _check_port_free(args.host, args.port)
     command, env = serve_command(args, uri)
     print(f"bplab serve: models:/{args.dataset}@{args.alias} is version {version.version} "
-          f"({version.tags.get('variant', 'variant unknown')}) in {track.redact(uri)}; "
+          f"({version.tags.get('variant', 'variant unknown')}) in {store.redact(uri)}; "
           f"POST rows to http://{args.host}:{args.port}/invocations (Ctrl-C stops)", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()  # exec discards Python's buffers
@@ -157,10 +159,10 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    """``bplab reproduce``: :func:`bplab.reproduce.reproduce`."""
-    from bplab import reproduce
+    """``bplab reproduce``: :func:`bplab.commands.reproduce.reproduce`."""
+    from bplab.commands import reproduce
 
-    track.check_reachable(track.tracking_uri())
+    store.check_reachable(store.tracking_uri())
     return reproduce.reproduce(args.run_id, any_commit=args.any_commit)
 
 
@@ -173,8 +175,8 @@ def promote_arguments(parser: argparse.ArgumentParser) -> None:
 def run_promote(args: argparse.Namespace) -> int:
     """``bplab promote``: move ``<dataset>@champion`` to a version on purpose, saying what it held before."""
     _check_dataset(args.dataset)
-    uri = track.tracking_uri()
-    track.check_reachable(uri)
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
     compare.check_store(uri)
     before, chosen = registry.promote(args.dataset, args.version, uri)
     tags = chosen.tags
@@ -249,7 +251,7 @@ An unknown dataset or version ends with one line naming it, exit status 2.
     ),
     "compare": Subcommand(
         summary="the study at a glance: one table per dataset, from MLflow",
-        description=f"{COMPARE_ABOUT}\n\n{STORE_NOTE}\nSame as `python -m bplab.compare`.",
+        description=f"{COMPARE_ABOUT}\n\n{STORE_NOTE}\nSame as `python -m bplab.commands.compare`.",
         examples="""\
   bplab compare                          # each variant's latest run; also written to compare.md
   bplab compare --all                    # every finished run, e.g. a whole dvc exp sweep
@@ -303,8 +305,8 @@ naming it, exit status 2.
   bplab sweep boston_module --trials 20 --param momentum=float:0:0.9 --param epochs=int:5:50
   bplab sweep mnist_mlp --study mlp-lr --trials 8 --param lr=log:1e-3:1 --param init=choice:default,kaiming
   bplab sweep boston_module --study shared --storage postgresql://user@db/optuna --param lr=log:1e-4:0.1""",
-        add_arguments=sweep.add_arguments,
-        run=sweep.run,
+        add_arguments=search.add_arguments,
+        run=search.run,
     ),
 }
 
@@ -333,13 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except BplabError as exc:
-        print(f"bplab {args.command}: error: {track.redact(str(exc))}", file=sys.stderr)
+        print(f"bplab {args.command}: error: {store.redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bplab {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = track.refusal(exc) or track.store_failure(exc)  # an MLflow server's 401/403, a damaged store
+        message = store.refusal(exc) or store.store_failure(exc)  # an MLflow server's 401/403, a damaged store
         if message is None:
             raise
         print(f"bplab {args.command}: error: {message}", file=sys.stderr)

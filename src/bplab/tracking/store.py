@@ -1,6 +1,6 @@
 """MLflow conventions of the pipeline: where the store is, how runs are tagged, how URIs are shown.
 
-Nothing here imports mlflow: :mod:`bplab.recorder` is the one module that writes to it.
+Nothing here imports mlflow: :mod:`bplab.tracking.recorder` is the one module that writes to it.
 """
 
 from __future__ import annotations

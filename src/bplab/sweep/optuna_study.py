@@ -1,6 +1,6 @@
 """The Optuna side of ``bplab sweep``: the study's storage, its seeded sampler, and what it found.
 
-``import optuna`` takes a while: :mod:`bplab.sweep` imports this module only when a sweep runs.
+``import optuna`` takes a while: :mod:`bplab.sweep.search` imports this module only when a sweep runs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from bplab import track
 from bplab.errors import BplabError
+from bplab.tracking import store
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -76,7 +76,7 @@ def storage(url: str | None, repo: Path, study: str) -> tuple[Any, str]:
     """The study's Optuna storage and how to show it: a database URL as given (``sqlite:///...``,
     ``postgresql://...``), else a journal file (``url`` a path, default ``sweeps/<study>.journal``)."""
     if url and "://" in url:
-        return url, track.redact(url)
+        return url, store.redact(url)
     path = Path(url) if url else repo / SWEEPS_FOLDER / f"{study}.journal"
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def _create_study(name: str, where: Any, shown: str, search: BaseSampler, direct
         return optuna.create_study(study_name=name, storage=where, sampler=search, direction=direction,
                                    load_if_exists=True)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver is not installed
-        raise StorageUnavailable(f"cannot open the sweep storage {shown}: {track.database_reason(exc)}") from None
+        raise StorageUnavailable(f"cannot open the sweep storage {shown}: {store.database_reason(exc)}") from None
 
 
 def open_study(name: str, where: Any, shown: str, maximize: bool, search: BaseSampler,

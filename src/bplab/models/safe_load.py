@@ -47,11 +47,11 @@ def load_without_code(path: Path, what: str, allowed: tuple[type, ...] = (), dat
 def load_whole_model(path: Path) -> nn.Module:
     """The whole model that ``torch.save(model)`` wrote to ``path``, on the CPU, in eval mode.
 
-    Loaded with ``weights_only=True`` and :data:`bplab.networks.WHOLE_MODEL_CLASSES` as the only
+    Loaded with ``weights_only=True`` and :data:`bplab.models.networks.WHOLE_MODEL_CLASSES` as the only
     allowed classes: nothing in the file can run code. Raises :class:`ModelFileError` naming the
     file when it is missing, refused or not a model.
     """
-    from bplab.networks import WHOLE_MODEL_CLASSES
+    from bplab.models.networks import WHOLE_MODEL_CLASSES
 
     model = load_without_code(path, "a model built from this project's classes", WHOLE_MODEL_CLASSES)
     if not isinstance(model, WHOLE_MODEL_CLASSES):

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bplab.local_servers import MlflowServer
+from bplab.testing.local_servers import MlflowServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -1,6 +1,6 @@
 """The tutorials' networks, with their submodule and parameter names, so state_dict keys match.
 
-Seed 000 (§2.4.1-2.4.5) and seed 004 (§3.2, §3.6) build these; :mod:`bplab.models` says which
+Seed 000 (§2.4.1-2.4.5) and seed 004 (§3.2, §3.6) build these; :mod:`bplab.models.architectures` says which
 ``model.arch`` builds which, and how to initialise, save and load them.
 """
 

@@ -3,7 +3,7 @@
 :data:`ARCHITECTURES` is the one table of architectures: config validation reads the names and
 the number of hidden widths each takes, ``build_model`` the builder. This module imports no torch
 when it is imported (the data stages validate params.yaml without paying for torch); the networks
-themselves are in :mod:`bplab.networks`.
+themselves are in :mod:`bplab.models.networks`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ TOO_MANY = (f"at most {MAX_PARAMETERS:,} (2**30: 4 GiB of float32 weights, 16 Gi
 class Architecture:
     """How to build one network of the tutorials, and how many hidden widths it takes."""
 
-    build: Callable[[ModuleType, int, ModelSpec, int], nn.Module]  # (bplab.networks, inputs, spec, outputs)
+    build: Callable[[ModuleType, int, ModelSpec, int], nn.Module]  # (bplab.models.networks, inputs, spec, outputs)
     least_hidden: int
     most_hidden: int | None  # None: no upper bound
 
@@ -69,8 +69,8 @@ def build_model(spec: ModelSpec, n_in: int, n_out: int, key: str = "model") -> n
     :data:`MAX_PARAMETERS`: params validation bounds the hidden layers alone, the input and
     output widths are only known here, from the data.
     """
-    from bplab import networks
     from bplab.errors import ParamsError
+    from bplab.models import networks
 
     count = linear_parameters([n_in, *spec.hidden, n_out])
     if count > MAX_PARAMETERS:

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from bplab.cli import this_environment_first
 from bplab.errors import BplabError
+from bplab.pipeline.process import this_environment_first
 
 _STAGE_ERROR = re.compile(r"[\w-]+@[\w-]+: error: ")  # how a bplab stage reports an error it understands
 State = Literal["pending", "done", "failed", "missing"]

@@ -15,9 +15,21 @@ from typing import Any
 
 import yaml
 
-from bplab.cli import this_environment_first
+from bplab.pipeline.process import this_environment_first
 
-REPO = Path(__file__).resolve().parents[2]
+
+def _checkout_root() -> Path:
+    """The checkout this code runs from (the folder with dvc.yaml above ``src/bplab``), else the
+    current directory's: tests and bench run either from an editable checkout or inside one."""
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for folder in (start, *start.parents):
+            if (folder / "dvc.yaml").is_file() and (folder / "params.yaml").is_file():
+                return folder
+    raise RuntimeError("bplab.testing.scratch: no checkout of bplab (a folder with dvc.yaml) above "
+                       f"{Path(__file__).parent} or the current directory")
+
+
+REPO = _checkout_root()
 _GIT = ["git", "-c", "user.name=bplab-scratch", "-c", "user.email=scratch@bplab.invalid"]
 
 

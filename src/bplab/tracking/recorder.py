@@ -26,9 +26,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from bplab import plots, track
+from bplab import plots
 from bplab.config import SECONDS, record_stride
 from bplab.errors import BplabError, TrackingUnavailable
+from bplab.tracking import store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,28 +65,28 @@ REPRODUCE_FOLDER = "reproduce"  # a training run's artifacts for `bplab reproduc
 def ensure_experiment(name: str) -> str:
     """The id of experiment ``name``, creating it if needed (safe when processes race to create it).
 
-    The experiment carries :data:`track.EXPERIMENT_KIND_TAG`, which marks it for model training in
+    The experiment carries :data:`store.EXPERIMENT_KIND_TAG`, which marks it for model training in
     MLflow's UI; one made before that tag existed gets it here (the lookup returns the tags: no
     extra call once it has it). A kind already set, by a user in the UI say, is kept.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = track.tracking_uri()
-    track.check_reachable(uri)
-    track.hide_run_links(uri)  # every run is made or resumed through here
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
+    store.hide_run_links(uri)  # every run is made or resumed through here
     mlflow.set_tracking_uri(uri)
-    with track.store_setup_lock(uri):
+    with store.store_setup_lock(uri):
         found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables
     if found is None:
         try:
-            return mlflow.create_experiment(name, artifact_location=track.artifact_location(name),
-                                            tags=track.EXPERIMENT_KIND_TAG)
+            return mlflow.create_experiment(name, artifact_location=store.artifact_location(name),
+                                            tags=store.EXPERIMENT_KIND_TAG)
         except MlflowException:
             found = mlflow.get_experiment_by_name(name)
             if found is None:
                 raise
-    for key, value in track.EXPERIMENT_KIND_TAG.items():
+    for key, value in store.EXPERIMENT_KIND_TAG.items():
         if key not in found.tags:
             mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
@@ -96,7 +97,7 @@ def run_of_dvc_exp(experiment: str, exp_name: str, run_name: str | None = None) 
     their runs ``dvc_exp``; ``run_name``: only that variant's), or ``None``."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(track.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -108,7 +109,7 @@ def run_of_dvc_exp(experiment: str, exp_name: str, run_name: str | None = None) 
 def _reason(failure: BaseException) -> str:
     """A store error in a few words: MLflow's HTTP errors repeat the whole request (redacted before
     it is cut short, so no URL is cut before its credentials end)."""
-    text = track.redact(str(getattr(failure, "message", failure)))
+    text = store.redact(str(getattr(failure, "message", failure)))
     return "connection refused" if "Connection refused" in text else text[:300]
 
 
@@ -129,7 +130,7 @@ def _lost_dataset_race(failure: Any) -> bool:
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise track.Terminated(f"received signal {signum}")
+    raise store.Terminated(f"received signal {signum}")
 
 
 def _alive(pid: str) -> bool:
@@ -160,7 +161,7 @@ def _delete_retried_creations(experiment_id: str, token: str, kept: str) -> None
     run for the lost try as well, which would stay RUNNING forever. Only HTTP stores retry."""
     from mlflow import MlflowClient
 
-    if urllib.parse.urlsplit(track.tracking_uri()).scheme not in {"http", "https"}:
+    if urllib.parse.urlsplit(store.tracking_uri()).scheme not in {"http", "https"}:
         return
     client = MlflowClient()
     for run in client.search_runs([experiment_id], f"tags.`{CREATION_TAG}` = '{token}'"):
@@ -173,9 +174,9 @@ class RunGone(BplabError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(
-            f"MLflow run {run_id} is not in the tracking store {track.redact(track.tracking_uri())}: it was deleted, "
-            f"or logged to another store (models pulled from a DVC remote, or {track.TRACKING_ENV} changed since "
-            f"training); set {track.TRACKING_ENV} to the store that holds it, or train again "
+            f"MLflow run {run_id} is not in the tracking store {store.redact(store.tracking_uri())}: it was deleted, "
+            f"or logged to another store (models pulled from a DVC remote, or {store.TRACKING_ENV} changed since "
+            f"training); set {store.TRACKING_ENV} to the store that holds it, or train again "
             "(`dvc repro --force train@<variant>`)")
 
 
@@ -185,10 +186,10 @@ def _live_run(run_id: str) -> Any | None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-    uri = track.tracking_uri()
-    track.check_reachable(uri)
+    uri = store.tracking_uri()
+    store.check_reachable(uri)
     try:
-        with track.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
+        with store.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
             run = MlflowClient(uri).get_run(run_id)
     except MlflowException as exc:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
@@ -204,7 +205,7 @@ def run_exists(run_id: str) -> bool:
 
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises :class:`track.Terminated` (a KeyboardInterrupt) inside the block, so a stage
+    """SIGTERM raises :class:`store.Terminated` (a KeyboardInterrupt) inside the block, so a stage
     ends as it does on Ctrl-C: its outputs unwritten, its run (if it opened one) KILLED."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
@@ -249,13 +250,13 @@ class Recorder:
             _end_orphans(experiment_id, run_name)
             creation = uuid.uuid4().hex
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, log_system_metrics=system,
-                                   tags=track.redact_all(dict(tags)) | holder | {CREATION_TAG: creation})
+                                   tags=store.redact_all(dict(tags)) | holder | {CREATION_TAG: creation})
             _delete_retried_creations(experiment_id, creation, run.info.run_id)
         else:
             if not run_exists(run_id):
                 raise RunGone(run_id)
             run = mlflow.start_run(run_id=run_id, log_system_metrics=system)
-            mlflow.set_tags(track.redact_all(dict(tags)) | holder)
+            mlflow.set_tags(store.redact_all(dict(tags)) | holder)
         recorder = cls(run.info.run_id, run.info.experiment_id, creation=creation)
         with _sigterm_interrupts():
             try:
@@ -284,7 +285,7 @@ class Recorder:
         """
         import mlflow
 
-        uri = track.tracking_uri()
+        uri = store.tracking_uri()
         run = _live_run(run_id)  # checks the server and sets up a sqlite store, as ensure_experiment does
         if run is None:
             raise RunGone(run_id)
@@ -310,14 +311,14 @@ class Recorder:
             return
         # The stage is failing already, perhaps because the store is gone: one attempt, no retries
         # (a Ctrl-C must not wait behind them), and its error is reported, not raised.
-        retries = os.environ.get(track.RETRIES_ENV)
-        os.environ[track.RETRIES_ENV] = "0"
+        retries = os.environ.get(store.RETRIES_ENV)
+        os.environ[store.RETRIES_ENV] = "0"
         try:
             mlflow.end_run(status)
         except MlflowException as exc:
             print(f"could not mark MLflow run {self.run_id} {status} ({_reason(exc)})", file=sys.stderr)
         finally:
-            os.environ[track.RETRIES_ENV] = retries or track.CLIENT_SETTINGS[track.RETRIES_ENV]
+            os.environ[store.RETRIES_ENV] = retries or store.CLIENT_SETTINGS[store.RETRIES_ENV]
 
     def end(self) -> None:
         """End the run as FINISHED now (the context does it at its end otherwise); nothing for a
@@ -329,7 +330,7 @@ class Recorder:
         credentials and query strings (presigned links carry secrets there)."""
         import mlflow
 
-        mlflow.log_params(track.flatten(track.redact_all(dict(params))), run_id=self.run_id)
+        mlflow.log_params(store.flatten(store.redact_all(dict(params))), run_id=self.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Log final (step-less) values; a metric whose latest value is already this one is not
@@ -348,13 +349,13 @@ class Recorder:
         from mlflow.entities import RunTag
 
         MlflowClient().log_batch(self.run_id, tags=[RunTag(key, str(value))
-                                                    for key, value in track.redact_all(dict(tags)).items()])
+                                                    for key, value in store.redact_all(dict(tags)).items()])
 
     def log_dict(self, values: Mapping[str, Any], file_name: str) -> None:
         """Log ``values`` as a JSON or YAML artifact named ``file_name`` (URLs redacted)."""
         import mlflow
 
-        mlflow.log_dict(track.redact_all(dict(values)), file_name, run_id=self.run_id)
+        mlflow.log_dict(store.redact_all(dict(values)), file_name, run_id=self.run_id)
 
     def log_reproduction(self, params: Mapping[str, Any], resolved: Mapping[str, Any], lock: str | None,
                          changes: list[str] | None) -> None:
@@ -365,12 +366,12 @@ class Recorder:
         redacted as it is, so the file keeps its layout)."""
         import mlflow
 
-        mlflow.log_dict(track.redact_all(dict(params)), f"{REPRODUCE_FOLDER}/params.yaml")
-        mlflow.log_dict(track.redact_all(dict(resolved)), f"{REPRODUCE_FOLDER}/variant.json")
+        mlflow.log_dict(store.redact_all(dict(params)), f"{REPRODUCE_FOLDER}/params.yaml")
+        mlflow.log_dict(store.redact_all(dict(resolved)), f"{REPRODUCE_FOLDER}/variant.json")
         if lock is not None:
-            mlflow.log_text(track.redact(lock), f"{REPRODUCE_FOLDER}/dvc.lock")
+            mlflow.log_text(store.redact(lock), f"{REPRODUCE_FOLDER}/dvc.lock")
         if changes:
-            mlflow.log_text(track.redact("\n".join(changes) + "\n"), f"{REPRODUCE_FOLDER}/git_status.txt")
+            mlflow.log_text(store.redact("\n".join(changes) + "\n"), f"{REPRODUCE_FOLDER}/git_status.txt")
 
     def log_directory(self, directory: Path, folder: str) -> None:
         """Log every file under ``directory`` as artifacts under ``folder``."""
@@ -548,7 +549,7 @@ class EpochLogger:
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise TrackingUnavailable(
-                f"writing to the MLflow tracking store {track.redact(track.tracking_uri())} failed "
+                f"writing to the MLflow tracking store {store.redact(store.tracking_uri())} failed "
                 f"({_reason(self._failure)}); "
                 "the run resumes from its last checkpoint on the next `dvc repro`")
         self._operations = [op for op in self._operations if not op.done()]

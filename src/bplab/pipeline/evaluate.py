@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bplab import plots, registry
+from bplab import plots
 from bplab.config import EPOCH_METRICS, Params
 from bplab.data import catalog, committed, processed
 from bplab.data.committed import SplitOrigin
 from bplab.errors import BplabError, DataError
 from bplab.outputs import publish_directory, write_text_atomic
 from bplab.paths import RUN_FILE, STATE_DICT_FILE, WHOLE_MODEL_FILE, metrics_file, model_dir, plots_dir, processed_dir
-from bplab.recorder import Recorder
 from bplab.timings import StageClock
+from bplab.tracking import registry
+from bplab.tracking.recorder import Recorder
 
 if TYPE_CHECKING:
     import torch
@@ -96,12 +97,12 @@ def _load_both_forms(record: dict[str, Any], params: Params, name: str, root: Pa
     """The state_dict in a freshly built model, and the whole saved model; neither load can run code.
 
     Both files may come from a DVC remote, so both load with ``weights_only=True`` (the whole
-    model with the allowlist of :data:`bplab.networks.WHOLE_MODEL_CLASSES`). The MLflow-logged pt2
+    model with the allowlist of :data:`bplab.models.networks.WHOLE_MODEL_CLASSES`). The MLflow-logged pt2
     model is not loaded here: loading it imports ``torch._dynamo`` and takes seconds per stage;
     the tests check that it predicts alike.
     """
-    from bplab.models import build_model
-    from bplab.safe_load import load_state_dict, load_whole_model
+    from bplab.models.architectures import build_model
+    from bplab.models.safe_load import load_state_dict, load_whole_model
 
     variant = params.variant(name)
     fresh = build_model(variant.model, record["n_inputs"], record["n_outputs"])
