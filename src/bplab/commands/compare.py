@@ -7,8 +7,7 @@ with its ★, even when newer runs of its variant followed it; a variant whose l
 evaluated (a train-only ``dvc exp run ... train@V``) also shows its latest evaluated run, and
 the ``note`` column says which row is which.
 
-Also the registry lookup of ``bplab serve`` (:func:`aliased_version`): this module is where the
-command line reads MLflow.
+The runs come from :mod:`bplab.tracking.queries`, as every read of the command line does.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bplab.data import catalog
-from bplab.tracking import registry, store
+from bplab.tracking import queries, store
 
 PARAMS = ("model.arch", "model.hidden", "optimizer", "lr", "batch_size", "epochs", "init")
 
@@ -26,61 +25,17 @@ PARAMS = ("model.arch", "model.hidden", "optimizer", "lr", "batch_size", "epochs
 NOT_EVALUATED = "not evaluated"
 
 
-def _champion_run(client: Any, dataset: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(dataset, registry.CHAMPION)
-    except MlflowException:
-        return None
-    return version.tags.get("run_id") or version.run_id
-
-
-def check_store(tracking_uri: str) -> None:
-    """Refuse a sqlite store that does not exist yet: MLflow would create an empty one on first
-    use, and a lookup must not leave one behind."""
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise registry.RegistryError(f"no MLflow store at {store.redact(tracking_uri)}: run `dvc repro` here "
-                                     f"first, or set {store.TRACKING_ENV}")
-
-
-def aliased_version(name: str, tracking_uri: str, alias: str = registry.CHAMPION) -> Any:
-    """The version of registered model ``name`` that holds ``alias`` in the store ``tracking_uri``.
-
-    Raises :class:`bplab.tracking.registry.RegistryError` naming the model and the alias when the store,
-    the model or the alias does not exist: what ``bplab serve`` reports instead of a traceback.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-    shown = store.redact(tracking_uri)
-    check_store(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    try:
-        version = client.get_registered_model(name).aliases.get(alias)
-        if version is None:
-            raise registry.RegistryError(f"registered model {name!r} in {shown} has no version with the alias "
-                                         f"{alias!r}")
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise registry.RegistryError(f"no registered model {name!r} in {shown}, so no {alias!r}: "
-                                         f"train and evaluate a {name} variant first (`dvc repro`)") from None
-        raise registry.RegistryError(f"registered model {name!r} in {shown}: {exc.message}") from None
-
-
 def _datasets_in_store(client: Any) -> tuple[str, ...]:
     """The store's experiments that are datasets (a module ``bplab/data/<name>.py``), by name."""
     from bplab.errors import ParamsError
 
     found = []
-    for experiment in client.search_experiments():
+    for name in queries.experiment_names(client):
         try:
-            catalog.dataset(experiment.name)
+            catalog.dataset(name)
         except ParamsError:
             continue
-        found.append(experiment.name)
+        found.append(name)
     return tuple(sorted(found))
 
 
@@ -99,12 +54,10 @@ def _shown_runs(client: Any, runs: list[Any], champion: str | None, test_metrics
         if has_test:
             evaluated.add(variant)
     if champion and champion not in {run.info.run_id for run in shown}:
-        from mlflow.exceptions import MlflowException
-
-        try:  # not FINISHED (an evaluate that failed after registering ends the run FAILED), or deleted
-            shown.append(client.get_run(champion))
-        except MlflowException:
-            pass
+        # not FINISHED (an evaluate that failed after registering ends the run FAILED), or deleted
+        held = queries.run_or_none(client, champion)
+        if held is not None:
+            shown.append(held)
     return sorted(shown, key=lambda run: run.info.start_time or 0, reverse=True)
 
 
@@ -131,14 +84,12 @@ def study(client: Any, datasets: tuple[str, ...] | None = None, every_run: bool 
     """
     tables: dict[str, list[dict]] = {}
     for dataset in datasets or _datasets_in_store(client):
-        experiment = client.get_experiment_by_name(dataset)
-        if experiment is None:
+        runs = queries.finished_runs(client, dataset)
+        if runs is None:
             continue
         described = catalog.dataset(dataset)
-        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"])
-        champion = _champion_run(client, dataset)
-        shown = _shown_runs(client, list(runs), champion, described.test_metrics, every_run)
+        champion = queries.champion_run(client, dataset)
+        shown = _shown_runs(client, runs, champion, described.test_metrics, every_run)
         rows = [_row(run, described.compare_columns, described.test_metrics, champion) for run in shown]
         tables[dataset] = rows if every_run else sorted(rows, key=lambda r: r["variant"])
     return tables
@@ -164,10 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the comparison of the store :func:`bplab.tracking.store.tracking_uri` names and write it as Markdown."""
-    from mlflow import MlflowClient
-
     uri = store.tracking_uri()
-    tables = study(MlflowClient(uri), tuple(args.dataset or ()), args.all)
+    tables = study(store.client(uri), tuple(args.dataset or ()), args.all)
     print(f"MLflow store: {store.redact(uri)}\n")
     print(render(tables, "simple"))
     markdown = (f"# bplab: variants compared\n\nFrom the MLflow store `{store.redact(uri)}`.\n\n"

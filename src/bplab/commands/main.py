@@ -20,7 +20,7 @@ from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 from bplab.pipeline.process import redacted_tracebacks, this_environment_first
 from bplab.sweep import search
-from bplab.tracking import registry, store
+from bplab.tracking import queries, registry, store
 
 # Not MLflow's default 5000: that is where `mlflow ui` listens, and both are often up at once.
 DEFAULT_PORT = 5001
@@ -138,7 +138,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_dataset(args.dataset)
     uri = store.tracking_uri()
     store.check_reachable(uri)
-    version = compare.aliased_version(args.dataset, uri, args.alias)
+    version = queries.aliased_version(args.dataset, uri, args.alias)
     _check_port_free(args.host, args.port)
     command, env = serve_command(args, uri)
     print(f"bplab serve: models:/{args.dataset}@{args.alias} is version {version.version} "
@@ -177,7 +177,7 @@ def run_promote(args: argparse.Namespace) -> int:
     _check_dataset(args.dataset)
     uri = store.tracking_uri()
     store.check_reachable(uri)
-    compare.check_store(uri)
+    queries.check_store(uri)
     before, chosen = registry.promote(args.dataset, args.version, uri)
     tags = chosen.tags
     scores = ", ".join(f"{k} {v}" for k, v in tags.items() if k.startswith(("val_", "test_")) and k != "val_digest"

@@ -32,7 +32,7 @@ from bplab.errors import BplabError
 from bplab.pipeline.process import this_environment_first
 from bplab.sweep import dvc_queue
 from bplab.sweep.dvc_queue import KEY_PART, hydra_name, hydra_value
-from bplab.tracking import store
+from bplab.tracking import queries, store
 
 # Metrics that differ between any two runs of the same training: wall times and the machine's
 # samples (the soak and the resume tests leave them out too).
@@ -59,20 +59,11 @@ class Recorded:
     metrics: dict[str, float]
 
 
-def _client():
-    from mlflow import MlflowClient
-
-    return MlflowClient(store.tracking_uri())
-
-
 def _finished_run(client: Any, run_id: str) -> Any:
     """The MLflow run ``run_id``, if it is a training run that finished with metrics to compare."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ReproduceError(f"no run {run_id!r} in {store.redact(store.tracking_uri())}") from None
+    run = queries.run_or_none(client, run_id)
+    if run is None:
+        raise ReproduceError(f"no run {run_id!r} in {store.redact(store.tracking_uri())}")
     tags = run.data.tags
     if tags.get("stage") != "train" or "variant" not in tags:
         raise ReproduceError(f"run {run_id} is not a training run (its stage tag is {tags.get('stage')!r})")
@@ -88,16 +79,13 @@ def _finished_run(client: Any, run_id: str) -> Any:
 
 def recorded(run_id: str) -> Recorded:
     """The run's record, or a :class:`ReproduceError` saying what is missing."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client()
+    client = store.client(store.tracking_uri())
     run = _finished_run(client, run_id)
     tags = run.data.tags
-    try:
-        text = Path(client.download_artifacts(run_id, "reproduce/params.yaml")).read_text()
-    except (MlflowException, OSError):
+    text = queries.artifact_text(client, run_id, "reproduce/params.yaml")
+    if text is None:
         raise ReproduceError(f"run {run_id} has no reproduce/params.yaml: it was made before runs "
-                             "recorded how to rerun them") from None
+                             "recorded how to rerun them")
     try:  # as the stages read params (YAML 1.2): DVC writes 1e-05, which YAML 1.1 reads as a string
         params = read_yaml(text)
     except yaml.YAMLError:
@@ -106,10 +94,8 @@ def recorded(run_id: str) -> Recorded:
         raise ReproduceError(f"run {run_id}'s reproduce/params.yaml is not a YAML mapping")
     changes: list[str] = []
     if tags.get("git_dirty") == "true":
-        try:
-            changes = Path(client.download_artifacts(run_id, "reproduce/git_status.txt")).read_text().splitlines()
-        except (MlflowException, OSError):
-            changes = ["(not recorded)"]
+        status = queries.artifact_text(client, run_id, "reproduce/git_status.txt")
+        changes = status.splitlines() if status is not None else ["(not recorded)"]
     return Recorded(run_id, tags["variant"], tags["dataset"], tags.get("git_commit"), changes, params,
                     dict(run.data.metrics))
 

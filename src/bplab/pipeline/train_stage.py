@@ -82,12 +82,12 @@ class _Job:
 
 
 def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str, list[int]]) -> dict[str, Any]:
-    """Every training knob, flattened (``lr``, ``model.hidden``, ``param_groups.hidden``, ...)."""
-    variant = params.train[name]
-    flat = store.flatten(variant.model_dump(mode="json"))
-    flat |= {"seed": params.seed, "variant": name, "n_parameters": n_parameters, "n_train": shapes["x_train"][0],
-             "n_val": shapes["x_val"][0], "n_test": shapes["x_test"][0], "n_features": shapes["x_train"][1]}
-    return flat
+    """Every training knob, as :meth:`Recorder.log_params` flattens it (``lr``, ``model.hidden``,
+    ``param_groups.hidden``, ...), and the sizes of the model and the data."""
+    knobs = params.train[name].model_dump(mode="json")
+    return knobs | {"seed": params.seed, "variant": name, "n_parameters": n_parameters,
+                    "n_train": shapes["x_train"][0], "n_val": shapes["x_val"][0], "n_test": shapes["x_test"][0],
+                    "n_features": shapes["x_train"][1]}
 
 
 def _write_history(path: Path, history: list[EpochRecord]) -> None:

@@ -88,16 +88,15 @@ def ensure_experiment(name: str) -> str:
                 raise
     for key, value in store.EXPERIMENT_KIND_TAG.items():
         if key not in found.tags:
-            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, key, value)
+            store.client().set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
 
 
 def run_of_dvc_exp(experiment: str, exp_name: str, run_name: str | None = None) -> Any | None:
     """The latest run of ``experiment`` made by the DVC experiment ``exp_name`` (the stages tag
     their runs ``dvc_exp``; ``run_name``: only that variant's), or ``None``."""
-    from mlflow import MlflowClient
 
-    client = MlflowClient(store.tracking_uri())
+    client = store.client(store.tracking_uri())
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -145,9 +144,8 @@ def _alive(pid: str) -> bool:
 
 def _end_orphans(experiment_id: str, run_name: str) -> None:
     """Mark KILLED the runs named ``run_name`` that a killed process of this host left RUNNING."""
-    from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = store.client()
     host = socket.gethostname()
     for run in client.search_runs([experiment_id], f"attributes.run_name = '{run_name}' and "
                                   f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"):
@@ -159,11 +157,10 @@ def _delete_retried_creations(experiment_id: str, token: str, kept: str) -> None
     """Delete the runs carrying creation ``token`` other than ``kept``: a create_run whose answer
     was lost is retried by MLflow's HTTP client (every method, a POST too), and the server made a
     run for the lost try as well, which would stay RUNNING forever. Only HTTP stores retry."""
-    from mlflow import MlflowClient
 
     if urllib.parse.urlsplit(store.tracking_uri()).scheme not in {"http", "https"}:
         return
-    client = MlflowClient()
+    client = store.client()
     for run in client.search_runs([experiment_id], f"tags.`{CREATION_TAG}` = '{token}'"):
         if run.info.run_id != kept:
             client.delete_run(run.info.run_id)
@@ -182,7 +179,6 @@ class RunGone(BplabError):
 
 def _live_run(run_id: str) -> Any | None:
     """Run ``run_id`` of the tracking store, or ``None`` if it is not there or deleted."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
@@ -190,7 +186,7 @@ def _live_run(run_id: str) -> Any | None:
     store.check_reachable(uri)
     try:
         with store.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
-            run = MlflowClient(uri).get_run(run_id)
+            run = store.client(uri).get_run(run_id)
     except MlflowException as exc:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None
@@ -336,19 +332,17 @@ class Recorder:
         """Log final (step-less) values; a metric whose latest value is already this one is not
         logged again (a stage re-run after a kill leaves one value, not two)."""
         import mlflow
-        from mlflow import MlflowClient
 
-        latest = MlflowClient().get_run(self.run_id).data.metrics
+        latest = store.client().get_run(self.run_id).data.metrics
         changed = {key: value for key, value in metrics.items() if latest.get(key) != value}
         if changed:
             mlflow.log_metrics(changed, run_id=self.run_id)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags on the run (URLs redacted)."""
-        from mlflow import MlflowClient
         from mlflow.entities import RunTag
 
-        MlflowClient().log_batch(self.run_id, tags=[RunTag(key, str(value))
+        store.client().log_batch(self.run_id, tags=[RunTag(key, str(value))
                                                     for key, value in store.redact_all(dict(tags)).items()])
 
     def log_dict(self, values: Mapping[str, Any], file_name: str) -> None:
@@ -441,9 +435,8 @@ class Recorder:
     def epoch_logger(self, epochs: int, max_points: int | None, record_steps: bool) -> EpochLogger:
         """An :class:`EpochLogger` for this run (see there), which skips the epochs the run has
         stored already (a resumed run re-trains from its last checkpoint)."""
-        from mlflow import MlflowClient
 
-        client = MlflowClient()
+        client = store.client()
         run = client.get_run(self.run_id)
         stored = int(run.data.tags.get(LOGGED_THROUGH_TAG, "0"))
         if SECONDS in run.data.metrics:
@@ -472,9 +465,8 @@ class EpochLogger:
 
     def __init__(self, run_id: str, epochs: int, max_points: int | None, record_steps: bool,
                  stored_through: int = 0) -> None:
-        from mlflow import MlflowClient
 
-        self.client = MlflowClient()
+        self.client = store.client()
         # One worker calling the synchronous log_batch. MLflow's own asynchronous mode would do
         # too, but ending a run joins its queue thread, which polls with a one-second timeout:
         # about 2 s added to every training stage.

@@ -132,7 +132,7 @@ def _lock_file(tracking_uri: str, name: str) -> Path:
     return Path(tempfile.gettempdir()) / f"bplab-registry-{key}.lock"
 
 
-def _settle_champion(client: Any, name: str, version: str, score: Score, store: str) -> tuple[str, float]:
+def _settle_champion(client: Any, name: str, version: str, score: Score, shown_uri: str) -> tuple[str, float]:
     """Put the alias on the best version, reading the registry again after each move until the
     alias and the best version agree (at most :data:`SETTLE_ROUNDS` moves); the champion.
 
@@ -144,7 +144,7 @@ def _settle_champion(client: Any, name: str, version: str, score: Score, store: 
     for _ in range(SETTLE_ROUNDS):
         best = best_version(_all_versions(client, name), score)
         if best is None:  # the version just registered has its tags: only a broken store gets here
-            raise RegistryError(f"registered model {name!r} in {store}: version {version} lost its "
+            raise RegistryError(f"registered model {name!r} in {shown_uri}: version {version} lost its "
                                 f"{score.metric} or {SPLIT_TAG} tag; no champion chosen")
         if _alias(client, name) == best[0]:
             return best
@@ -173,19 +173,18 @@ def _locked(name: str) -> Iterator[Any]:
     MLflow's errors and a lock that cannot be had become a :class:`RegistryError`."""
     import mlflow
     from filelock import FileLock, Timeout
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from bplab.tracking.store import redact, refusal
+    from bplab.tracking.store import client, redact, refusal
 
-    store = redact(mlflow.get_tracking_uri())
+    shown_uri = redact(mlflow.get_tracking_uri())
     lock = FileLock(str(_lock_file(mlflow.get_tracking_uri(), name)), timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
-            yield MlflowClient()
+            yield client()
     except MlflowException as exc:
         refused = refusal(exc)  # a server's 401 or 403: who was refused, and what to do
-        why = f": {refused}" if refused else f" in {store}: {exc.message}"
+        why = f": {refused}" if refused else f" in {shown_uri}: {exc.message}"
         raise RegistryError(f"registered model {name!r}{why}; the alias {CHAMPION!r} was not moved") from None
     except Timeout:
         raise RegistryError(f"registered model {name!r}: another process held {lock.lock_file} "

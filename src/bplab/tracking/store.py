@@ -83,6 +83,14 @@ def tracking_uri() -> str:
     return os.environ.get(TRACKING_ENV) or default_tracking_uri()
 
 
+def client(uri: str | None = None) -> Any:
+    """An MLflow client of the store ``uri``, or (``None``) of the store MLflow is set to: the one
+    place bplab makes one. ``import mlflow`` costs seconds, so it happens here, when one is needed."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
 def artifact_location(experiment: str) -> str | None:
     """Where a new experiment's artifacts go: the repository's ``mlartifacts/`` with the default store."""
     # With the default local store, pin artifacts to the repository root too (MLflow would use

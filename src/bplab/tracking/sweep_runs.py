@@ -24,12 +24,11 @@ STUDY_TAG, TRIAL_TAG, STORAGE_TAG = "sweep_study", "sweep_trial", "sweep_storage
 
 
 def _client() -> Any:
-    from mlflow import MlflowClient
 
     uri = store.tracking_uri()
     store.check_reachable(uri)
     with store.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
-        client = MlflowClient(uri)
+        client = store.client(uri)
         client.search_experiments(max_results=1)
     return client
 
