@@ -164,7 +164,7 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     from bplab.data import mnist
     from bplab.data.mnist import MnistPreprocess
     from bplab.models.architectures import build_model
-    from bplab.train.loop import Schedule, Task, fit
+    from bplab.train.loop import EpochPlan, Task, fit
     from bplab.train.optim import build_optimizer
 
     prepared = mnist.preprocess(raw, MnistPreprocess(train_limit=sizes.mnist_train_limit,
@@ -180,7 +180,7 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     optimizer = build_optimizer(model, variant)
     records = []
     fit(model, optimizer, Task("multiclass"), train, test,
-        Schedule(sizes.bplab_epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle),
+        EpochPlan(sizes.bplab_epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle),
         torch.Generator().manual_seed(0), records.extend, report_every_s=0)
     bplab_epochs = [r.seconds for r in records[1:]]  # the first pays one-off costs (torch._dynamo import)
     torch.manual_seed(0)
@@ -224,7 +224,7 @@ def flower_steps(sizes: Sizes) -> dict[str, Any]:
 
     from bplab.config import load_params, record_stride
     from bplab.models.architectures import build_model
-    from bplab.train.loop import Schedule, Task, fit
+    from bplab.train.loop import EpochPlan, Task, fit
     from bplab.train.optim import build_optimizer
 
     (x, y), test = flower_points()
@@ -238,7 +238,7 @@ def flower_steps(sizes: Sizes) -> dict[str, Any]:
     optimizer = build_optimizer(model, variant)
     records = []
     started = time.perf_counter()
-    fit(model, optimizer, Task("binary"), (x, y), test, Schedule(steps, None, None, False, every),
+    fit(model, optimizer, Task("binary"), (x, y), test, EpochPlan(steps, None, None, False, every),
         torch.Generator().manual_seed(0), records.extend)
     bplab_s = time.perf_counter() - started
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ def _train_and_score(name: str, changes: dict, watched: str, patience: int, seed
     from bplab.data import catalog, processed
     from bplab.models.architectures import build_model, initialize
     from bplab.pipeline.evaluate import compute_metrics, predict
-    from bplab.train.loop import Schedule, Task, fit
+    from bplab.train.loop import EpochPlan, Task, fit
     from bplab.train.optim import build_optimizer
     from bplab.train.schedules import build_controls
 
@@ -55,7 +55,7 @@ def _train_and_score(name: str, changes: dict, watched: str, patience: int, seed
     controls = build_controls(optimizer, variant, len(splits["train"][0]))
     started = time.perf_counter()
     last = fit(model, optimizer, task, splits["train"], splits[watch_split],
-               Schedule(epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle),
+               EpochPlan(epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle),
                torch.Generator().manual_seed(seed), lambda records: None, report_every_s=0, controls=controls)
     model.eval()
     test = compute_metrics(task.kind, predict(model, splits["test"][0], variant.eval_batch_size), splits["test"][1],

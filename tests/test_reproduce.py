@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bplab.commands.reproduce import Recorded, experiment_command, overrides, side_by_side
+from bplab.commands.reproduce import RunRecord, experiment_command, overrides, side_by_side
 from bplab.config import read_yaml
 from conftest import NO_MIRROR, commit, copy_repository, data_mirror, run, unavailable
 
@@ -107,7 +107,7 @@ def test_overrides_set_back_what_shaped_the_run_through_dvcs_own_override_parser
     then["data"]["boston"]["preprocess"]["test_size"] = 0.25
     then["data"]["mnist"]["preprocess"]["mean"] = 0.1  # another dataset: not this run's
     then["train"]["other"]["lr"] = 2
-    run = Recorded("r", VARIANT, "boston", "c", [], then, {})
+    run = RunRecord("r", VARIANT, "boston", "c", [], then, {})
     settings, unset = overrides(run, now)
     assert unset == [f"train.{VARIANT}.early_stopping"]  # present now, absent then: named, kept
     assert list(settings)[:6] == ["seed", f"train.{VARIANT}.lr", f"train.{VARIANT}.scheduler",
@@ -224,7 +224,7 @@ def test_another_commit_is_refused_unless_asked_and_unrecorded_changes_are_named
 
     monkeypatch.setattr(store, "git_commit", lambda: "b" * 40)  # this checkout's HEAD
     changes = [" M params.yaml", " M dvc.lock", " M src/bplab/models/networks.py", "?? notes.txt"]
-    run = Recorded("r1", VARIANT, "boston", "a" * 40, changes, {}, {})
+    run = RunRecord("r1", VARIANT, "boston", "a" * 40, changes, {}, {})
     with pytest.raises(reproduce.ReproduceError, match=f"run r1 was made at commit {'a' * 12}; this checkout is at "
                                                        f"{'b' * 12}: `git checkout {'a' * 12}` first, or pass "
                                                        "--any-commit"):
@@ -234,5 +234,5 @@ def test_another_commit_is_refused_unless_asked_and_unrecorded_changes_are_named
     # params.yaml and dvc.lock are recorded and set back; the rest is named, not silently ignored
     assert notes[1] == ("the run was made with uncommitted changes that are not reproduced: "
                         "src/bplab/models/networks.py, notes.txt")
-    same_commit = Recorded("r2", VARIANT, "boston", "b" * 40, [], {}, {})
+    same_commit = RunRecord("r2", VARIANT, "boston", "b" * 40, [], {}, {})
     assert reproduce.check_commit(same_commit, any_commit=False) == []

@@ -14,8 +14,8 @@ from bplab.data import catalog, flower
 from bplab.models.architectures import build_model, initialize
 from bplab.train.loop import (
     BatchSizeError,
+    EpochPlan,
     EpochRecord,
-    Schedule,
     Task,
     TrainingDiverged,
     evaluate_sums,
@@ -69,7 +69,7 @@ def run_fit(v: VariantParams, train, test=None, *, seed: int = 0, epochs: int | 
             batch_size: int | None | str = "params", first_epoch: int = 1, report_every_s: float = 1.0):
     """Train per ``v``; returns (model, list of on_epochs calls)."""
     model, optimizer, task, generator = setup(v, seed, train[0].shape[1])
-    schedule = Schedule(epochs or v.epochs, v.batch_size if batch_size == "params" else batch_size,
+    schedule = EpochPlan(epochs or v.epochs, v.batch_size if batch_size == "params" else batch_size,
                         v.eval_batch_size, v.shuffle)
     calls: list[list[EpochRecord]] = []
     fit(model, optimizer, task, train, test or train, schedule, generator, calls.append,
@@ -95,7 +95,7 @@ def test_every_variant_learns(name: str) -> None:
     before = evaluate_sums(model, task, *fixed, None)[0].item()
     epochs = EPOCHS[v.dataset]
     calls: list[list[EpochRecord]] = []
-    fit(model, optimizer, task, (x, y), test, Schedule(epochs, v.batch_size, v.eval_batch_size, v.shuffle),
+    fit(model, optimizer, task, (x, y), test, EpochPlan(epochs, v.batch_size, v.eval_batch_size, v.shuffle),
         generator, calls.append)
     after = evaluate_sums(model, task, *fixed, None)[0].item()
     assert after < 0.97 * before, (before, after)
@@ -188,7 +188,7 @@ def test_same_seed_same_results_different_seed_different(name: str) -> None:
 def test_shuffling_draws_from_the_given_generator_only() -> None:
     v = PARAMS.train["boston_module"]
     x, y = make_data("boston")
-    schedule = Schedule(2, 16, None, True)
+    schedule = EpochPlan(2, 16, None, True)
 
     def steps(generator_seed: int, global_seed: int) -> list[list[float]]:
         model, optimizer, task, _ = setup(v, 0, 13)
@@ -221,7 +221,7 @@ def test_divergence_stops_training_naming_epoch_and_step(how: str) -> None:
     calls: list[list[EpochRecord]] = []
     model, optimizer, task, generator = setup(v, 0, 13)
     with pytest.raises(TrainingDiverged) as caught:
-        fit(model, optimizer, task, (x, y), (x, y), Schedule(20, 32, None, False), generator, calls.append,
+        fit(model, optimizer, task, (x, y), (x, y), EpochPlan(20, 32, None, False), generator, calls.append,
             report_every_s=0)
     message = str(caught.value)
     assert "epoch" in message and "step" in message
@@ -237,7 +237,7 @@ def test_divergence_message_names_the_first_bad_step() -> None:
     calls: list[list[EpochRecord]] = []
     model, optimizer, task, generator = setup(v.model_copy(update={"shuffle": False}), 0, 13)
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, step 2 of 4"):
-        fit(model, optimizer, task, (x, y), (x, y), Schedule(3, 32, None, False), generator, calls.append,
+        fit(model, optimizer, task, (x, y), (x, y), EpochPlan(3, 32, None, False), generator, calls.append,
             report_every_s=0)
     assert calls == []
 
@@ -293,12 +293,12 @@ def test_batchnet_one_row_last_batch_is_refused_before_training() -> None:
     before = {k: t.clone() for k, t in model.state_dict().items()}
     calls: list[list[EpochRecord]] = []
     with pytest.raises(BatchSizeError, match="batch_size 64 leaves a last batch of 1 row out of 129"):
-        fit(model, optimizer, task, (x, y), (x, y), Schedule(1, v.batch_size, v.eval_batch_size, v.shuffle),
+        fit(model, optimizer, task, (x, y), (x, y), EpochPlan(1, v.batch_size, v.eval_batch_size, v.shuffle),
             generator, calls.append)
     assert calls == []
     assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())
     x, y = make_data("mnist", n=130)  # 64 + 64 + 2 trains fine
-    fit(model, optimizer, task, (x, y), (x, y), Schedule(1, v.batch_size, v.eval_batch_size, v.shuffle),
+    fit(model, optimizer, task, (x, y), (x, y), EpochPlan(1, v.batch_size, v.eval_batch_size, v.shuffle),
         generator, calls.append)
     assert [r.epoch for r in flat(calls)] == [1]
 
@@ -326,7 +326,7 @@ def test_finite_epochs_before_a_divergence_are_still_reported() -> None:
     model = NanFromTrainingCall(inner, bad_call=3)  # full batch: call 3 is epoch 3
     calls: list[list[EpochRecord]] = []
     with pytest.raises(TrainingDiverged, match="at epoch 3, step 1 of 1"):
-        fit(model, optimizer, task, (x, y), (x, y), Schedule(5, None, None, False), generator, calls.append,
+        fit(model, optimizer, task, (x, y), (x, y), EpochPlan(5, None, None, False), generator, calls.append,
             report_every_s=1e9)  # all epochs would come in one report at the end
     assert [[r.epoch for r in records] for records in calls] == [[1, 2]]
 
@@ -351,7 +351,7 @@ def test_only_recorded_epochs_are_evaluated_counted_and_reported() -> None:
     model.register_forward_hook(lambda *_: forwards.__setitem__(
         "train" if torch.is_grad_enabled() else "eval", forwards["train" if torch.is_grad_enabled() else "eval"] + 1))
     calls: list[list[EpochRecord]] = []
-    fit(model, optimizer, task, (x, y), test, Schedule(50, None, None, False, record_every=10), generator,
+    fit(model, optimizer, task, (x, y), test, EpochPlan(50, None, None, False, record_every=10), generator,
         calls.append, report_every_s=0)
     assert [r.epoch for r in flat(calls)] == [1, 10, 20, 30, 40, 50]
     assert all(len(call) == 1 for call in calls)  # each report ends at a recorded epoch
@@ -359,7 +359,7 @@ def test_only_recorded_epochs_are_evaluated_counted_and_reported() -> None:
     # ... with the same numbers as a training that records every epoch
     model, optimizer, task, generator = setup(v, 0, 2)
     every: list[list[EpochRecord]] = []
-    fit(model, optimizer, task, (x, y), test, Schedule(50, None, None, False), generator, every.append)
+    fit(model, optimizer, task, (x, y), test, EpochPlan(50, None, None, False), generator, every.append)
     by_epoch = {r.epoch: r for r in without_time(flat(every))}
     assert without_time(flat(calls)) == [dataclasses.replace(by_epoch[e], final=e == 50)
                                          for e in (1, 10, 20, 30, 40, 50)]
@@ -381,7 +381,7 @@ def test_a_divergence_between_recorded_epochs_is_named_at_its_own_epoch_and_step
     model.register_forward_hook(nan_at_epoch_23_step_3)
     calls: list[list[EpochRecord]] = []
     with pytest.raises(TrainingDiverged, match=r"at epoch 23, step 3 of 4"):
-        fit(model, optimizer, task, (x, y), (x, y), Schedule(100, 32, None, False, record_every=10), generator,
+        fit(model, optimizer, task, (x, y), (x, y), EpochPlan(100, 32, None, False, record_every=10), generator,
             calls.append, report_every_s=0)
     assert [r.epoch for r in flat(calls)] == [1, 10, 20]  # the recorded epochs before it
 

@@ -10,8 +10,8 @@ import torch
 from tests.train.test_loop import PARAMS, make_data, setup
 
 from bplab.config import EarlyStopping, VariantParams
-from bplab.train.loop import EpochRecord, Schedule, fit
-from bplab.train.schedules import Controls, build_controls
+from bplab.train.loop import EpochPlan, EpochRecord, fit
+from bplab.train.schedules import LrScheduleAndStopping, build_controls
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,7 +34,7 @@ def variant(base: VariantParams, **changes) -> VariantParams:
 
 def train(v: VariantParams, epochs: int, controls_state: dict | None = None, first_epoch: int = 1,
           model_state: tuple | None = None,
-          record_every: int = 1) -> tuple[list[EpochRecord], torch.nn.Module, Controls, int]:
+          record_every: int = 1) -> tuple[list[EpochRecord], torch.nn.Module, LrScheduleAndStopping, int]:
     """Train ``v`` on tiny Boston-like data, as the train stage does; optionally from a saved state."""
     x, y = make_data("boston", 128)
     test = make_data("boston", 64, seed=7)
@@ -46,7 +46,7 @@ def train(v: VariantParams, epochs: int, controls_state: dict | None = None, fir
         generator.set_state(model_state[2])
         controls.load_state_dict(controls_state)
     records: list[EpochRecord] = []
-    last = fit(model, optimizer, task, (x, y), test, Schedule(epochs, v.batch_size, None, v.shuffle, record_every),
+    last = fit(model, optimizer, task, (x, y), test, EpochPlan(epochs, v.batch_size, None, v.shuffle, record_every),
                generator, records.extend, first_epoch=first_epoch, report_every_s=0, controls=controls)
     return records, model, controls, last
 
@@ -172,7 +172,7 @@ def test_a_resumed_training_continues_its_schedule_and_early_stopping_exactly(na
             raise _Killed
 
     with pytest.raises(_Killed):
-        fit(model, optimizer, task, (x, y), make_data("boston", 64, seed=7), Schedule(60, 32, None, v.shuffle),
+        fit(model, optimizer, task, (x, y), make_data("boston", 64, seed=7), EpochPlan(60, 32, None, v.shuffle),
             generator, on_epochs, report_every_s=0, controls=controls)
     rest, resumed_model, resumed_controls, resumed_last = train(
         v, 60, controls_state=saved["controls"], first_epoch=half + 1,

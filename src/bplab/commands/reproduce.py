@@ -47,7 +47,7 @@ class ReproduceError(BplabError):
 
 
 @dataclass(frozen=True)
-class Recorded:
+class RunRecord:
     """What a training run recorded of how it was made."""
 
     run_id: str
@@ -77,7 +77,7 @@ def _finished_run(client: Any, run_id: str) -> Any:
     return run
 
 
-def recorded(run_id: str) -> Recorded:
+def recorded(run_id: str) -> RunRecord:
     """The run's record, or a :class:`ReproduceError` saying what is missing."""
     client = store.client(store.tracking_uri())
     run = _finished_run(client, run_id)
@@ -96,7 +96,7 @@ def recorded(run_id: str) -> Recorded:
     if tags.get("git_dirty") == "true":
         status = queries.artifact_text(client, run_id, "reproduce/git_status.txt")
         changes = status.splitlines() if status is not None else ["(not recorded)"]
-    return Recorded(run_id, tags["variant"], tags["dataset"], tags.get("git_commit"), changes, params,
+    return RunRecord(run_id, tags["variant"], tags["dataset"], tags.get("git_commit"), changes, params,
                     dict(run.data.metrics))
 
 
@@ -133,7 +133,7 @@ def _differences(recorded: Any, present: Any, key: str) -> tuple[dict[str, Any],
     return {key: recorded}, []
 
 
-def overrides(run: Recorded, current: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def overrides(run: RunRecord, current: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The ``-S`` settings that give ``current`` params.yaml the run's values where they shaped it
     (``seed``, ``device``, ``tracking``, ``train.<variant>``, ``data.<dataset>``), and the keys
     that cannot be set back (present now, absent then). A setting's key is the dotted key, with
@@ -167,7 +167,7 @@ def interpolations(tree: Any, key: str = "") -> list[str]:
     return found
 
 
-def check_interpolations(run: Recorded, settings: dict[str, Any], current: dict[str, Any]) -> None:
+def check_interpolations(run: RunRecord, settings: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse what DVC would resolve rather than set: ``dvc exp run -S`` rewrites params.yaml through
     OmegaConf, which resolves every ``${...}`` in it, so ``${oc.env:AWS_SECRET_ACCESS_KEY}`` in a
     mirror URL would send that secret to the mirror. Only the key is named, never the value."""
@@ -183,7 +183,7 @@ def check_interpolations(run: Recorded, settings: dict[str, Any], current: dict[
                              "would write its resolved value (perhaps a secret) into the file; remove it first")
 
 
-def check_commit(run: Recorded, any_commit: bool) -> list[str]:
+def check_commit(run: RunRecord, any_commit: bool) -> list[str]:
     """Refuse a run of another commit unless ``any_commit``; the notes to print about the tree."""
     head = store.git_commit()
     notes = []
@@ -201,7 +201,7 @@ def check_commit(run: Recorded, any_commit: bool) -> list[str]:
     return notes
 
 
-def experiment_command(run: Recorded, settings: dict[str, Any], name: str) -> list[str]:
+def experiment_command(run: RunRecord, settings: dict[str, Any], name: str) -> list[str]:
     """The arguments of ``dvc exp run``, forced: unchanged stages would otherwise be skipped, or restored from DVC's
     run cache, and nothing would be retrained. Without a data setting only the variant's two
     stages run (``-s``); with one, upstream stages rerun too."""
@@ -216,7 +216,7 @@ def experiment_command(run: Recorded, settings: dict[str, Any], name: str) -> li
     return [*command, f"train@{run.variant}", f"evaluate@{run.variant}"]
 
 
-def rerun_metrics(run: Recorded, name: str) -> dict[str, float]:
+def rerun_metrics(run: RunRecord, name: str) -> dict[str, float]:
     """The final metrics of the training run the experiment ``name`` made."""
     from bplab.tracking.recorder import run_of_dvc_exp
 

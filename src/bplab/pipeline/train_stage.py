@@ -47,12 +47,12 @@ if TYPE_CHECKING:
 
     from bplab.train.checkpoint import Checkpoint, Resumption
     from bplab.train.distributed import Placement
-    from bplab.train.loop import EpochRecord, Schedule, Task
-    from bplab.train.schedules import Controls
+    from bplab.train.loop import EpochPlan, EpochRecord, Task
+    from bplab.train.schedules import LrScheduleAndStopping
 
 
 @dataclass
-class _Job:
+class PreparedTraining:
     """Everything a training needs, prepared from params, data and an interrupted start's checkpoint."""
 
     name: str
@@ -66,9 +66,9 @@ class _Job:
     n_out: int
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    controls: Controls  # the learning-rate schedule and early stopping
+    controls: LrScheduleAndStopping  # the learning-rate schedule and early stopping
     generator: torch.Generator
-    schedule: Schedule
+    schedule: EpochPlan
     initial_weights: dict[str, torch.Tensor]
     train_digest: str
     fingerprint: dict[str, str]
@@ -140,13 +140,13 @@ def _decide(path: Path, expected: dict[str, str], epochs: int) -> tuple[Resumpti
     return decision, raw if decision.checkpoint is not None else None
 
 
-def _prepare(name: str, params: Params, variant: VariantParams, placement: Placement, root: Path) -> _Job:
+def _prepare(name: str, params: Params, variant: VariantParams, placement: Placement, root: Path) -> PreparedTraining:
     """Data on the device, the seeded model and optimizer, and the checkpoint to resume from, if any."""
     import torch
 
     from bplab.models.architectures import build_model, initialize
     from bplab.train.checkpoint import code_digests, fingerprint
-    from bplab.train.loop import BatchSizeError, Schedule, Task, check_schedule
+    from bplab.train.loop import BatchSizeError, EpochPlan, Task, check_schedule
     from bplab.train.optim import build_optimizer, check_param_groups
     from bplab.train.schedules import build_controls, check_controls
 
@@ -162,7 +162,7 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
                        variant.init)
     check_param_groups(model, variant, f"train.{name}")
     check_controls(variant, task.has_accuracy, f"train.{name}")
-    schedule = Schedule(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle,
+    schedule = EpochPlan(variant.epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle,
                         record_stride(variant.epochs, params.tracking.max_epoch_points))
     try:
         check_schedule(model, len(train_xy[0]), schedule, placement.world)
@@ -180,12 +180,12 @@ def _prepare(name: str, params: Params, variant: VariantParams, placement: Place
     optimizer = build_optimizer(model, variant)
     controls = build_controls(optimizer, variant, len(train_xy[0]))
     generator = torch.Generator().manual_seed(params.seed)
-    return _Job(name, variant, placement, source, data, task, train_xy, val_xy, n_out, model, optimizer,
+    return PreparedTraining(name, variant, placement, source, data, task, train_xy, val_xy, n_out, model, optimizer,
                 controls, generator, schedule, initial_weights, train_digest, digest, checkpoint_file(name, root),
                 None, "")
 
 
-def _resume(job: _Job) -> None:
+def _resume(job: PreparedTraining) -> None:
     """The job's state from its checkpoint when rank 0 decides to resume it (every rank alike)."""
     resumption = _resumption(job.checkpoint, job.fingerprint, job.variant.epochs, job.placement)
     job.resume, job.why = resumption.checkpoint, resumption.why
@@ -197,7 +197,7 @@ def _resume(job: _Job) -> None:
         job.initial_weights = job.resume.initial_weights
 
 
-def _fit(job: _Job, on_epochs) -> int:
+def _fit(job: PreparedTraining, on_epochs) -> int:
     """Train the job's model; the last epoch trained."""
     from bplab.train import distributed
     from bplab.train.loop import fit
@@ -223,7 +223,7 @@ def _reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
             "changes": store.git_changes()}
 
 
-def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClock,
+def _fit_recorded(job: PreparedTraining, params: Params, recorder: Recorder, clock: StageClock,
                   reproduction: dict[str, Any]) -> tuple[list[EpochRecord], dict[str, Any]]:
     """Train, sending each report's epochs to MLflow, a checkpoint and the progress bar; the history
     and how training stopped. A new run also records ``reproduction`` (:func:`_reproduction`)."""
@@ -281,8 +281,8 @@ def _fit_recorded(job: _Job, params: Params, recorder: Recorder, clock: StageClo
     return history, stop
 
 
-def _publish(job: _Job, history: list[EpochRecord], stop: dict[str, Any], recorder: Recorder, clock: StageClock,
-             root: Path) -> dict[str, Any]:
+def _publish(job: PreparedTraining, history: list[EpochRecord], stop: dict[str, Any], recorder: Recorder,
+             clock: StageClock, root: Path) -> dict[str, Any]:
     """Log the pictures, model and weights; write ``models/<variant>/`` and the history; end the run."""
     import torch
 

@@ -451,7 +451,7 @@ class EpochLogger:
     """Sends epoch records to the run in batches, in order, on a worker thread.
 
     Each record's metrics and its wall time go at step = epoch: the records are the epochs the
-    training records (:meth:`bplab.train.loop.Schedule.recorded`: with ``max_points`` set, every
+    training records (:meth:`bplab.train.loop.EpochPlan.recorded`: with ``max_points`` set, every
     k-th, the first and the last, so a metric gets at most about ``max_points`` points). With
     ``record_steps`` the training loss of the steps of those epochs goes as ``train_loss_step``
     too, every k-th step of the training (and its last) for at most about ``max_points``.

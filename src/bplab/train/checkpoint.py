@@ -69,7 +69,7 @@ class Checkpoint:
     generator: torch.Tensor
     initial_weights: dict[str, torch.Tensor]
     history: list[EpochRecord]
-    controls: dict[str, Any] = dataclasses.field(default_factory=dict)  # schedules.Controls.state_dict()
+    controls: dict[str, Any] = dataclasses.field(default_factory=dict)  # schedules.LrScheduleAndStopping.state_dict()
     epochs: int = 0  # the epochs the training was to run (0: written before checkpoints recorded them)
 
     @property

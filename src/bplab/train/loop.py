@@ -4,7 +4,7 @@ Batches are slices (or index_selects, when shuffling) of tensors already in memo
 correct counts accumulate on tensors and are read once per report, so the hot loop never waits
 on a host sync. A loss that turns NaN or infinite stops training, naming the epoch and step.
 
-A training records the epochs of :meth:`Schedule.recorded`: the first, every k-th and the last
+A training records the epochs of :meth:`EpochPlan.recorded`: the first, every k-th and the last
 (``tracking.max_epoch_points`` sets k). Only those are evaluated and have their right
 predictions counted; the others do what the tutorials' loops do (forward, backward, step),
 which for full-batch flower training is most of the time. Early stopping and the plateau
@@ -27,7 +27,7 @@ from bplab.config import SECONDS
 from bplab.data.catalog import TaskKind
 from bplab.errors import BplabError
 from bplab.train.distributed import Placement, all_sum
-from bplab.train.schedules import Controls, learning_rates, lr_names
+from bplab.train.schedules import LrScheduleAndStopping, learning_rates, lr_names
 
 SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
 # config.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
@@ -71,7 +71,7 @@ class Task:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class EpochPlan:
     """How to iterate: epochs, batch sizes (None = the whole split at once), shuffling, and every
     how many epochs one is recorded (see :func:`bplab.config.record_stride`)."""
 
@@ -199,7 +199,7 @@ def _batches(n: int, batch_size: int | None, order: torch.Tensor | None):
         yield start, (None if order is None else order[start: start + size]), min(size, n - start)
 
 
-def check_schedule(model: nn.Module, n_train: int, schedule: Schedule, world: int = 1) -> None:
+def check_schedule(model: nn.Module, n_train: int, schedule: EpochPlan, world: int = 1) -> None:
     """Refuse a batch size that gives BatchNorm a batch (or, under torchrun, a rank's share of
     one) of fewer than two rows: it cannot compute batch statistics from one row, and would fail
     mid-epoch. Shares of no rows are fine without BatchNorm."""
@@ -267,16 +267,16 @@ def fit(
     task: Task,
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor],
-    schedule: Schedule,
+    schedule: EpochPlan,
     generator: torch.Generator,
     on_epochs: Callable[[list[EpochRecord]], None],
     first_epoch: int = 1,
     report_every_s: float = 1.0,
     placement: Placement = SINGLE_PROCESS,
-    controls: Controls | None = None,
+    controls: LrScheduleAndStopping | None = None,
 ) -> int:
     """Train ``model`` from ``first_epoch`` to ``schedule.epochs``, evaluating on the validation
-    split ``val`` each recorded epoch (:meth:`Schedule.recorded`); return the last epoch trained (earlier when
+    split ``val`` each recorded epoch (:meth:`EpochPlan.recorded`); return the last epoch trained (earlier when
     ``controls``' early stopping ends the training).
 
     Every ``report_every_s`` seconds (at the next recorded epoch, and after the last epoch) the
@@ -294,7 +294,7 @@ def fit(
     x, y = train
     n = len(x)
     check_schedule(model, n, schedule, placement.world)
-    controls = controls or Controls(names=lr_names(optimizer))
+    controls = controls or LrScheduleAndStopping(names=lr_names(optimizer))
     shuffle = schedule.shuffle and (schedule.batch_size or n) < n
     mode_dependent = has_mode_dependent_layers(model)
     reports = _Reports(on_epochs, n, len(val[0]), task.has_accuracy, controls.names)
@@ -321,8 +321,8 @@ def fit(
 
 
 def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, train: tuple[torch.Tensor, torch.Tensor],
-           val: tuple[torch.Tensor, torch.Tensor], schedule: Schedule, epoch: int, order: torch.Tensor | None,
-           placement: Placement, controls: Controls, mode_dependent: bool) -> _Pending:
+           val: tuple[torch.Tensor, torch.Tensor], schedule: EpochPlan, epoch: int, order: torch.Tensor | None,
+           placement: Placement, controls: LrScheduleAndStopping, mode_dependent: bool) -> _Pending:
     """Train one epoch; measure it (learning rates, right predictions, evaluation) only when it is
     recorded or ``controls`` watch its metrics."""
     recorded = schedule.recorded(epoch)

@@ -105,7 +105,7 @@ class Stopper:
 
 
 @dataclass
-class Controls:
+class LrScheduleAndStopping:
     """The variant's learning-rate schedule and early stopping, stepped by the training loop."""
 
     scheduler: Any = None  # a torch scheduler, or None
@@ -187,10 +187,10 @@ def check_controls(variant: VariantParams, has_accuracy: bool, key: str) -> None
                               "use train_loss or val_loss")
 
 
-def build_controls(optimizer: torch.optim.Optimizer, variant: VariantParams, n_train: int) -> Controls:
+def build_controls(optimizer: torch.optim.Optimizer, variant: VariantParams, n_train: int) -> LrScheduleAndStopping:
     """The variant's schedule (stepping ``optimizer``) and early stopping."""
     stopper = Stopper(variant.early_stopping) if variant.early_stopping is not None else None
-    controls = Controls(stopper=stopper, names=lr_names(optimizer))
+    controls = LrScheduleAndStopping(stopper=stopper, names=lr_names(optimizer))
     if variant.scheduler is not None:
         steps_per_epoch = math.ceil(n_train / (variant.batch_size or n_train))
         controls.scheduler = _torch_scheduler(optimizer, variant, steps_per_epoch)
