@@ -36,7 +36,7 @@ import yaml
 
 from bplab.commands.reproduce import UNREPEATABLE
 from bplab.testing import scratch
-from bplab.timings import KILL_ANNOUNCEMENT
+from bplab.testing.faults import KILL_ANNOUNCEMENT
 
 REPO = Path(__file__).resolve().parents[1]
 LEFTOVER_SUFFIXES = (".part", ".tmp", ".old")

@@ -4,9 +4,8 @@ A stage keeps one :class:`StageClock`. At its end it prints a one-line summary t
 ``BPLAB_TIMINGS`` names a file, appends the numbers there as one JSON line (``bench/run.py`` sets
 it around ``dvc repro`` to break each stage down).
 
-The phases are also where the fault campaign (``bench/soak.py``) kills a stage: with
-``BPLAB_KILL_AT=<stage>/<phase>:<n>`` (or ``...:<n>:end``) the process sends itself SIGKILL on
-entering (or leaving) that phase for the n-th time, the way a power cut or the OOM killer would.
+The phases are also where the fault campaign (``bench/soak.py``) kills a stage, when
+``BPLAB_KILL_AT`` is set: see :mod:`bplab.testing.faults`, imported only then.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -23,21 +21,16 @@ from pathlib import Path
 from typing import Any
 
 TIMINGS_ENV = "BPLAB_TIMINGS"
-KILL_ENV = "BPLAB_KILL_AT"
-# Printed just before the kill: how a caller tells the injected kill from any other failure, whatever
-# the shell between DVC and the stage reports (bash execs and says -9, dash forks and says 137).
-KILL_ANNOUNCEMENT = "killing this process with SIGKILL"
+FAULT_ENV = "BPLAB_KILL_AT"  # a kill point of the fault campaign: bplab.testing.faults
 
 
-def _kill_point() -> tuple[str, str, int, bool] | None:
-    """``BPLAB_KILL_AT`` as (stage, phase, n, at the end), or None when unset or not understood."""
-    value = os.environ.get(KILL_ENV, "")
-    stage, _, point = value.partition("/")
-    phase, _, rest = point.partition(":")
-    count, _, end = rest.partition(":")
-    if not (stage and phase and count.isdigit()) or end not in {"", "end"}:
+def _kill_point() -> Any:
+    """The fault campaign's kill point when ``BPLAB_KILL_AT`` is set, else None (no testing code loaded)."""
+    if not os.environ.get(FAULT_ENV):
         return None
-    return stage, phase, int(count), end == "end"
+    from bplab.testing.faults import KillPoint
+
+    return KillPoint.parse(f"{FAULT_ENV}={os.environ[FAULT_ENV]}")
 
 
 def process_start_time() -> float:
@@ -76,9 +69,8 @@ class StageClock:
         self.samples: dict[str, list[float]] = {}  # per-call durations kept whole (``log_batch_s``)
 
     def _maybe_killed(self, name: str, at_end: bool) -> None:
-        if self._kill_at == (self.stage, name, self._entries[name], at_end):
-            print(f"{self.stage}: {KILL_ENV}={os.environ[KILL_ENV]}: {KILL_ANNOUNCEMENT}", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self._kill_at is not None:
+            self._kill_at.check(self.stage, name, self._entries[name], at_end)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

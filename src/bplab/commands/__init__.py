@@ -1,0 +1,1 @@
+"""The ``bplab`` command line (main), one module per larger subcommand (compare, reproduce)."""
