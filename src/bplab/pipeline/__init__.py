@@ -1,1 +1,3 @@
-"""The DVC stages' bodies (data_stages, train_stage, evaluate) and what every stage process shares (process)."""
+"""The DVC stages' bodies (data_stages, train_stage, evaluate) and what every stage process shares
+(process).
+"""

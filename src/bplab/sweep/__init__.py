@@ -1,1 +1,3 @@
-"""``bplab sweep``: the search (search), its space (space), Optuna's study (optuna_study) and DVC's queue (dvc_queue)."""
+"""``bplab sweep``: the search (search), its space (space), Optuna's study (optuna_study) and DVC's
+queue (dvc_queue).
+"""
