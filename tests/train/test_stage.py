@@ -14,7 +14,7 @@ from bplab.errors import ParamsError
 from bplab.models.architectures import build_model
 from bplab.models.safe_load import load_whole_model
 from bplab.paths import history_file
-from bplab.train import stage
+from bplab.pipeline import train_stage
 from conftest import mlflow_client as client
 from conftest import tiny
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_flower_run_holds_the_contract(workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
-    record = stage.train("flower_module", tiny(params, "flower_module", epochs=30))
+    record = train_stage.train("flower_module", tiny(params, "flower_module", epochs=30))
     run = client().get_run(record["run_id"])
     experiment = client().get_experiment(run.info.experiment_id)
     assert experiment.name == "flower" and run.info.run_name == "flower_module"
@@ -52,7 +52,7 @@ def test_flower_run_holds_the_contract(workspace: Path, params: Params, monkeypa
 def test_outputs_and_logged_model_agree(workspace: Path, params: Params) -> None:
     import mlflow
 
-    record = stage.train("flower_sequential", tiny(params, "flower_sequential", epochs=20))
+    record = train_stage.train("flower_sequential", tiny(params, "flower_sequential", epochs=20))
     out = workspace / "models/flower_sequential"
     assert sorted(p.name for p in out.iterdir()) == ["model.pt", "run.json", "state_dict.pt"]
     assert json.loads((out / "run.json").read_text())["run_id"] == record["run_id"]
@@ -76,7 +76,7 @@ def test_outputs_and_logged_model_agree(workspace: Path, params: Params) -> None
 
 
 def test_boston_logs_the_per_iteration_loss_and_param_groups(workspace: Path, params: Params) -> None:
-    record = stage.train("boston_adam", tiny(params, "boston_adam", epochs=3, batch_size=16))
+    record = train_stage.train("boston_adam", tiny(params, "boston_adam", epochs=3, batch_size=16))
     run = client().get_run(record["run_id"])
     steps = client().get_metric_history(run.info.run_id, "train_loss_step")
     assert sorted(m.step for m in steps) == list(range(1, 3 * 2 + 1))  # ceil(30 / 16) = 2 per epoch
@@ -88,8 +88,8 @@ def test_boston_logs_the_per_iteration_loss_and_param_groups(workspace: Path, pa
 
 def test_same_seed_same_metrics(workspace: Path, params: Params) -> None:
     small = tiny(params, "flower_twolayer", epochs=40)
-    first = stage.train("flower_twolayer", small)
-    second = stage.train("flower_twolayer", small)
+    first = train_stage.train("flower_twolayer", small)
+    second = train_stage.train("flower_twolayer", small)
     assert first["run_id"] != second["run_id"]
     assert first["final"] == second["final"]
     history = [client().get_metric_history(r["run_id"], "val_loss") for r in (first, second)]
@@ -98,14 +98,14 @@ def test_same_seed_same_metrics(workspace: Path, params: Params) -> None:
 
 def test_unknown_variant_and_bad_param_group_stop_before_any_run(workspace: Path, params: Params) -> None:
     with pytest.raises(ParamsError, match="train.nope: no such variant.*known: flower_logreg"):
-        stage.train("nope", params)
+        train_stage.train("nope", params)
     bad = params.train["boston_adam"].model_copy(update={"param_groups": {"hiddn": 0.1}})
     with pytest.raises(ParamsError, match=r"train.boston_adam.param_groups.hiddn: .*allowed: hidden, regression"):
-        stage.train("boston_adam", params.model_copy(update={"train": {"boston_adam": bad}}))
+        train_stage.train("boston_adam", params.model_copy(update={"train": {"boston_adam": bad}}))
     batchnorm = params.train["boston_module"].model_copy(update={
         "model": params.train["boston_module"].model.model_copy(update={"arch": "batch_net"}), "batch_size": 29})
     with pytest.raises(ParamsError, match="train.boston_bn.batch_size: batch_size 29 leaves a last batch of 1 row"):
-        stage.train("boston_bn", params.model_copy(update={"train": {"boston_bn": batchnorm}}))
+        train_stage.train("boston_bn", params.model_copy(update={"train": {"boston_bn": batchnorm}}))
     assert client().get_experiment_by_name("boston") is None
     assert not (workspace / "models").exists()
 
@@ -118,7 +118,7 @@ def test_long_runs_record_at_most_max_epoch_points_and_train_exactly_as_when_rec
     rows, weights = {}, {}
     for points in (None, 10):
         variant = small.model_copy(update={"tracking": small.tracking.model_copy(update={"max_epoch_points": points})})
-        record = stage.train("flower_sequential", variant)
+        record = train_stage.train("flower_sequential", variant)
         header, *lines = history_file("flower_sequential").read_text().splitlines()
         rows[points] = {int(r[0]): r[1:-1] for r in (line.split(",") for line in lines)}  # all but epoch_seconds
         weights[points] = load_state_dict(Path("models/flower_sequential/state_dict.pt"))
