@@ -49,8 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from bplab.config import SECONDS, record_stride
+from bplab.config import record_stride
 from bplab.local_servers import MlflowServer, PostgreSQL
+from bplab.metric_names import SECONDS
 from bplab.recorder import LOGGED_THROUGH_TAG
 from bplab.scratch import REPO, set_params, stage_env
 

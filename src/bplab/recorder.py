@@ -27,8 +27,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bplab import plots, track
-from bplab.config import SECONDS, record_stride
+from bplab.config import record_stride
 from bplab.errors import BplabError, TrackingUnavailable
+from bplab.metric_names import SECONDS
 
 if TYPE_CHECKING:
     import numpy as np

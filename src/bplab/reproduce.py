@@ -32,10 +32,11 @@ from bplab.cli import this_environment_first
 from bplab.config import read_yaml
 from bplab.dvc_queue import KEY_PART, hydra_name, hydra_value
 from bplab.errors import BplabError
+from bplab.metric_names import SECONDS
 
 # Metrics that differ between any two runs of the same training: wall times and the machine's
 # samples (the soak and the resume tests leave them out too).
-UNREPEATABLE = ("epoch_seconds", "system/")
+UNREPEATABLE = (SECONDS, "system/")
 # The params files a reproduction sets from the run's own; other changes are reported, not redone.
 RECORDED_FILES = {"params.yaml", "dvc.lock"}
 INTERPOLATION = "${"  # OmegaConf resolves it when DVC writes -S values: ${oc.env:VAR} reads the environment

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from bplab import dvc_queue, track
 from bplab.data import catalog
 from bplab.errors import BplabError
+from bplab.metric_names import higher_is_better
 
 if TYPE_CHECKING:
     from bplab.search_space import Dimension
@@ -115,7 +116,7 @@ def _objective(dataset: catalog.Dataset, name: str, metric: str | None) -> tuple
                          f"metric val_{metric.removeprefix('test_')}")
     if metric not in dataset.val_metrics:
         raise SweepError(f"--metric {metric}: {name} has the validation metrics {', '.join(dataset.val_metrics)}")
-    return metric, catalog.higher_is_better(metric)
+    return metric, higher_is_better(metric)
 
 
 def setup(args: argparse.Namespace) -> Setup:
