@@ -28,9 +28,9 @@ from pydantic import (
 from bplab.errors import ParamsError
 from bplab.metric_names import EpochMetricName
 from bplab.models import ARCHITECTURES, MAX_PARAMETERS, TOO_MANY, linear_parameters
+from bplab.optimizer_names import OPTIMIZERS, OptimizerName
 from bplab.paths import NAME_LIMIT, name_too_long
 
-OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 InitName = Literal["default", "normal", "uniform", "constant", "xavier", "kaiming"]
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
 
@@ -215,9 +215,10 @@ class VariantParams(Strict):
 
     @model_validator(mode="after")
     def _momentum_needs_an_optimizer_that_uses_it(self) -> VariantParams:
-        if self.momentum and self.optimizer in {"adam", "adamw"}:
+        if self.momentum and not OPTIMIZERS[self.optimizer].momentum:
+            takers = " or ".join(name for name, kind in OPTIMIZERS.items() if kind.momentum)
             raise ValueError(f"momentum: {self.optimizer} has no momentum (its betas play that role); "
-                             "remove momentum, or use sgd or rmsprop")
+                             f"remove momentum, or use {takers}")
         return self
 
 
