@@ -137,16 +137,6 @@ def setup(args: argparse.Namespace) -> Setup:
                  args.trials, args.jobs, args.sampler, params.seed if args.seed is None else args.seed)
 
 
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def say(line: str) -> None:
     """Print a line of the sweep's report now (the output is often a pipe), URLs redacted (a failed
     trial's reason quotes DVC's or a stage's error)."""
@@ -225,7 +215,8 @@ class Sweeper:
                 if time.time() - trial.datetime_start.timestamp() > UNQUEUED_S:
                     self._tell(trial.number, "", None, "its sweep stopped before queueing it")
                 continue
-            if attrs.get(HOST) != socket.gethostname() or _alive(attrs.get(PID)):
+            # a trial of this host without a readable pid lost its sweep before that recorded its pid: taken over
+            if attrs.get(HOST) != socket.gethostname() or track.process_alive(attrs.get(PID)):
                 continue
             self._claim(trial)
             listed = dvc_queue.statuses(self.setup.repo) if listed is None else listed
