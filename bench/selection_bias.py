@@ -66,7 +66,7 @@ def _train_and_score(name: str, changes: dict, watched: str, patience: int, seed
 
 def measure() -> dict[str, Any]:
     """Every case, both ways, every seed; and each case's mean difference of the test metric."""
-    from bplab.data import catalog
+    from bplab.metric_names import higher_is_better
 
     results = {}
     for name, changes, watched, metric, patience, seeds in CASES:
@@ -75,7 +75,7 @@ def measure() -> dict[str, Any]:
         by_split = {split: [r[metric] for r in runs if r["watched"] == split] for split in ("val", "test")}
         flattering = [b - a for a, b in zip(by_split["val"], by_split["test"])]
         results[name] = {"metric": metric, "watched": f"val_{watched} / test_{watched}", "patience": patience,
-                         "changes": changes, "higher_is_better": catalog.higher_is_better(metric), "runs": runs,
+                         "changes": changes, "higher_is_better": higher_is_better(metric), "runs": runs,
                          "mean_on_val": statistics.fmean(by_split["val"]),
                          "mean_on_test": statistics.fmean(by_split["test"]),
                          "mean_difference": statistics.fmean(flattering)}

@@ -49,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from bplab.config import SECONDS, record_stride
+from bplab.config import record_stride
+from bplab.metric_names import SECONDS
 from bplab.testing.local_servers import MlflowServer, PostgreSQL
 from bplab.testing.scratch import REPO, set_params, stage_env
 from bplab.tracking.recorder import LOGGED_THROUGH_TAG

@@ -163,6 +163,61 @@ def test_the_import_scan_sees_function_local_imports() -> None:
     assert "src/bplab/data/boston.py" in imported_modules(REPO / "stages/train.py")  # through the catalog
 
 
+def _plot_definitions() -> dict[str, dict]:
+    """dvc.yaml's top-level plots as DVC resolves them: plot id -> its properties."""
+    from dvc.dvcfile import load_file
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        listed = load_file(repo, str(REPO / "dvc.yaml")).plots
+    return {k: v or {} for entry in listed for k, v in (entry.items() if isinstance(entry, dict) else [(entry, {})])}
+
+
+def _curves_of(history: str, definitions: dict[str, dict]) -> list[tuple[str, bool]]:
+    """The columns of ``history`` that the definitions draw against ``epoch``, each with whether it
+    comes from a definition shared by several files (a folder's)."""
+    drawn = []
+    for plot_id, props in definitions.items():
+        y = props.get("y")
+        if isinstance(y, dict):  # an overlay that lists its files, each with its own columns
+            columns, shared = y.get(history, []), False
+        elif history == plot_id or history.startswith(plot_id.rstrip("/") + "/"):  # the file, or its folder
+            columns, shared = y or [], history != plot_id
+        else:
+            continue
+        if props.get("x") == "epoch":
+            drawn += [(column, shared) for column in ([columns] if isinstance(columns, str) else columns)]
+    return drawn
+
+
+@cache
+def _outs() -> dict[str, frozenset[str]]:
+    """Per resolved stage, the outputs it declares."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return {stage.addressing: frozenset(str(out.def_path) for out in stage.outs) for stage in repo.index.stages}
+
+
+def test_every_variant_in_params_yaml_has_learning_curves() -> None:
+    """Adding a variant is a params.yaml entry: its train stage writes history/<variant>.csv and a
+    plot of dvc.yaml draws that file's losses per epoch, with no edit of dvc.yaml."""
+    from bplab.metric_names import EPOCH_METRICS
+    from bplab.paths import history_file
+
+    definitions = _plot_definitions()
+    for variant in PARAMS.train:
+        history = str(history_file(variant, Path()))
+        assert history in _outs()[f"train@{variant}"], f"train@{variant} does not declare {history}"
+        drawn = _curves_of(history, definitions)
+        assert {"train_loss", "val_loss"} <= {c for c, _ in drawn}, f"{variant}: no loss curves of {history}"
+        # Every variant's file has the epoch metrics' columns (empty where the task has none), but
+        # not the same learning-rate columns (lr, lr/<group>): DVC refuses a file's whole chart when
+        # it lacks a column, so a definition shared by every file draws only epoch metrics.
+        foreign = sorted(c for c, shared in drawn if shared and c not in EPOCH_METRICS)
+        assert foreign == [], f"{variant}: a plot for every history file draws {foreign}"
+
+
 def test_dvc_lock_matches_the_code_and_params() -> None:
     """What `dvc status` reports, minus what a fresh clone lacks (the data and models DVC caches)."""
     from dvc.repo import Repo

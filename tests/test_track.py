@@ -141,3 +141,12 @@ def test_mlflow_clients_of_the_pipeline_retry_briefly_and_send_no_telemetry() ->
     user = subprocess.run([sys.executable, "-c", code], env=env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"},
                           capture_output=True, text=True, check=True).stdout
     assert user.split()[-1] == "9"  # a user's own setting wins
+
+
+def test_process_alive_tells_a_live_pid_a_dead_one_and_a_value_that_names_none() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process now
+    assert store.process_alive(str(os.getpid())) is True and store.process_alive(os.getpid()) is True
+    assert store.process_alive(str(child.pid)) is False
+    # What the recorder leaves RUNNING and the sweep takes over: a tag or attribute that names no process.
+    assert [store.process_alive(v) for v in (None, "", "abc", "0", "-1")] == [None] * 5

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -26,22 +26,17 @@ from pydantic import (
 )
 
 from bplab.errors import ParamsError
+from bplab.metric_names import EpochMetricName
 from bplab.models.architectures import ARCHITECTURES, MAX_PARAMETERS, TOO_MANY, linear_parameters
+from bplab.optimizer_names import OPTIMIZERS, OptimizerName
 from bplab.paths import NAME_LIMIT, name_too_long
 
-OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 InitName = Literal["default", "normal", "uniform", "constant", "xavier", "kaiming"]
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
-# The per-epoch metrics every training computes (accuracies: classification only), in the column
-# order of history/<variant>.csv: on the training rows, and on the validation split carved from
-# them (data.<dataset>.preprocess.val_size). Early stopping and the plateau schedule watch one of
-# them; the test split is never measured during training, so nothing can be chosen on it.
-_EpochMetricName = Literal["train_loss", "val_loss", "train_acc", "val_acc"]
-EPOCH_METRICS: tuple[str, ...] = get_args(_EpochMetricName)
 
 
 def _watchable(value: Any) -> Any:
-    """Name what is wrong with a watched metric that is not one of :data:`EPOCH_METRICS`."""
+    """Name what is wrong with a watched metric that is not one of :data:`bplab.metric_names.EPOCH_METRICS`."""
     if isinstance(value, str) and value.startswith("test_"):
         raise ValueError(f"{value!r}: the test split is reported, never used to choose a model; watch a "
                          f"validation metric (val_loss, val_acc) or a training one")
@@ -51,10 +46,7 @@ def _watchable(value: Any) -> Any:
     return value
 
 
-EpochMetric = Annotated[_EpochMetricName, BeforeValidator(_watchable)]
-# Each recorded epoch's wall time, logged after its metrics: a run whose tracking store holds an
-# epoch's SECONDS holds all of that epoch (the recorder resumes logging after it).
-SECONDS = "epoch_seconds"
+EpochMetric = Annotated[EpochMetricName, BeforeValidator(_watchable)]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -194,11 +186,6 @@ class EarlyStopping(Strict):
     restore_best: bool = False
 
 
-def direction(metric: str, mode: str | None) -> str:
-    """``mode``, or the direction in which ``metric`` improves: min for a loss, max for an accuracy."""
-    return mode or ("max" if metric.endswith("_acc") else "min")
-
-
 class PreprocessParams(Strict):
     """What every dataset's ``data.<name>.preprocess`` holds, besides its own keys: the validation
     split carved from the training split (:func:`bplab.data.processed.carve_validation`). Per-epoch
@@ -228,9 +215,10 @@ class VariantParams(Strict):
 
     @model_validator(mode="after")
     def _momentum_needs_an_optimizer_that_uses_it(self) -> VariantParams:
-        if self.momentum and self.optimizer in {"adam", "adamw"}:
+        if self.momentum and not OPTIMIZERS[self.optimizer].momentum:
+            takers = " or ".join(name for name, kind in OPTIMIZERS.items() if kind.momentum)
             raise ValueError(f"momentum: {self.optimizer} has no momentum (its betas play that role); "
-                             "remove momentum, or use sgd or rmsprop")
+                             f"remove momentum, or use {takers}")
         return self
 
 

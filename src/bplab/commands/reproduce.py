@@ -29,6 +29,7 @@ import yaml
 
 from bplab.config import read_yaml
 from bplab.errors import BplabError
+from bplab.metric_names import SECONDS
 from bplab.pipeline.process import this_environment_first
 from bplab.sweep import dvc_queue
 from bplab.sweep.dvc_queue import KEY_PART, hydra_name, hydra_value
@@ -36,7 +37,7 @@ from bplab.tracking import queries, store
 
 # Metrics that differ between any two runs of the same training: wall times and the machine's
 # samples (the soak and the resume tests leave them out too).
-UNREPEATABLE = ("epoch_seconds", "system/")
+UNREPEATABLE = (SECONDS, "system/")
 # The params files a reproduction sets from the run's own; other changes are reported, not redone.
 RECORDED_FILES = {"params.yaml", "dvc.lock"}
 INTERPOLATION = "${"  # OmegaConf resolves it when DVC writes -S values: ${oc.env:VAR} reads the environment

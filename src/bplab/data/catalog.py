@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bplab.errors import ParamsError
+from bplab.metric_names import SCORES, higher_is_better
 from bplab.paths import NAME_LIMIT, name_too_long
 
 if TYPE_CHECKING:
@@ -27,21 +28,8 @@ if TYPE_CHECKING:
     from bplab.data.fetch import FetchedFile
     from bplab.data.processed import Prepared
 
-TaskKind = Literal["multiclass", "binary", "regression"]
-# What evaluate scores a trained model by, per kind of task (bplab.pipeline.evaluate.compute_metrics): on the
-# validation split as val_<score> (what selection reads), on the test split as test_<score> (reported).
-SCORES: dict[str, tuple[str, ...]] = {
-    "multiclass": ("loss", "acc"),
-    "binary": ("loss", "acc"),
-    "regression": ("mse", "rmse", "mae", "r2"),
-}
-_HIGHER_IS_BETTER = ("acc", "r2")  # every other score is an error: lower is better
+TaskKind = Literal["multiclass", "binary", "regression"]  # the keys of metric_names.SCORES
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether ``metric`` (``val_acc``, ``test_rmse``, ``r2``, ...) improves upwards."""
-    return metric.rpartition("_")[2] in _HIGHER_IS_BETTER
 
 
 @dataclass(frozen=True)
@@ -49,7 +37,7 @@ class Champion:
     """The score that picks the registry's ``champion``: read on the validation split
     (:attr:`selection`), reported on the test split (:attr:`reported`)."""
 
-    score: str  # one of the task's SCORES: acc, rmse, ...
+    score: str  # one of the task's metric_names.SCORES: acc, rmse, ...
 
     @property
     def selection(self) -> str:

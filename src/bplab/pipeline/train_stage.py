@@ -91,8 +91,7 @@ def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str
 
 
 def _write_history(path: Path, history: list[EpochRecord]) -> None:
-    from bplab.config import EPOCH_METRICS
-    from bplab.train.loop import SECONDS
+    from bplab.metric_names import EPOCH_METRICS, SECONDS
 
     # Every epoch metric, empty where the task has none, so that all variants' files share columns;
     # then the learning rates.
@@ -286,7 +285,8 @@ def _publish(job: PreparedTraining, history: list[EpochRecord], stop: dict[str, 
     """Log the pictures, model and weights; write ``models/<variant>/`` and the history; end the run."""
     import torch
 
-    from bplab.train.loop import SECONDS, history_columns
+    from bplab.metric_names import SECONDS
+    from bplab.train.loop import history_columns
 
     model = job.model.cpu()  # saved and logged for CPU, wherever it trained
     step_losses = steps = None

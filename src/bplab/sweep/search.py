@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from bplab.data import catalog
 from bplab.errors import BplabError
+from bplab.metric_names import higher_is_better
 from bplab.sweep import dvc_queue
 from bplab.tracking import store
 
@@ -116,7 +117,7 @@ def _objective(dataset: catalog.Dataset, name: str, metric: str | None) -> tuple
                          f"metric val_{metric.removeprefix('test_')}")
     if metric not in dataset.val_metrics:
         raise SweepError(f"--metric {metric}: {name} has the validation metrics {', '.join(dataset.val_metrics)}")
-    return metric, catalog.higher_is_better(metric)
+    return metric, higher_is_better(metric)
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -135,16 +136,6 @@ def setup(args: argparse.Namespace) -> Setup:
     dvc_queue.head(repo)  # experiments need a commit to start from: say so before asking for trials
     return Setup(repo, args.variant, variant.dataset, metric, maximize, tuple(dimensions), raw, study,
                  args.trials, args.jobs, args.sampler, params.seed if args.seed is None else args.seed)
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def say(line: str) -> None:
@@ -225,7 +216,8 @@ class Sweeper:
                 if time.time() - trial.datetime_start.timestamp() > UNQUEUED_S:
                     self._tell(trial.number, "", None, "its sweep stopped before queueing it")
                 continue
-            if attrs.get(HOST) != socket.gethostname() or _alive(attrs.get(PID)):
+            # a trial of this host without a readable pid lost its sweep before that recorded its pid: taken over
+            if attrs.get(HOST) != socket.gethostname() or store.process_alive(attrs.get(PID)):
                 continue
             self._claim(trial)
             listed = dvc_queue.statuses(self.setup.repo) if listed is None else listed

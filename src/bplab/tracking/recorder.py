@@ -27,8 +27,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bplab import plots
-from bplab.config import SECONDS, record_stride
+from bplab.config import record_stride
 from bplab.errors import BplabError, TrackingUnavailable
+from bplab.metric_names import SECONDS
 from bplab.tracking import store
 
 if TYPE_CHECKING:
@@ -132,16 +133,6 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise store.Terminated(f"received signal {signum}")
 
 
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, PermissionError):  # not a pid, or another user's live process
-        return True
-    return True
-
-
 def _end_orphans(experiment_id: str, run_name: str) -> None:
     """Mark KILLED the runs named ``run_name`` that a killed process of this host left RUNNING."""
 
@@ -149,7 +140,7 @@ def _end_orphans(experiment_id: str, run_name: str) -> None:
     host = socket.gethostname()
     for run in client.search_runs([experiment_id], f"attributes.run_name = '{run_name}' and "
                                   f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"):
-        if not _alive(run.data.tags.get(PID_TAG, "")):
+        if store.process_alive(run.data.tags.get(PID_TAG)) is False:  # an unreadable pid: leave the run be
             client.set_terminated(run.info.run_id, "KILLED")
 
 

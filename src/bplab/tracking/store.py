@@ -393,3 +393,22 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def process_alive(pid: Any) -> bool | None:
+    """Whether the process that a record's pid (an MLflow tag, a study's trial attribute) names
+    still runs on this host; None when the value names no process (missing, not a positive
+    number), for the caller to decide what an unknown owner means."""
+    try:
+        number = int(pid)
+    except (TypeError, ValueError):
+        return None
+    if number <= 0:  # os.kill would signal a process group
+        return None
+    try:
+        os.kill(number, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from bplab.errors import ModelFileError
+from bplab.metric_names import SECONDS
 from bplab.models.safe_load import load_without_code
 from bplab.outputs import write_bytes_atomic
-from bplab.train.loop import SECONDS, EpochRecord, history_columns
+from bplab.train.loop import EpochRecord, history_columns
 
 
 def fingerprint(parts: dict[str, Any]) -> dict[str, str]:

@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bplab.config import SECONDS
 from bplab.data.catalog import TaskKind
 from bplab.errors import BplabError
+from bplab.metric_names import SECONDS
 from bplab.train.distributed import Placement, all_sum
 from bplab.train.schedules import LrScheduleAndStopping, learning_rates, lr_names
 
 SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
-# config.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
-# record by the learning rates the epoch started with (schedules.lr_names), and config.SECONDS
+# metric_names.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
+# record by the learning rates the epoch started with (schedules.lr_names), and metric_names.SECONDS
 # its wall time. Whatever records
 # epochs iterates over a record's metrics: MLflow, the CSV, checkpoints, the progress bar,
 # run.json's final values and the learning curves.
@@ -89,7 +89,7 @@ class EpochPlan:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's results as plain numbers: its :data:`bplab.config.EPOCH_METRICS` (those of the task) and
+    """One epoch's results as plain numbers: its :data:`bplab.metric_names.EPOCH_METRICS` (those of the task) and
     learning rates, each step's training loss, its wall time, and whether it is the training's last."""
 
     epoch: int

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from bplab.config import VariantParams
 from bplab.errors import ParamsError
 from bplab.models.architectures import layer_names, layer_parameters
-
-# params.yaml's optimizer names (config.OptimizerName lists the same) and how each is built from
-# the parameter groups and the variant's settings.
-OPTIMIZERS: dict[str, Callable[[list[dict], VariantParams], torch.optim.Optimizer]] = {
-    "sgd": lambda groups, v: torch.optim.SGD(groups, lr=v.lr, momentum=v.momentum, weight_decay=v.weight_decay),
-    "rmsprop": lambda groups, v: torch.optim.RMSprop(groups, lr=v.lr, momentum=v.momentum,
-                                                     weight_decay=v.weight_decay),
-    "adam": lambda groups, v: torch.optim.Adam(groups, lr=v.lr, weight_decay=v.weight_decay),
-    "adamw": lambda groups, v: torch.optim.AdamW(groups, lr=v.lr, weight_decay=v.weight_decay),
-}
+from bplab.optimizer_names import OPTIMIZERS
 
 
 def check_param_groups(model: nn.Module, variant: VariantParams, key: str) -> None:
@@ -44,4 +33,6 @@ def build_optimizer(model: nn.Module, variant: VariantParams) -> torch.optim.Opt
     rest = [p for p in model.parameters() if id(p) not in taken]
     if rest:
         grouped.append({"params": rest, "name": "rest"})  # names the group's lr series (schedules.lr_names)
-    return OPTIMIZERS[variant.optimizer](grouped, variant)
+    kind = OPTIMIZERS[variant.optimizer]
+    momentum = {"momentum": variant.momentum} if kind.momentum else {}
+    return getattr(torch.optim, kind.torch_class)(grouped, lr=variant.lr, weight_decay=variant.weight_decay, **momentum)

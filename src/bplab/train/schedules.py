@@ -25,9 +25,9 @@ from bplab.config import (
     PlateauSchedule,
     StepSchedule,
     VariantParams,
-    direction,
 )
 from bplab.errors import ParamsError
+from bplab.metric_names import direction
 
 
 def lr_names(optimizer: torch.optim.Optimizer) -> list[str]:
