@@ -160,10 +160,10 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     import torch
     import tutorial
 
-    from bplab.config import load_params
     from bplab.data import mnist
     from bplab.data.mnist import MnistPreprocess
     from bplab.models.architectures import build_model
+    from bplab.params.load import load_params
     from bplab.train.loop import EpochPlan, Task, fit
     from bplab.train.optim import build_optimizer
 
@@ -222,8 +222,9 @@ def flower_steps(sizes: Sizes) -> dict[str, Any]:
     import torch
     import tutorial
 
-    from bplab.config import load_params, record_stride
     from bplab.models.architectures import build_model
+    from bplab.params.load import load_params
+    from bplab.params.schema import record_stride
     from bplab.train.loop import EpochPlan, Task, fit
     from bplab.train.optim import build_optimizer
 
@@ -255,8 +256,8 @@ def tutorial_loops(sizes: Sizes, raw: Path) -> dict[str, float]:
     import torch
     import tutorial
 
-    from bplab.config import load_params
     from bplab.data.boston import read_table
+    from bplab.params.load import load_params
 
     params = load_params(REPO / "params.yaml")
     for dotted, value in sizes.pipeline_overrides.items():  # the same sizes as the pipeline run

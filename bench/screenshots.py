@@ -25,7 +25,7 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-from bplab.config import load_params
+from bplab.params.load import load_params
 from bplab.testing import browser
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,9 +33,10 @@ def _train_and_score(name: str, changes: dict, watched: str, patience: int, seed
     """Train ``name`` from ``seed`` with early stopping on ``<watch_split>`` (restore_best), then its test metrics."""
     import torch
 
-    from bplab.config import EarlyStopping, load_params
     from bplab.data import catalog, processed
     from bplab.models.architectures import build_model, initialize
+    from bplab.params.load import load_params
+    from bplab.params.schema import EarlyStopping
     from bplab.pipeline.evaluate import compute_metrics, predict
     from bplab.train.loop import EpochPlan, Task, fit
     from bplab.train.optim import build_optimizer
@@ -66,7 +67,7 @@ def _train_and_score(name: str, changes: dict, watched: str, patience: int, seed
 
 def measure() -> dict[str, Any]:
     """Every case, both ways, every seed; and each case's mean difference of the test metric."""
-    from bplab.metric_names import higher_is_better
+    from bplab.params.metrics import higher_is_better
 
     results = {}
     for name, changes, watched, metric, patience, seeds in CASES:

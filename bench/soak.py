@@ -121,7 +121,7 @@ def _leftovers(repo: Path) -> list[str]:
 
 def kill_campaign(variant: str, overrides: dict[str, Any], points: tuple[str, ...], scratch_dir: Path) -> dict:
     """Kill ``variant``'s stages at each point, finish, and compare with an uninterrupted run."""
-    from bplab.config import load_params
+    from bplab.params.load import load_params
 
     dataset = load_params(REPO / "params.yaml").variant(variant).dataset
     targets = [f"train@{variant}", f"evaluate@{variant}"]
@@ -216,8 +216,8 @@ def params_campaign(count: int, samples: int, train_samples: bool, scratch_dir: 
     """Validate ``count`` mutations; run ``samples`` of them through real stages: ``download@flower``
     (which validates the whole file first, like every stage), and with ``train_samples``, those that
     touch training through ``train@flower_logreg``."""
-    from bplab.config import parse_params
     from bplab.errors import ParamsError
+    from bplab.params.load import parse_params
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     rng = random.Random(seed)

@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="alternating off/on stage runs (full mode)")
     parser.add_argument("--out", type=Path, default=REPO / "bench", help="where system-metrics.md/json go")
     args = parser.parse_args()
-    from bplab.config import load_params
+    from bplab.params.load import load_params
 
     interval = load_params(REPO / "params.yaml").tracking.system_metrics or 2.0  # what the pipeline uses
     args.out.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from bplab.config import record_stride
-from bplab.metric_names import SECONDS
+from bplab.params.metrics import SECONDS
+from bplab.params.schema import record_stride
 from bplab.testing.local_servers import MlflowServer, PostgreSQL
 from bplab.testing.scratch import REPO, set_params, stage_env
 from bplab.tracking.recorder import LOGGED_THROUGH_TAG
@@ -161,7 +161,7 @@ def expected_points(where: Path) -> dict[str, list[int]]:
     """Each metric's steps a training in ``where`` recorded, from its own files: the epochs of
     ``history/<variant>.csv`` for every column, and the steps of those epochs that
     ``train_loss_step`` keeps (every k-th of the training, the first and the last)."""
-    from bplab.config import load_params
+    from bplab.params.load import load_params
 
     with (where / "history" / f"{VARIANT}.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from bplab.config import ModelSpec
 from bplab.models.architectures import build_model
+from bplab.params.schema import ModelSpec
 
 
 def data_tf(x):

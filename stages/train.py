@@ -2,7 +2,7 @@
 
 import argparse
 
-from bplab.config import load_params
+from bplab.params.load import load_params
 from bplab.pipeline.process import stage_process
 
 

@@ -81,7 +81,7 @@ def tiny(params, variant: str, **changes):
 @pytest.fixture
 def params():
     """The repository's params.yaml, validated."""
-    from bplab.config import load_params
+    from bplab.params.load import load_params
 
     return load_params(REPO / "params.yaml")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bplab.commands import compare
-from bplab.config import Params
 from bplab.data import catalog
+from bplab.params.schema import Params
 from bplab.pipeline.evaluate import evaluate
 from bplab.pipeline.train_stage import train
 from bplab.tracking import registry

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from bplab.config import Params, load_params, parse_params
 from bplab.errors import ParamsError
 from bplab.outputs import publish_directory, write_text_atomic
+from bplab.params.load import load_params, parse_params
+from bplab.params.schema import Params
 from bplab.paths import NAME_LIMIT, checkpoint_file, history_file, metrics_file, model_dir
 from bplab.testing.scratch import set_dotted
 from conftest import REPO, run, set_params

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bplab.config import load_params
+from bplab.params.load import load_params
 from conftest import REPO, run
 
 SRC = REPO / "src"
@@ -159,7 +159,7 @@ def test_the_import_scan_sees_function_local_imports() -> None:
     # stages import the library inside main(); train imports the loop inside a function
     assert "src/bplab/train/loop.py" in imported_modules(REPO / "stages/train.py")
     assert "src/bplab/tracking/registry.py" in imported_modules(REPO / "stages/evaluate.py")
-    assert "src/bplab/config.py" in imported_modules(REPO / "stages/evaluate.py")
+    assert "src/bplab/params/schema.py" in imported_modules(REPO / "stages/evaluate.py")
     assert "src/bplab/data/boston.py" in imported_modules(REPO / "stages/train.py")  # through the catalog
 
 
@@ -202,7 +202,7 @@ def _outs() -> dict[str, frozenset[str]]:
 def test_every_variant_in_params_yaml_has_learning_curves() -> None:
     """Adding a variant is a params.yaml entry: its train stage writes history/<variant>.csv and a
     plot of dvc.yaml draws that file's losses per epoch, with no edit of dvc.yaml."""
-    from bplab.metric_names import EPOCH_METRICS
+    from bplab.params.metrics import EPOCH_METRICS
     from bplab.paths import history_file
 
     definitions = _plot_definitions()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from bplab.config import Params
 from bplab.errors import ModelFileError
+from bplab.params.schema import Params
 from bplab.paths import metrics_file, model_dir, plots_dir
 from bplab.pipeline.evaluate import EvaluationError, compute_metrics, evaluate
 from bplab.pipeline.train_stage import train

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bplab.data import catalog
-from bplab.metric_names import EPOCH_METRICS, SCORES, direction, higher_is_better
+from bplab.params.metrics import EPOCH_METRICS, SCORES, direction, higher_is_better
 
 
 @pytest.mark.parametrize(("metric", "best"), [

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 
-from bplab.config import ModelSpec, VariantParams, load_params
 from bplab.errors import ParamsError
 from bplab.models.architectures import (
     MAX_PARAMETERS,
@@ -29,6 +28,8 @@ from bplab.models.architectures import (
 )
 from bplab.models.networks import BatchNet, LogisticRegression, ModuleNet, TestNet, TwoLayerNet
 from bplab.models.safe_load import load_whole_model
+from bplab.params.load import load_params
+from bplab.params.schema import ModelSpec, VariantParams
 from conftest import REPO
 
 PARAMS = load_params(REPO / "params.yaml")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bplab import plots
-from bplab.config import Fraction, PreprocessParams, Strict
+from bplab.params.fields import Fraction, PreprocessParams, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import FetchedFile
 from bplab.data.processed import Prepared, carve_validation

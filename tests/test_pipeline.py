@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bplab.config import load_params
+from bplab.params.load import load_params
 from conftest import REPO, TINY_PIPELINE, TinyPipeline, commit, run, set_params
 
 pytestmark = pytest.mark.e2e

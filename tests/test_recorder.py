@@ -160,8 +160,8 @@ def test_a_logged_model_requires_this_torch_and_mlflow_without_scanning_every_pa
     import torch
     from mlflow.utils import requirements_utils
 
-    from bplab.config import ModelSpec
     from bplab.models.architectures import build_model
+    from bplab.params.schema import ModelSpec
 
     # As in a stage process: no map built yet (an earlier test in this process may have logged a model).
     monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)

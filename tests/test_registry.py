@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bplab.config import Params
+from bplab.params.schema import Params
 from bplab.paths import metrics_file
 from bplab.tracking import registry, store
 from bplab.tracking.registry import Score

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bplab.commands.reproduce import RunRecord, experiment_command, overrides, side_by_side
-from bplab.config import read_yaml
+from bplab.params.yaml12 import read_yaml
 from conftest import NO_MIRROR, commit, copy_repository, data_mirror, run, unavailable
 
 VARIANT = "boston_module"
@@ -128,7 +128,7 @@ def test_overrides_set_back_what_shaped_the_run_through_dvcs_own_override_parser
 def test_training_records_params_as_the_stages_read_them(mlflow_repo: Path) -> None:
     """DVC writes a small lr as ``1e-05``; YAML 1.1 (``yaml.safe_load``) reads that as a string, so
     the record, and any rerun from it, would carry ``'1e-05'``, which validation refuses."""
-    from bplab.config import load_params
+    from bplab.params.load import load_params
     from bplab.pipeline.train_stage import _reproduction
     from bplab.testing.scratch import REPO
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bplab.config import Params
+from bplab.params.schema import Params
 from bplab.paths import checkpoint_file, metrics_file, model_dir
 from bplab.pipeline.train_stage import train
 from conftest import REPO, mlflow_client, run, stage_env, tiny
@@ -132,7 +132,7 @@ def _keyword(call: ast.Call, name: str) -> ast.expr | None:
 def test_no_load_in_the_pipeline_can_run_code() -> None:
     import yaml
 
-    from bplab import config
+    from bplab.params import yaml12
 
     problems = []
     sources = sorted((REPO / "src").rglob("*.py")) + sorted((REPO / "stages").glob("*.py"))
@@ -150,7 +150,7 @@ def test_no_load_in_the_pipeline_can_run_code() -> None:
             problems += [f"{where}:{c.lineno}: pickle.{function}" for c in _calls(tree, "pickle", function)]
         for call in _calls(tree, "yaml", "load"):
             loader = _keyword(call, "Loader")
-            safe = isinstance(loader, ast.Name) and issubclass(getattr(config, loader.id, object), yaml.SafeLoader)
+            safe = isinstance(loader, ast.Name) and issubclass(getattr(yaml12, loader.id, object), yaml.SafeLoader)
             if not safe:
                 problems.append(f"{where}:{call.lineno}: yaml.load without a SafeLoader")
         for call in _calls(tree, "np", "load"):

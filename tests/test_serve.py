@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from bplab.config import Params
 from bplab.data import processed
 from bplab.models.architectures import build_model
 from bplab.models.safe_load import load_state_dict
+from bplab.params.schema import Params
 from bplab.paths import model_dir, processed_dir
 from bplab.pipeline.evaluate import evaluate, predict
 from bplab.pipeline.train_stage import train

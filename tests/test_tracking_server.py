@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bplab.config import Params
+from bplab.params.schema import Params
 from bplab.pipeline.evaluate import evaluate
 from bplab.pipeline.train_stage import train
 from bplab.testing.local_servers import MlflowServer

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bplab.config import load_params
+from bplab.params.load import load_params
 from bplab.testing import browser
 from bplab.tracking import store
 from conftest import REPO, TinyPipeline, unavailable

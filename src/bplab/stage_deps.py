@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from bplab.config import read_yaml
+from bplab.params.yaml12 import read_yaml
 
 
 def code_deps(root: Path, stage: str, values: Mapping[str, str]) -> list[str] | None:

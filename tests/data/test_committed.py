@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bplab.config import load_params
 from bplab.data.committed import code_dependencies, origin
+from bplab.params.load import load_params
 from conftest import commit, copy_repository, set_params
 
 

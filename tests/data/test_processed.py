@@ -101,8 +101,8 @@ def test_a_nan_or_infinite_value_anywhere_is_refused(tmp_path: Path, bad: list[f
 
 
 def test_validation_rows_are_a_seeded_share_of_the_training_rows_in_their_order() -> None:
-    from bplab.config import PreprocessParams
     from bplab.errors import ParamsError
+    from bplab.params.fields import PreprocessParams
 
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     y = np.arange(20)

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bplab.config import VariantParams, load_params
 from bplab.data import catalog, flower
 from bplab.models.architectures import build_model, initialize
+from bplab.params.load import load_params
+from bplab.params.schema import VariantParams
 from bplab.train.loop import (
     BatchSizeError,
     EpochPlan,
@@ -332,7 +333,7 @@ def test_finite_epochs_before_a_divergence_are_still_reported() -> None:
 
 
 def test_only_batchnorm_and_dropout_models_switch_modes_for_evaluation() -> None:
-    from bplab.config import ModelSpec
+    from bplab.params.schema import ModelSpec
     from bplab.train.loop import has_mode_dependent_layers
 
     assert has_mode_dependent_layers(build_model(ModelSpec(arch="batch_net", hidden=[8, 4]), 6, 3))

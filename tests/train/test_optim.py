@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch.optim import Adam
 
-from bplab.config import VariantParams, load_params
 from bplab.errors import ParamsError
 from bplab.models.architectures import build_model
-from bplab.optimizer_names import OPTIMIZERS
+from bplab.params.load import load_params
+from bplab.params.optimizers import OPTIMIZERS
+from bplab.params.schema import VariantParams
 from bplab.train.optim import build_optimizer, check_param_groups
 from conftest import REPO
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tests.train.test_loop import PARAMS, make_data, setup
 
-from bplab.config import EarlyStopping, VariantParams
+from bplab.params.schema import EarlyStopping, VariantParams
 from bplab.train.loop import EpochPlan, EpochRecord, fit
 from bplab.train.schedules import LrScheduleAndStopping, build_controls
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bplab.config import Params
 from bplab.data import processed
 from bplab.errors import ParamsError
 from bplab.models.architectures import build_model
 from bplab.models.safe_load import load_whole_model
+from bplab.params.schema import Params
 from bplab.paths import history_file
 from bplab.pipeline import train_stage
 from conftest import mlflow_client as client

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from bplab.config import read_yaml
 from bplab.errors import BplabError
-from bplab.metric_names import SECONDS
+from bplab.params.metrics import SECONDS
+from bplab.params.yaml12 import read_yaml
 from bplab.pipeline.process import this_environment_first
 from bplab.sweep import dvc_queue
 from bplab.sweep.dvc_queue import KEY_PART, hydra_name, hydra_value

@@ -17,11 +17,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from bplab import plots
-from bplab.config import Fraction, PreprocessParams, Seed, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import Candidate, FetchedFile, FetchPolicy, fetch_file, mirror_dir
 from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError, ParamsError
+from bplab.params.fields import Fraction, PreprocessParams, Seed, Strict
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

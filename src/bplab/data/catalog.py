@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bplab.errors import ParamsError
-from bplab.metric_names import SCORES, higher_is_better
+from bplab.params.metrics import SCORES, higher_is_better
 from bplab.paths import NAME_LIMIT, name_too_long
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from bplab.data.fetch import FetchedFile
     from bplab.data.processed import Prepared
 
-TaskKind = Literal["multiclass", "binary", "regression"]  # the keys of metric_names.SCORES
+TaskKind = Literal["multiclass", "binary", "regression"]  # the keys of bplab.params.metrics.SCORES
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -37,7 +37,7 @@ class Champion:
     """The score that picks the registry's ``champion``: read on the validation split
     (:attr:`selection`), reported on the test split (:attr:`reported`)."""
 
-    score: str  # one of the task's metric_names.SCORES: acc, rmse, ...
+    score: str  # one of the task's bplab.params.metrics.SCORES: acc, rmse, ...
 
     @property
     def selection(self) -> str:

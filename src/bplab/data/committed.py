@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from bplab.config import read_yaml
 from bplab.data import catalog
+from bplab.params.yaml12 import read_yaml
 from bplab.stage_deps import code_deps
 
 _STAGES = ("download", "preprocess")  # the stages whose outputs make data/processed/<dataset>

@@ -26,9 +26,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from bplab.config import Strict
 from bplab.errors import DownloadError
 from bplab.outputs import write_bytes_atomic
+from bplab.params.fields import Strict
 from bplab.pipeline.process import progress_bar
 from bplab.tracking import store
 

@@ -11,12 +11,12 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from bplab import plots
-from bplab.config import NonNegativeFloat, PreprocessParams, Seed, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import FetchedFile
 from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError
 from bplab.outputs import write_text_atomic
+from bplab.params.fields import NonNegativeFloat, PreprocessParams, Seed, Strict
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -10,11 +10,11 @@ import numpy as np
 from pydantic import AnyUrl, Field, field_validator
 
 from bplab import plots
-from bplab.config import PositiveFloat, PositiveInt, PreprocessParams, Strict
 from bplab.data.catalog import Champion, Dataset, Evaluation
 from bplab.data.fetch import Candidate, FetchedFile, FetchPolicy, fetch_file, gunzip, mirror_dir
 from bplab.data.processed import Prepared, carve_validation
 from bplab.errors import DataError
+from bplab.params.fields import PositiveFloat, PositiveInt, PreprocessParams, Strict
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from bplab.config import PreprocessParams
 from bplab.errors import DataError, ParamsError
 from bplab.outputs import publish_directory
+from bplab.params.fields import PreprocessParams
 
 # train: the rows a model is fitted on; val: carved from the training rows, what selection reads
 # (per-epoch val_* metrics, early stopping, schedules, sweeps, the champion); test: reported only.

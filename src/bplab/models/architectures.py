@@ -11,13 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from bplab.config import ModelSpec
+class ModelSpec(Protocol):
+    """What building a network reads of ``train.<variant>.model`` (:class:`bplab.params.schema.ModelSpec`,
+    which validates against :data:`ARCHITECTURES`: the params import this table, not the reverse)."""
+
+    arch: str
+    hidden: list[int]
+    init_scale: float
+
 
 # The most parameters a network may have: 2**30 float32 weights take 4 GiB, and training holds as
 # much again for their gradients and twice that for Adam's moments (16 GiB in all). Widths beyond

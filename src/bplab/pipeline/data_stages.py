@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bplab.config import Params
 from bplab.data import catalog, processed
 from bplab.data.fetch import FetchedFile
 from bplab.errors import ParamsError
+from bplab.params.schema import Params
 from bplab.paths import processed_dir, raw_dir
 from bplab.tracking import store
 from bplab.tracking.recorder import Recorder

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bplab import plots
-from bplab.config import Params
 from bplab.data import catalog, committed, processed
 from bplab.data.committed import SplitOrigin
 from bplab.errors import BplabError, DataError
-from bplab.metric_names import EPOCH_METRICS
 from bplab.outputs import publish_directory, write_text_atomic
+from bplab.params.metrics import EPOCH_METRICS
+from bplab.params.schema import Params
 from bplab.paths import RUN_FILE, STATE_DICT_FILE, WHOLE_MODEL_FILE, metrics_file, model_dir, plots_dir, processed_dir
 from bplab.timings import StageClock
 from bplab.tracking import registry
@@ -60,7 +60,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None) -> 
 
 
 def compute_metrics(task_kind: str, outputs: torch.Tensor, target: torch.Tensor, split: str) -> dict[str, float]:
-    """The task's scores (:data:`bplab.metric_names.SCORES`) of ``outputs`` against ``target``, each
+    """The task's scores (:data:`bplab.params.metrics.SCORES`) of ``outputs`` against ``target``, each
     named ``<split>_<score>``: ``loss``/``acc`` for classification, ``mse``/``rmse``/``mae``/``r2`` for
     regression."""
     from bplab.train.loop import Task

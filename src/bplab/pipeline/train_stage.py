@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bplab import plots
-from bplab.config import Params, VariantParams, record_stride
 from bplab.data import catalog, processed
 from bplab.errors import ParamsError
 from bplab.outputs import publish_directory, write_bytes_atomic, write_text_atomic
+from bplab.params.schema import Params, VariantParams, record_stride
 from bplab.paths import (
     RUN_FILE,
     STATE_DICT_FILE,
@@ -91,7 +91,7 @@ def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str
 
 
 def _write_history(path: Path, history: list[EpochRecord]) -> None:
-    from bplab.metric_names import EPOCH_METRICS, SECONDS
+    from bplab.params.metrics import EPOCH_METRICS, SECONDS
 
     # Every epoch metric, empty where the task has none, so that all variants' files share columns;
     # then the learning rates.
@@ -208,7 +208,7 @@ def _fit(job: PreparedTraining, on_epochs) -> int:
 
 def _reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
     """What ``bplab reproduce`` needs of this run: params.yaml, the resolved variant, dvc.lock, git changes."""
-    from bplab.config import read_yaml
+    from bplab.params.yaml12 import read_yaml
 
     variant = params.train[name]
     resolved = {"variant": name, "seed": params.seed, "device": params.device,
@@ -285,7 +285,7 @@ def _publish(job: PreparedTraining, history: list[EpochRecord], stop: dict[str, 
     """Log the pictures, model and weights; write ``models/<variant>/`` and the history; end the run."""
     import torch
 
-    from bplab.metric_names import SECONDS
+    from bplab.params.metrics import SECONDS
     from bplab.train.loop import history_columns
 
     model = job.model.cpu()  # saved and logged for CPU, wherever it trained

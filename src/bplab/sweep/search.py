@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from bplab.data import catalog
 from bplab.errors import BplabError
-from bplab.metric_names import higher_is_better
+from bplab.params.metrics import higher_is_better
 from bplab.sweep import dvc_queue
 from bplab.tracking import store
 

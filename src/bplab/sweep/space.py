@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bplab.config import Params, parse_params, read_yaml
 from bplab.errors import BplabError, ParamsError
+from bplab.params.load import parse_params
+from bplab.params.schema import Params
+from bplab.params.yaml12 import read_yaml
 from bplab.sweep.dvc_queue import hydra_value
 
 if TYPE_CHECKING:

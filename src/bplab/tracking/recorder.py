@@ -27,9 +27,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from bplab import plots
-from bplab.config import record_stride
 from bplab.errors import BplabError, TrackingUnavailable
-from bplab.metric_names import SECONDS
+from bplab.params.metrics import SECONDS
+from bplab.params.schema import record_stride
 from bplab.tracking import store
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from bplab.errors import ModelFileError
-from bplab.metric_names import SECONDS
 from bplab.models.safe_load import load_without_code
 from bplab.outputs import write_bytes_atomic
+from bplab.params.metrics import SECONDS
 from bplab.train.loop import EpochRecord, history_columns
 
 

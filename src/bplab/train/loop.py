@@ -25,13 +25,13 @@ from torch import nn
 
 from bplab.data.catalog import TaskKind
 from bplab.errors import BplabError
-from bplab.metric_names import SECONDS
+from bplab.params.metrics import SECONDS
 from bplab.train.distributed import Placement, all_sum
 from bplab.train.schedules import LrScheduleAndStopping, learning_rates, lr_names
 
 SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
-# metric_names.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
-# record by the learning rates the epoch started with (schedules.lr_names), and metric_names.SECONDS
+# bplab.params.metrics.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
+# record by the learning rates the epoch started with (schedules.lr_names), and metrics.SECONDS
 # its wall time. Whatever records
 # epochs iterates over a record's metrics: MLflow, the CSV, checkpoints, the progress bar,
 # run.json's final values and the learning curves.
@@ -73,7 +73,7 @@ class Task:
 @dataclass(frozen=True)
 class EpochPlan:
     """How to iterate: epochs, batch sizes (None = the whole split at once), shuffling, and every
-    how many epochs one is recorded (see :func:`bplab.config.record_stride`)."""
+    how many epochs one is recorded (see :func:`bplab.params.schema.record_stride`)."""
 
     epochs: int
     batch_size: int | None
@@ -89,7 +89,7 @@ class EpochPlan:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's results as plain numbers: its :data:`bplab.metric_names.EPOCH_METRICS` (those of the task) and
+    """One epoch's results as plain numbers: its :data:`bplab.params.metrics.EPOCH_METRICS` (those of the task) and
     learning rates, each step's training loss, its wall time, and whether it is the training's last."""
 
     epoch: int

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bplab.config import VariantParams
 from bplab.errors import ParamsError
 from bplab.models.architectures import layer_names, layer_parameters
-from bplab.optimizer_names import OPTIMIZERS
+from bplab.params.optimizers import OPTIMIZERS
+from bplab.params.schema import VariantParams
 
 
 def check_param_groups(model: nn.Module, variant: VariantParams, key: str) -> None:

@@ -1,6 +1,6 @@
 """What changes a training as it goes: the learning-rate schedule and early stopping.
 
-Both come from a variant's params (``scheduler``, ``early_stopping``; see :mod:`bplab.config`),
+Both come from a variant's params (``scheduler``, ``early_stopping``; see :mod:`bplab.params.schema`),
 both are off by default (the tutorials train at a fixed rate for all their epochs), and both keep
 their state in the checkpoint, so a resumed training continues exactly.
 """
@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from bplab.config import (
+from bplab.errors import ParamsError
+from bplab.params.metrics import direction
+from bplab.params.schema import (
     CosineSchedule,
     EarlyStopping,
     ExponentialSchedule,
@@ -26,8 +28,6 @@ from bplab.config import (
     StepSchedule,
     VariantParams,
 )
-from bplab.errors import ParamsError
-from bplab.metric_names import direction
 
 
 def lr_names(optimizer: torch.optim.Optimizer) -> list[str]:

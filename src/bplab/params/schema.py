@@ -1,67 +1,37 @@
-"""Typed, validated view of params.yaml.
+"""The params models: a variant, its model, schedule and early stopping, tracking, and the whole
+of params.yaml (:class:`Params`), its ``data`` section built from each dataset's own model.
 
-Every stage loads params.yaml once through :func:`load_params` and passes the resulting objects
-on; nothing downstream reads the raw dict. Unknown keys, wrong types and impossible values are
-rejected here, before any work is done or any MLflow run is opened, with messages that name the
-full dotted key (``train.mnist_mlp.lrr``) and what is allowed.
+Unknown keys, wrong types and impossible values are rejected, before any work is done or any
+MLflow run is opened; :mod:`bplab.params.load` reads the file and names the full dotted key of
+what is wrong (``train.mnist_mlp.lrr``) and what is allowed.
 """
 
 from __future__ import annotations
 
 import re
 from functools import cache
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    create_model,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from bplab.errors import ParamsError
-from bplab.metric_names import EpochMetricName
 from bplab.models.architectures import ARCHITECTURES, MAX_PARAMETERS, TOO_MANY, linear_parameters
-from bplab.optimizer_names import OPTIMIZERS, OptimizerName
+from bplab.params.fields import (
+    EpochMetric,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    Strict,
+    Width,
+)
+from bplab.params.optimizers import OPTIMIZERS, OptimizerName
 from bplab.paths import NAME_LIMIT, name_too_long
 
 InitName = Literal["default", "normal", "uniform", "constant", "xavier", "kaiming"]
 ArchName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
-
-
-def _watchable(value: Any) -> Any:
-    """Name what is wrong with a watched metric that is not one of :data:`bplab.metric_names.EPOCH_METRICS`."""
-    if isinstance(value, str) and value.startswith("test_"):
-        raise ValueError(f"{value!r}: the test split is reported, never used to choose a model; watch a "
-                         f"validation metric (val_loss, val_acc) or a training one")
-    if isinstance(value, str) and value.startswith("eval_"):
-        raise ValueError(f"{value!r} is now called {'val_' + value.removeprefix('eval_')!r}: per-epoch metrics "
-                         "are measured on the validation split")
-    return value
-
-
-EpochMetric = Annotated[EpochMetricName, BeforeValidator(_watchable)]
-
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(gt=0, lt=1)]
-Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what NumPy and scikit-learn accept as a seed
-Width = Annotated[int, Field(gt=0, le=65536)]  # a layer's units: beyond this, memory runs out first
-
-
-class Strict(BaseModel):
-    """Base for every params section: unknown keys are errors, no silent type coercion, and no
-    NaN or infinite numbers (``.inf`` seconds, a NaN learning rate)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # --- training --------------------------------------------------------------------------------
@@ -186,15 +156,6 @@ class EarlyStopping(Strict):
     restore_best: bool = False
 
 
-class PreprocessParams(Strict):
-    """What every dataset's ``data.<name>.preprocess`` holds, besides its own keys: the validation
-    split carved from the training split (:func:`bplab.data.processed.carve_validation`). Per-epoch
-    ``val_*`` metrics, early stopping, schedules, sweeps and the champion read it, never the test split."""
-
-    val_size: Fraction = 0.1  # the share of the training rows held out for validation
-    val_seed: Seed = 0  # which rows: a seeded permutation, the same on every machine
-
-
 class VariantParams(Strict):
     """One model variant of the tutorials: model, loss (from the dataset), optimizer, schedule."""
 
@@ -294,125 +255,3 @@ def params_model(datasets: tuple[str, ...]) -> type[Params]:
     variant = create_model("VariantParams", __base__=VariantParams,
                            dataset=(Literal[datasets], ...))  # type: ignore[valid-type]
     return create_model("Params", __base__=Params, data=(data, ...), train=(dict[str, variant], {}))
-
-
-# --- loading ---------------------------------------------------------------------------------
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float, as YAML 1.2 and DVC's ``-S`` do."""
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def _union_member(annotation: Any, tag: Any) -> type[BaseModel] | None:
-    """The member of a tagged union (``scheduler``) whose ``name`` is ``tag``, if ``annotation`` is one."""
-    for member in getattr(annotation, "__args__", ()):
-        if isinstance(member, type) and issubclass(member, BaseModel):
-            field = member.model_fields.get("name")
-            if field is not None and tag in getattr(field.annotation, "__args__", ()):
-                return member
-    return None
-
-
-def _unwrap(annotation: Any, discriminator: Any) -> Any:
-    """What a field's values are validated as, for :func:`_walk`: ``X | None`` as ``X``, and a
-    tagged union (``scheduler``) as ``("union", members)``."""
-    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
-    if type(None) in getattr(annotation, "__args__", ()) and len(args) == 1:
-        annotation = args[0]
-    metadata = getattr(annotation, "__metadata__", ())
-    if discriminator or any(getattr(m, "discriminator", None) for m in metadata):
-        return ("union", getattr(annotation, "__origin__", annotation))
-    return annotation
-
-
-def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
-    """``loc`` less the tags of tagged unions (pydantic puts ``step`` in ``scheduler.step.gamma``),
-    and the type found at its end, walking the model tree."""
-    current: Any = model
-    kept: list[Any] = []
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            current = None if field is None else _unwrap(field.annotation, field.discriminator)
-        elif isinstance(current, tuple):  # the tag: a params user never writes it as a key
-            current = _union_member(current[1], part)
-            continue
-        else:  # dict[str, Model]: the key is a user's name, the value type continues the walk
-            args = getattr(current, "__args__", ())
-            current = args[-1] if args else None
-        kept.append(part)
-    return tuple(kept), current
-
-
-def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
-    raw_loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "lax-", "strict-")))
-    loc, _ = _walk(root, raw_loc)
-    key = ".".join(str(part) for part in loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        _, parent = _walk(root, raw_loc[:-1])
-        allowed = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
-        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-        return f"{key}: unknown key{hint}"
-    if error["type"] == "missing":
-        return f"{key}: required key is missing"
-    if error["type"] == "union_tag_invalid":
-        return f"{key}.name: {error['ctx']['tag']!r} is not one of {', '.join(SCHEDULE_NAMES)}"
-    if error["type"] == "union_tag_not_found":
-        return f"{key}.name: required key is missing (one of {', '.join(SCHEDULE_NAMES)})"
-    got = error.get("input")
-    shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-    return f"{key}: {error['msg']}{shown}"
-
-
-def _validated(model: type[BaseModel], raw: dict[str, Any], source: str) -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        lines = sorted({_describe(err, model) for err in exc.errors()})
-        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  {line}" for line in lines)) from None
-
-
-def parse_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate an already-parsed params mapping; raise :class:`ParamsError` naming each bad key."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    names = tuple(_validated(_DatasetList, raw, source).datasets)
-    try:
-        model = params_model(names)
-    except ParamsError as exc:
-        raise ParamsError(f"{source} is invalid:\n  {exc}") from None
-    return _validated(model, raw, source)
-
-
-def read_yaml(text: str) -> Any:
-    """``text`` parsed as YAML the way the stages and DVC's ``-S`` read params: a safe loader
-    (no tags that build objects) that reads ``1e-3`` as a float (YAML 1.2), not as the string
-    ``'1e-3'`` that ``yaml.safe_load`` (YAML 1.1) makes of it. Raises ``yaml.YAMLError``."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; the single entry point every stage uses."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ParamsError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        raw = read_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
