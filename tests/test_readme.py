@@ -106,9 +106,10 @@ def test_shown_output_matches_with_squeezed_spaces_and_ellipses() -> None:
     assert not appears("val 0.925 (loss ..., acc 0.8)", printed)
 
 
-def test_the_quick_start_runs_as_written(tmp_path: Path, mirror: Path) -> None:
+def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     steps, _ = quick_start((REPO / "README.md").read_text())
-    repo = copy_repository(tmp_path / "repo")  # committed, with the committed metrics/ as HEAD's
+    # A committed copy, HEAD holding the committed metrics/; no data mirror: the flower is generated.
+    repo = copy_repository(tmp_path / "repo")
     env = stage_env(repo)
     for number, step in enumerate(steps, start=1):
         result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step.script], cwd=repo, env=env,
