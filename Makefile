@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency declarations change, so a second `make setup` takes seconds.
 STAMP  := $(VENV)/.bplab-installed
 
-.PHONY: setup repro test lint browser postgres bench soak clean-venv
+.PHONY: setup repro test docs lint browser postgres bench soak clean-venv
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ repro: setup
 # waits on stage processes starting up, and two workers use a 2-core machine's second core.
 test: setup lint browser postgres
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
+
+# The manual (docs/, mkdocs.yml) as a static site in site/. --strict: a broken link, page or anchor
+# fails the build (mkdocs.yml's validation makes each a warning). The test suite runs the same
+# build (tests/test_docs.py), so `make test` needs no `docs` prerequisite.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Full-size benchmark (about 35 minutes, 10 of them `make test` on a clean clone of the committed
 # code): writes bench/results.{md,json}; for the cost of MLflow's system metrics on the MNIST

@@ -3,7 +3,7 @@
     make bench                                   # full size: about 25 minutes on 2 cores
     .venv/bin/python bench/run.py --quick --out /tmp/b   # tiny sizes, a minute: what the tests run
 
-Measures (see README "Performance"): an MNIST epoch (bplab's loop, the tutorial's DataLoader loop,
+Measures (see the docs' Performance page): an MNIST epoch (bplab's loop, the tutorial's DataLoader loop,
 and the compute bound from the epoch's FLOPs and matmul throughput measured here), 10000
 full-batch flower steps, a cold ``dvc repro`` of the whole pipeline in a scratch copy (empty DVC
 cache and MLflow store) with per-stage times, a no-op repro, a one-param edit as a user makes it

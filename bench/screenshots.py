@@ -1,4 +1,4 @@
-"""Screenshots of the MLflow UI for the README walk-through, taken in headless Chromium.
+"""Screenshots of the MLflow UI for the walk-through (README and docs), taken in headless Chromium.
 
 It starts `mlflow server` (what `mlflow ui` runs) on a copy of the repository's store
 (``mlflow.db`` and ``mlartifacts/``, with the artifact locations rewritten to the copy), so the

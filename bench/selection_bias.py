@@ -23,7 +23,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # (variant, what changes in its params, the score early stopping watches, the test metric reported,
-# patience, seeds): Boston's 102 test rows are where choosing on them flatters most (the README's
+# patience, seeds): Boston's 102 test rows are where choosing on them flatters most (the docs'
 # early-stopping example, lr 0.01 in batches of 32 for at most 1000 epochs); MNIST's 10000, least.
 CASES = (("boston_module", {"lr": 0.01, "batch_size": 32, "epochs": 1000}, "loss", "test_rmse", 50, 10),
          ("mnist_mlp", {"epochs": 20}, "acc", "test_acc", 3, 3))

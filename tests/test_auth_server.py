@@ -26,7 +26,7 @@ from conftest import REPO, set_params, stage_env
 
 pytestmark = pytest.mark.e2e
 
-# The server's auth configuration, as the README shows it. READ for everyone by default: a user
+# The server's auth configuration, as the docs show it (Shared tracking server). READ for everyone by default: a user
 # reads every experiment and model, and may create experiments and registered models, which they
 # then manage; writing into someone else's needs a grant. The credential cache spares each request
 # a password-hash check (0.28 s of the server's CPU here: this file's train and evaluate took 28 s

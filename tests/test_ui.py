@@ -74,7 +74,7 @@ def test_every_pipeline_experiment_is_a_model_training_experiment(store: MlflowC
 
 
 def test_experiment_page_opens_on_the_runs_table_of_every_variant(store: MlflowClient, ui: str, page: Page) -> None:
-    # The README's link: MLflow 3.17's UI picks GenAI or training per browser (a fresh one: GenAI,
+    # The walk-through's link (README, docs): MLflow 3.17's UI picks GenAI or training per browser (a fresh one: GenAI,
     # whatever the experiment's tag says), and `?workflowType=machine_learning` picks training.
     experiment = store.get_experiment_by_name("mnist")
     browser.open_runs_table(page, ui, experiment.experiment_id, MNIST)

@@ -1,4 +1,4 @@
-"""The MLflow UI in a real browser, headless Chromium: for the UI tests and the README's screenshots.
+"""The MLflow UI in a real browser, headless Chromium: for the UI tests and the walk-through's screenshots.
 
 It needs the test extras (Playwright for Python drives the browser) and Debian's ``chromium``,
 which ``make browser`` (part of ``make test``) installs; Playwright's own browser download is
