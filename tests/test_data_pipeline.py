@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bplab.params.load import load_params
 from bplab.data import processed
-from conftest import NO_MIRROR, copy_repository, run, unavailable
+from conftest import NO_MIRROR, REPO, copy_repository, run, unavailable
 
 pytestmark = pytest.mark.e2e
-DATASETS = ("mnist", "boston", "flower")
+DATASETS = load_params(REPO / "params.yaml").datasets  # the tutorials' and any added since
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def repro(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return repo, result.stdout
 
 
-def test_all_six_data_stages_ran(repro: tuple[Path, str]) -> None:
+def test_every_datasets_data_stages_ran(repro: tuple[Path, str]) -> None:
     _, stdout = repro
     for dataset in DATASETS:
         assert f"Running stage 'download@{dataset}'" in stdout

@@ -68,7 +68,7 @@ def page() -> Iterator[Page]:
 
 def test_every_pipeline_experiment_is_a_model_training_experiment(store: MlflowClient) -> None:
     experiments = {e.name: e.tags for e in store.search_experiments() if e.name != "Default"}
-    datasets = ("mnist", "boston", "flower")
+    datasets = load_params(REPO / "params.yaml").datasets
     assert set(experiments) == {*datasets, *(f"{d}-data" for d in datasets)}
     assert {name: tags.get(KIND) for name, tags in experiments.items()} == dict.fromkeys(experiments, MODEL_TRAINING)
 
