@@ -26,7 +26,7 @@ test: setup lint browser postgres
 
 # The manual (docs/, mkdocs.yml) as a static site in site/. --strict: a broken link, page or anchor
 # fails the build (mkdocs.yml's validation makes each a warning). The test suite runs the same
-# build (tests/test_docs.py), so `make test` needs no `docs` prerequisite.
+# build (tests/integration/test_docs.py), so `make test` needs no `docs` prerequisite.
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
@@ -59,13 +59,13 @@ define debian_package
 	  else echo "no $(1) and no way to install it here: $(3) will skip"; fi; }
 endef
 
-# Headless Chromium for the MLflow UI tests (tests/test_ui.py) and bench/screenshots.py (about 30 s
+# Headless Chromium for the MLflow UI tests (tests/e2e/test_ui.py) and bench/screenshots.py (about 30 s
 # to install); Playwright's own browser download is never used.
 browser:
 	$(call debian_package,chromium,command -v chromium,the MLflow UI tests)
 
 # PostgreSQL's server programs for the shared-tracking-server tests and bench
-# (tests/test_shared_server.py, bench/tracking_load.py; about 30 s to install). The tests run
+# (tests/e2e/test_shared_server.py, bench/tracking_load.py; about 30 s to install). The tests run
 # their own cluster in a temporary folder, not the package's.
 postgres:
 	$(call debian_package,postgresql,ls /usr/lib/postgresql/*/bin/postgres || command -v postgres,the PostgreSQL tests)

@@ -21,7 +21,7 @@ a throwaway PostgreSQL cluster or a sqlite file, then:
    hold out).
 
 Writes bench/tracking-load.{md,json}. `--quick` is the short version; the test suite runs it on
-PostgreSQL (tests/test_shared_server.py uses these functions directly).
+PostgreSQL (tests/e2e/test_shared_server.py uses these functions directly).
 
     .venv/bin/python bench/tracking_load.py [--quick] [--out DIR]
 """

@@ -1,33 +1,21 @@
-"""Shared fixtures: the repository's own files, a temporary copy of it, and a clean environment."""
+"""Fixtures every tier uses: the repository's params, a temporary copy of it, a clean MLflow
+cwd with tiny data, the offline mirror, the tiny pipeline built once per session, a local HTTP
+server. What tests import lives in :mod:`support`; nothing imports this file.
+"""
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import subprocess
 from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
-from bplab.testing.local_servers import free_port, wait_for_http  # noqa: F401 (shared: servers the tests start)
-from bplab.testing.scratch import REPO, commit, copy_repository, data_mirror, set_params, stage_env  # noqa: F401 (shared)
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run a command, returning its output; on an unexpected exit status fail with its output.
-
-    By default in :func:`stage_env` of ``cwd``: in a repository copy, the copy's own code runs.
-    """
-    result = subprocess.run(cmd, cwd=cwd, env=env or stage_env(cwd), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n"
-                    f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
-    return result
+from bplab.testing.scratch import REPO, copy_repository, data_mirror
+from support.http import LocalHTTPServer
+from support.pipeline import TinyPipeline, build_tiny_pipeline
+from support.processes import NO_MIRROR, unavailable
 
 
 @pytest.fixture
@@ -72,27 +60,12 @@ def workspace(mlflow_repo: Path) -> Path:
     return mlflow_repo
 
 
-def tiny(params, variant: str, **changes):
-    """``params`` with one variant's settings changed (e.g. fewer epochs for a test)."""
-    updated = params.train[variant].model_copy(update=changes)
-    return params.model_copy(update={"train": {**params.train, variant: updated}})
-
-
 @pytest.fixture
 def params():
     """The repository's params.yaml, validated."""
     from bplab.params.load import load_params
 
     return load_params(REPO / "params.yaml")
-
-
-def mlflow_client():
-    """A client of the store the pipeline resolves to from the current directory."""
-    from mlflow import MlflowClient
-
-    from bplab.tracking import store
-
-    return MlflowClient(store.tracking_uri())
 
 
 @pytest.fixture
@@ -112,17 +85,6 @@ def repo_copy(tmp_path: Path) -> Iterator[Path]:
     yield copy_repository(tmp_path / "repo")
 
 
-def unavailable(reason: str) -> None:
-    """Skip a test that needs something this machine lacks; under CI (``CI=true``) fail instead,
-    since there a missing mirror or tool is a broken set-up, not a choice."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: nothing may be skipped for a missing mirror or tool)")
-    pytest.skip(reason)
-
-
-NO_MIRROR = "no data mirror: set BPLAB_DATA_MIRROR (CI uses ../shared/data)"
-
-
 @pytest.fixture
 def mirror() -> Path:
     """The offline data mirror; tests that need real MNIST/Boston skip without it (fail under CI)."""
@@ -130,45 +92,6 @@ def mirror() -> Path:
     if found is None:
         unavailable(NO_MIRROR)
     return found
-
-
-def _tiny_epochs(epochs: int, full_batch: bool) -> int:
-    """A few epochs: full-batch epochs are one step each (the flower's 10000 become 300, its
-    logistic regression's 100 become 50); mini-batch ones go over every row (at most 4)."""
-    return max(1, min(epochs // 2, 300)) if full_batch else min(epochs, 4)
-
-
-def _tiny_pipeline_params() -> dict[str, int]:
-    """Dotted overrides that shrink every variant params.yaml has, and MNIST's rows."""
-    import yaml
-
-    variants = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    return {"data.mnist.preprocess.train_limit": 1000, "data.mnist.preprocess.test_limit": 200} | {
-        f"train.{name}.epochs": _tiny_epochs(v["epochs"], v.get("batch_size") is None) for name, v in variants.items()}
-
-
-# The small end-to-end pipeline: the whole DAG on tiny params (test_pipeline.py, test_ui.py).
-TINY_PIPELINE = _tiny_pipeline_params()
-
-
-@dataclass(frozen=True)
-class TinyPipeline:
-    """A scratch copy after `dvc repro` on :data:`TINY_PIPELINE`, committed as the baseline."""
-
-    repo: Path  # the copy; test_pipeline.py goes on changing it
-    stdout: str  # what `dvc repro` printed
-    store: Path  # a copy of the copy's mlflow.db taken right after the repro, for readers only
-
-
-def _build_tiny_pipeline(root: Path) -> None:
-    repo = copy_repository(root / "repo", TINY_PIPELINE)  # committed: the split the champions live on
-    result = run(["dvc", "repro"], repo)
-    commit(repo, "baseline")  # what `dvc metrics diff` and `dvc plots diff` compare with
-    (root / "snapshot").mkdir()
-    with closing(sqlite3.connect(repo / "mlflow.db")) as source, \
-            closing(sqlite3.connect(root / "snapshot" / "mlflow.db")) as snapshot:
-        source.backup(snapshot)
-    (root / "stdout.txt").write_text(result.stdout)
 
 
 @pytest.fixture(scope="session")
@@ -186,7 +109,7 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
         if not (root / "stdout.txt").exists():
             root.mkdir(exist_ok=True)
             try:
-                _build_tiny_pipeline(root)
+                build_tiny_pipeline(root)
             except BaseException as exc:
                 (root / "FAILED").write_text(f"{type(exc).__name__}: {exc}")
                 raise
@@ -204,3 +127,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run :data:`LONGEST_FIRST` before the rest, each file's tests in their own order."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[LocalHTTPServer]:
+    """A real ThreadingHTTPServer on 127.0.0.1 (free port) serving ``server.root``; shut down after the test."""
+    root = tmp_path / "http_root"
+    root.mkdir()
+    server = LocalHTTPServer(root)
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,6 +1,6 @@
 """What dvc.yaml says a stage's code is: the deps it lists, for one item of its ``foreach``.
 
-DVC reruns a stage when one of these changes (tests/test_dvc_contract.py checks them against the
+DVC reruns a stage when one of these changes (tests/integration/test_dvc_contract.py checks them against the
 stage's imports). The checkpoint's fingerprint of the training code and the check of whether a
 split is the committed one read the same list, from here.
 """

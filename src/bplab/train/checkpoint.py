@@ -44,7 +44,7 @@ def code_digests(root: Path, variant: str, dataset: str) -> dict[str, str]:
 
     The fingerprint's ``code``: a training interrupted under one version of the code is not
     resumed under another, which recorded the new commit while ``reproduce/`` held the old. The
-    deps are dvc.yaml's, the list DVC reruns the stage for (tests/test_dvc_contract.py checks it
+    deps are dvc.yaml's, the list DVC reruns the stage for (tests/integration/test_dvc_contract.py checks it
     against the imports); ``${key}`` and ``${item.dataset}`` are resolved for this variant.
     """
     from bplab.stage_deps import code_deps

@@ -1,0 +1,74 @@
+"""The throwaway PostgreSQL the tests and the benchmark put behind `mlflow server`: a real cluster,
+run by an unprivileged user, reached only with its role's password, gone with its starter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bplab.testing.local_servers import PostgreSQL, postgres_bin
+from bplab.testing.scratch import REPO, stage_env
+from support.processes import unavailable
+
+
+@pytest.fixture
+def postgres_available() -> None:
+    if postgres_bin() is None:
+        unavailable("PostgreSQL is not installed: `make postgres` installs Debian's package")
+
+
+def _owner_uid(pid: int) -> int:
+    return Path(f"/proc/{pid}").stat().st_uid
+
+
+def test_a_cluster_serves_its_database_to_its_role_and_password_only(postgres_available: None) -> None:
+    import psycopg
+
+    with PostgreSQL(database="tracking", role="team") as cluster:
+        if os.geteuid() == 0:
+            assert _owner_uid(cluster.process.pid) != 0  # initdb and postgres refuse root
+        uri = cluster.uri
+        assert uri.startswith(f"postgresql+psycopg://team:{cluster.password}@127.0.0.1:{cluster.port}/tracking")
+        with psycopg.connect(host="127.0.0.1", port=cluster.port, user="team", password=cluster.password,
+                             dbname="tracking") as connection:
+            connection.execute("CREATE TABLE t (x int)")
+            connection.execute("INSERT INTO t VALUES (1), (2)")
+            assert connection.execute("SELECT sum(x) FROM t").fetchone() == (3,)
+            owner = connection.execute("SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_database "
+                                       "WHERE datname = 'tracking'").fetchone()
+            assert owner == ("team",)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(host="127.0.0.1", port=cluster.port, user="team", password="wrong", dbname="tracking")
+        root = cluster.root
+    assert not root.exists()  # the data folder goes with it
+    assert cluster.process.poll() is not None
+
+
+def test_a_cluster_dies_with_the_process_that_started_it(postgres_available: None, tmp_path: Path) -> None:
+    script = ("import sys, time\nfrom bplab.testing.local_servers import PostgreSQL\n"
+              "cluster = PostgreSQL().start()\nprint(cluster.process.pid, cluster.root, flush=True)\ntime.sleep(600)\n")
+    starter = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=stage_env(), text=True,
+                               stdout=subprocess.PIPE)
+    pid, root = starter.stdout.readline().split()
+    assert Path(f"/proc/{pid}").exists()
+    starter.send_signal(signal.SIGKILL)  # no finaliser runs
+    starter.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, f"postgres {pid} outlived the process that started it"
+        time.sleep(0.1)
+    subprocess.run(["rm", "-rf", root], check=True)
+
+
+def test_a_cluster_that_cannot_start_says_why_and_leaves_nothing(postgres_available: None) -> None:
+    cluster = PostgreSQL()
+    cluster.data.write_text("not a folder")  # where initdb must make the cluster's folder
+    with pytest.raises(RuntimeError, match=r"initdb exited 1:\n(.|\n)*pgdata"):
+        cluster.start()
+    assert not cluster.root.exists()

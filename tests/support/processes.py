@@ -1,0 +1,71 @@
+"""Running what the tests run: a command in a child process, or a stage's entry point in this one."""
+
+from __future__ import annotations
+
+import io
+import os
+import runpy
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bplab.testing.scratch import REPO, stage_env
+
+BPLAB = Path(sys.executable).with_name("bplab")  # the console script of [project.scripts]
+NO_MIRROR = "no data mirror: set BPLAB_DATA_MIRROR (CI uses ../shared/data)"
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
+        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a command, returning its output; on an unexpected exit status fail with its output.
+
+    By default in :func:`stage_env` of ``cwd``: in a repository copy, the copy's own code runs.
+    """
+    result = subprocess.run(cmd, cwd=cwd, env=env or stage_env(cwd), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n"
+                    f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+    return result
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test that needs something this machine lacks; under CI (``CI=true``) fail instead,
+    since there a missing mirror or tool is a broken set-up, not a choice."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: nothing may be skipped for a missing mirror or tool)")
+    pytest.skip(reason)
+
+
+
+@dataclass(frozen=True)
+class StageExit:
+    """How a stage entry point run in this process ended: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def stage_in_process(script: str, *args: str, cwd: Path) -> StageExit:
+    """Run ``stages/<script>.py`` of this checkout with ``args`` in this process, from ``cwd``, as
+    DVC would run it (``python stages/<script>.py ARGS``): for error paths that end before any
+    work, where a child process would only add its start-up. The stage's own handling turns
+    errors into its one-line message and an exit code; both come back here."""
+    out, err = io.StringIO(), io.StringIO()
+    argv, before = sys.argv, Path.cwd()
+    sys.argv = [str(REPO / "stages" / f"{script}.py"), *args]
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(before)
+    return StageExit(code, out.getvalue(), err.getvalue())
