@@ -56,7 +56,7 @@ def stage_in_process(script: str, *args: str, cwd: Path) -> StageExit:
     work, where a child process would only add its start-up. The stage's own handling turns
     errors into its one-line message and an exit code; both come back here."""
     out, err = io.StringIO(), io.StringIO()
-    argv, before = sys.argv, Path.cwd()
+    argv, before, excepthook = sys.argv, Path.cwd(), sys.excepthook
     sys.argv = [str(REPO / "stages" / f"{script}.py"), *args]
     os.chdir(cwd)
     try:
@@ -66,6 +66,19 @@ def stage_in_process(script: str, *args: str, cwd: Path) -> StageExit:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        sys.argv = argv
+        sys.argv, sys.excepthook = argv, excepthook  # the stage redacts tracebacks in its own process
         os.chdir(before)
     return StageExit(code, out.getvalue(), err.getvalue())
+
+
+def params_only_repository(folder: Path, overrides: dict | None = None) -> Path:
+    """A folder a stage can start in without a copy of the whole repository: ``.dvc/`` (its root,
+    where the MLflow store would go) and this checkout's params.yaml with dotted ``overrides``."""
+    from bplab.testing.scratch import set_params
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".dvc").mkdir(exist_ok=True)
+    (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    if overrides:
+        set_params(folder, overrides)
+    return folder

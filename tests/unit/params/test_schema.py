@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from bplab.outputs import publish_directory, write_text_atomic
 from bplab.params.load import load_params, parse_params
 from bplab.params.schema import Params
 from bplab.paths import NAME_LIMIT, checkpoint_file, history_file, metrics_file, model_dir
-from bplab.testing.scratch import REPO, set_dotted, set_params
-from support.processes import run
+from bplab.testing.scratch import REPO, set_dotted
+from support.processes import params_only_repository, stage_in_process
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 DATASETS: list[str] = RAW["datasets"]  # every dataset params.yaml lists, the tutorials' and any added since
@@ -195,15 +194,15 @@ def test_unreadable_or_malformed_files_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stage", ["download", "preprocess"])
-def test_stage_stops_before_any_work_or_mlflow_run(repo_copy: Path, stage: str) -> None:
-    set_params(repo_copy, {"train.mnist_mlp.lrr": 0.1})
-    result = run([sys.executable, f"stages/{stage}.py", "flower"], repo_copy, check=False)
+def test_stage_stops_before_any_work_or_mlflow_run(tmp_path: Path, stage: str) -> None:
+    repo = params_only_repository(tmp_path / "repo", {"train.mnist_mlp.lrr": 0.1})
+    result = stage_in_process(stage, "flower", cwd=repo)
     assert result.returncode == 2
     assert f"{stage}@flower: error: params.yaml is invalid" in result.stderr
     assert "train.mnist_mlp.lrr: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (repo_copy / "mlflow.db").exists()
-    assert not (repo_copy / "data" / "raw" / "flower").exists()
+    assert not (repo / "mlflow.db").exists()
+    assert not (repo / "data" / "raw" / "flower").exists()
 
 
 @pytest.mark.parametrize(("datasets", "expected"), [
@@ -233,8 +232,8 @@ def test_a_dataset_whose_params_all_have_defaults_may_leave_its_section_out() ->
     assert parse_params(params).data.flower.download.n_points == 400
 
 
-def test_a_data_stage_for_an_unlisted_dataset_stops_naming_the_list(repo_copy: Path) -> None:
-    result = run([sys.executable, "stages/download.py", "cifar"], repo_copy, check=False)
+def test_a_data_stage_for_an_unlisted_dataset_stops_naming_the_list(tmp_path: Path) -> None:
+    result = stage_in_process("download", "cifar", cwd=params_only_repository(tmp_path / "repo"))
     assert result.returncode == 2
     listed = ", ".join(DATASETS)
     assert f"download@cifar: error: datasets: 'cifar' is not listed in params.yaml; listed: {listed}" in result.stderr
