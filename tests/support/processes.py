@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import runpy
@@ -52,9 +53,15 @@ class StageExit:
 
 def stage_in_process(script: str, *args: str, cwd: Path) -> StageExit:
     """Run ``stages/<script>.py`` of this checkout with ``args`` in this process, from ``cwd``, as
-    DVC would run it (``python stages/<script>.py ARGS``): for error paths that end before any
-    work, where a child process would only add its start-up. The stage's own handling turns
-    errors into its one-line message and an exit code; both come back here."""
+    DVC would run it (``python stages/<script>.py ARGS``): for a stage's error paths, where no
+    signal, kill or second process is involved and a child process would only add its start-up
+    (importing torch and MLflow, seconds). The stage's own handling turns errors into its
+    one-line message and an exit code; both come back here.
+
+    ``sys.argv``, the cwd, ``sys.excepthook`` and the garbage collector (the stage freezes what is
+    alive as it ends) are put back after. MLflow's tracking URI, which the stage sets (and exports
+    as ``MLFLOW_TRACKING_URI``), is not: run it under a fixture that resets it (``mlflow_repo``,
+    or one built on it), with any environment it needs set by ``monkeypatch.setenv``."""
     out, err = io.StringIO(), io.StringIO()
     argv, before, excepthook = sys.argv, Path.cwd(), sys.excepthook
     sys.argv = [str(REPO / "stages" / f"{script}.py"), *args]
@@ -68,6 +75,7 @@ def stage_in_process(script: str, *args: str, cwd: Path) -> StageExit:
     finally:
         sys.argv, sys.excepthook = argv, excepthook  # the stage redacts tracebacks in its own process
         os.chdir(before)
+        gc.unfreeze()  # what stage_process froze as the stage ended: a process would now exit
     return StageExit(code, out.getvalue(), err.getvalue())
 
 

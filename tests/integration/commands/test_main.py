@@ -1,6 +1,9 @@
-"""The `bplab` console script, run as a real process: help, `bplab compare`, and what `bplab serve` refuses.
+"""The `bplab` command line: help, `bplab compare`, and what `bplab serve` and `bplab promote` refuse.
 
-`bplab serve` answering predictions is tested in test_serve.py, where the champions' servers start.
+`bplab compare` runs as the console script, a real process, beside `python -m bplab.compare`.
+Help and refusals run :func:`bplab.commands.main.main` in this process: each ends before MLflow
+is set up or a server started, and a child process would only add its start-up. `bplab serve`
+answering predictions is tested in test_serve.py, where the champions' servers start.
 """
 
 from __future__ import annotations
@@ -29,6 +32,23 @@ def bplab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproces
                           text=True, timeout=120)
 
 
+def bplab_here(*args: str, capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """``bplab ARGS`` by :func:`bplab.commands.main.main` in this process, ended as its process would
+    end (argparse's exits included), with what it printed."""
+    from bplab.commands.main import main
+
+    capsys.readouterr()  # what came before is not its output
+    excepthook = sys.excepthook  # main redacts tracebacks for its whole process
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.excepthook = excepthook
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["bplab", *args], code, out, err)
+
+
 def refused(result: subprocess.CompletedProcess[str], command: str) -> str:
     """The one-line error of a ``bplab`` run that must exit 2 without a traceback."""
     assert result.returncode == 2, result
@@ -38,27 +58,29 @@ def refused(result: subprocess.CompletedProcess[str], command: str) -> str:
     return lines[0]
 
 
-def test_help_shows_each_command_with_a_description_and_examples(tmp_path: Path) -> None:
-    top = bplab("--help", cwd=tmp_path)
+def test_help_shows_each_command_with_a_description_and_examples(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # argparse's width when its output is not a terminal, whatever runs the suite
+    top = bplab_here("--help", capsys=capsys)
     assert top.returncode == 0, top.stderr
     assert top.stdout.startswith("usage: bplab [-h] COMMAND ...")
     assert "compare" in top.stdout and "serve" in top.stdout and "examples:\n  bplab compare" in top.stdout
     assert "  bplab serve boston " in top.stdout
 
-    compare = bplab("compare", "--help", cwd=tmp_path)
+    compare = bplab_here("compare", "--help", capsys=capsys)
     assert compare.returncode == 0, compare.stderr
     assert compare.stdout.startswith("usage: bplab compare [-h] [--out OUT] [--all] [--dataset DATASET]")
     assert "one row per variant" in compare.stdout and "MLFLOW_TRACKING_URI" in compare.stdout
     assert "examples:\n  bplab compare " in compare.stdout and "  bplab compare --all " in compare.stdout
 
-    serve = bplab("serve", "--help", cwd=tmp_path)
+    serve = bplab_here("serve", "--help", capsys=capsys)
     assert serve.returncode == 0, serve.stderr
     assert serve.stdout.startswith("usage: bplab serve [-h] [--port PORT] [--host HOST] [--alias ALIAS]")
     assert "models:/<dataset>@champion" in serve.stdout and "mlflow models serve --env-manager local" in serve.stdout
     assert "examples:\n  bplab serve boston " in serve.stdout and "/invocations" in serve.stdout
 
-    assert bplab(cwd=tmp_path).returncode == 2  # a command is required
-    assert "'0' is not a TCP port" in bplab("serve", "boston", "--port", "0", cwd=tmp_path).stderr
+    assert bplab_here(capsys=capsys).returncode == 2  # a command is required
+    assert "'0' is not a TCP port" in bplab_here("serve", "boston", "--port", "0", capsys=capsys).stderr
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -81,8 +103,13 @@ def test_compare_lists_the_runs_of_a_real_store_like_python_m_bplab_compare(work
     assert module.returncode == 0 and module.stdout == result.stdout, module.stderr
 
 
-def test_serve_refuses_with_one_line_naming_what_is_wrong(mlflow_repo: Path) -> None:
-    missing = refused(bplab("serve", "boston", cwd=mlflow_repo), "serve")  # before any store exists
+def test_serve_refuses_with_one_line_naming_what_is_wrong(mlflow_repo: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_server(*args: object) -> None:  # in this process, a serve that got through would replace pytest
+        pytest.fail(f"bplab serve was to refuse, and started a server: {args}")
+
+    monkeypatch.setattr(os, "execve", no_server)
+    missing = refused(bplab_here("serve", "boston", capsys=capsys), "serve")  # before any store exists
     assert f"no MLflow store at sqlite:///{mlflow_repo / 'mlflow.db'}" in missing
     assert not (mlflow_repo / "mlflow.db").exists()  # looking did not create one
 
@@ -92,24 +119,23 @@ def test_serve_refuses_with_one_line_naming_what_is_wrong(mlflow_repo: Path) -> 
     version = client.create_model_version("flower", str(mlflow_repo / "elsewhere"), tags={"variant": "by_hand"})
     client.set_registered_model_alias("flower", "champion", version.version)
 
-    assert refused(bplab("serve", "nosuch", cwd=mlflow_repo), "serve") == \
+    assert refused(bplab_here("serve", "nosuch", capsys=capsys), "serve") == \
         "bplab serve: error: unknown dataset 'nosuch'; the datasets are boston, flower, mnist"
-    assert "no registered model 'mnist'" in refused(bplab("serve", "mnist", cwd=mlflow_repo), "serve")
-    assert "has no version with the alias 'champion'" in refused(bplab("serve", "boston", cwd=mlflow_repo), "serve")
+    assert "no registered model 'mnist'" in refused(bplab_here("serve", "mnist", capsys=capsys), "serve")
+    assert "has no version with the alias 'champion'" in refused(bplab_here("serve", "boston", capsys=capsys), "serve")
     assert "has no version with the alias 'best'" in \
-        refused(bplab("serve", "flower", "--alias", "best", cwd=mlflow_repo), "serve")
+        refused(bplab_here("serve", "flower", "--alias", "best", capsys=capsys), "serve")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert refused(bplab("serve", "flower", "--port", str(port), cwd=mlflow_repo), "serve") == \
+        assert refused(bplab_here("serve", "flower", "--port", str(port), capsys=capsys), "serve") == \
             f"bplab serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
     # a tracking server that does not answer: named without its credentials, and in seconds
-    server = {**os.environ, store.TRACKING_ENV: f"http://ann:s3cret@127.0.0.1:{free_port()}/?token=abc"}
+    monkeypatch.setenv(store.TRACKING_ENV, f"http://ann:s3cret@127.0.0.1:{free_port()}/?token=abc")
     for command in ("serve", "compare"):
-        line = refused(bplab(command, *(["flower"] if command == "serve" else []), cwd=mlflow_repo, env=server),
-                       command)
+        line = refused(bplab_here(command, *(["flower"] if command == "serve" else []), capsys=capsys), command)
         assert "cannot reach the MLflow tracking server at http://***@127.0.0.1:" in line
         assert "s3cret" not in line and "token" not in line
 

@@ -1,5 +1,11 @@
-"""Faults injected into real stage processes: each ends with a clear message, an honest MLflow
-status, and no output that DVC could take for a result."""
+"""Faults injected into stages: each ends with a clear message, an honest MLflow status, and no
+output that DVC could take for a result.
+
+Signals, kills and concurrent stages need real stage processes. The other faults (bad data,
+divergence, an unreachable server) run the stage's entry point in this process
+(``stage_in_process``), which ends as its process would; ``stage_dir`` rests on ``mlflow_repo``,
+which resets MLflow's tracking URI after each test, and environment goes through ``monkeypatch``.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +26,13 @@ from bplab.testing.local_servers import free_port
 from bplab.testing.scratch import REPO, set_params, stage_env
 from bplab.timings import FAULT_ENV
 from support.pipeline import mlflow_client
+from support.processes import stage_in_process
 
 
 @pytest.fixture
 def stage_dir(workspace: Path) -> Path:
-    """The tiny-data workspace with the repository's stages and params.yaml, for stage processes."""
+    """The tiny-data workspace with the repository's stages and params.yaml, for stage processes
+    (and stages in this process: through ``workspace``, MLflow's tracking URI is reset after)."""
     shutil.copytree(REPO / "stages", workspace / "stages")
     shutil.copy(REPO / "params.yaml", workspace / "params.yaml")
     return workspace
@@ -102,12 +110,12 @@ def test_truncated_raw_file_fails_naming_it_and_keeps_the_previous_output(stage_
     for prefix, n in (("train", 20), ("t10k", 8)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
-    assert stage(stage_dir, "stages/preprocess.py", "mnist").returncode == 0
+    assert stage_in_process("preprocess", "mnist", cwd=stage_dir).returncode == 0
     good = (stage_dir / "data/processed/mnist/x_train.npy").read_bytes()
     images = raw / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
 
-    result = stage(stage_dir, "stages/preprocess.py", "mnist")
+    result = stage_in_process("preprocess", "mnist", cwd=stage_dir)
     assert result.returncode == 2
     assert "preprocess@mnist: error: data/raw/mnist/train-images-idx3-ubyte: truncated or padded" in result.stderr
     assert "Traceback" not in result.stderr
@@ -125,15 +133,16 @@ def test_bad_boston_csv_fails_naming_file_and_column(stage_dir: Path, mirror: Pa
     raw.mkdir(parents=True)
     (raw / "boston.csv").write_text(edit((mirror / "boston/boston.csv").read_text()))
     before = (stage_dir / "data/processed/boston/x_train.npy").read_bytes()
-    result = stage(stage_dir, "stages/preprocess.py", "boston")
+    result = stage_in_process("preprocess", "boston", cwd=stage_dir)
     assert result.returncode == 2
     assert f"data/raw/boston/boston.csv: {message}" in result.stderr
     assert (stage_dir / "data/processed/boston/x_train.npy").read_bytes() == before
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_processed_tensor_of_wrong_dtype_stops_training_before_a_run(stage_dir: Path) -> None:
     np.save(stage_dir / "data/processed/flower/x_train.npy", np.zeros((48, 2), np.float64))
-    result = stage(stage_dir, "stages/train.py", "flower_logreg")
+    result = stage_in_process("train", "flower_logreg", cwd=stage_dir)
     assert result.returncode == 2
     assert "x_train must be a 2-D float32 array, found 2-D float64" in result.stderr
     assert runs_of("flower", "flower_logreg") == []
@@ -159,9 +168,10 @@ def test_signal_during_training_marks_the_run_killed_and_writes_no_model(
     assert leftovers(stage_dir / "models") == []
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_diverging_loss_fails_the_run_naming_epoch_and_step(stage_dir: Path) -> None:
     set_params(stage_dir, {"train.boston_module.lr": 1e6, "train.boston_module.batch_size": 16})
-    result = stage(stage_dir, "stages/train.py", "boston_module")
+    result = stage_in_process("train", "boston_module", cwd=stage_dir)
     assert result.returncode == 2
     assert "train@boston_module: error: training diverged: loss is" in result.stderr
     assert "at epoch 1, step" in result.stderr or "at epoch 2, step" in result.stderr
@@ -170,11 +180,12 @@ def test_diverging_loss_fails_the_run_naming_epoch_and_step(stage_dir: Path) -> 
     assert not (stage_dir / "models").exists()
 
 
-def test_unreachable_tracking_server_fails_fast_naming_it(stage_dir: Path) -> None:
+def test_unreachable_tracking_server_fails_fast_naming_it(stage_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()  # nobody listens on it
     uri = f"http://alice:s3cret@127.0.0.1:{port}/?token=t0ken"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
-    result = stage(stage_dir, "stages/download.py", "flower", env=stage_env(MLFLOW_TRACKING_URI=uri), timeout=60)
+    result = stage_in_process("download", "flower", cwd=stage_dir)
     assert time.monotonic() - started < 30
     assert result.returncode == 2
     assert f"cannot reach the MLflow tracking server at http://***@127.0.0.1:{port}/" in result.stderr

@@ -2,7 +2,9 @@
 
 Each crafted file below carries a pickle whose ``__reduce__`` would create a marker file. The
 pipeline must refuse it, naming the file, before anything is recorded; the marker must never
-appear. A last check reads the source: the one ``torch.load`` in ``src/`` and ``stages/`` passes
+appear. The stages run in this process (``stage_in_process``, under the ``workspace`` fixture,
+which resets MLflow after): a payload that ran would create the marker here as in a child. A
+last check reads the source: the one ``torch.load`` in ``src/`` and ``stages/`` passes
 ``weights_only=True``, and nothing else unpickles.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 import ast
 import os
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ import torch
 from bplab.params.schema import Params
 from bplab.paths import checkpoint_file, metrics_file, model_dir
 from bplab.pipeline.train_stage import train
-from bplab.testing.scratch import REPO, stage_env
+from bplab.testing.scratch import REPO
 from support.pipeline import mlflow_client, tiny
-from support.processes import run
+from support.processes import stage_in_process
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,8 +52,7 @@ def test_evaluate_refuses_a_saved_model_that_would_run_code(workspace: Path, par
     crafted = model_dir("boston_module") / file_name
     torch.save(_Payload(marker), crafted)  # what a tampered file on a DVC remote would hold
 
-    result = run([sys.executable, str(REPO / "stages/evaluate.py"), "boston_module", "--params",
-                  str(REPO / "params.yaml")], cwd=workspace, env=stage_env(), check=False)
+    result = stage_in_process("evaluate", "boston_module", "--params", str(REPO / "params.yaml"), cwd=workspace)
 
     assert result.returncode == 2, result.stderr
     assert f"evaluate@boston_module: error: models/boston_module/{file_name}: refused" in result.stderr
@@ -73,8 +73,7 @@ def test_training_ignores_a_checkpoint_that_would_run_code(workspace: Path) -> N
     torch.save({"fingerprint": _Payload(marker)}, crafted)
     original = crafted.read_bytes()
 
-    result = run([sys.executable, str(REPO / "stages/train.py"), "flower_logreg", "--params",
-                  str(REPO / "params.yaml")], cwd=workspace, env=stage_env(), check=False)
+    result = stage_in_process("train", "flower_logreg", "--params", str(REPO / "params.yaml"), cwd=workspace)
 
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
