@@ -13,7 +13,7 @@ import pytest
 from filelock import FileLock
 
 from bplab.testing.scratch import REPO, copy_repository, data_mirror
-from support.http import LocalHTTPServer
+from support.mirror_server import LocalHTTPServer
 from support.pipeline import TinyPipeline, build_tiny_pipeline
 from support.processes import NO_MIRROR, unavailable
 

@@ -20,7 +20,7 @@ import pytest
 from bplab.commands import main
 from bplab.testing.local_servers import PostgreSQL, postgres_bin
 from bplab.testing.scratch import copy_repository, stage_env
-from support.http import LocalHTTPServer
+from support.mirror_server import LocalHTTPServer
 from support.processes import run, unavailable
 
 VARIANT = "boston_module"
