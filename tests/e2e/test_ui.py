@@ -44,7 +44,7 @@ def test_experiments_are_marked_for_model_training_and_older_ones_at_their_next_
 
 
 @pytest.fixture(scope="module")
-def store(tiny_pipeline: TinyPipeline) -> MlflowClient:
+def snapshot_client(tiny_pipeline: TinyPipeline) -> MlflowClient:
     from mlflow import MlflowClient
 
     return MlflowClient(f"sqlite:///{tiny_pipeline.store}")
@@ -67,17 +67,18 @@ def page() -> Iterator[Page]:
         yield page
 
 
-def test_every_pipeline_experiment_is_a_model_training_experiment(store: MlflowClient) -> None:
-    experiments = {e.name: e.tags for e in store.search_experiments() if e.name != "Default"}
+def test_every_pipeline_experiment_is_a_model_training_experiment(snapshot_client: MlflowClient) -> None:
+    experiments = {e.name: e.tags for e in snapshot_client.search_experiments() if e.name != "Default"}
     datasets = load_params(REPO / "params.yaml").datasets
     assert set(experiments) == {*datasets, *(f"{d}-data" for d in datasets)}
     assert {name: tags.get(KIND) for name, tags in experiments.items()} == dict.fromkeys(experiments, MODEL_TRAINING)
 
 
-def test_experiment_page_opens_on_the_runs_table_of_every_variant(store: MlflowClient, ui: str, page: Page) -> None:
+def test_experiment_page_opens_on_the_runs_table_of_every_variant(snapshot_client: MlflowClient, ui: str,
+                                                                  page: Page) -> None:
     # The walk-through's link (README, docs): MLflow 3.17's UI picks GenAI or training per browser (a fresh one: GenAI,
     # whatever the experiment's tag says), and `?workflowType=machine_learning` picks training.
-    experiment = store.get_experiment_by_name("mnist")
+    experiment = snapshot_client.get_experiment_by_name("mnist")
     browser.open_runs_table(page, ui, experiment.experiment_id, MNIST)
     assert f"/experiments/{experiment.experiment_id}/runs" in page.url
     rows = page.get_by_role("grid").get_by_role("row").all_inner_texts()
@@ -86,9 +87,10 @@ def test_experiment_page_opens_on_the_runs_table_of_every_variant(store: MlflowC
         assert page.get_by_text(genai).count() == 0, genai
 
 
-def test_compare_page_plots_and_tabulates_the_compared_params(store: MlflowClient, ui: str, page: Page) -> None:
-    experiment = store.get_experiment_by_name("mnist")
-    runs = store.search_runs([experiment.experiment_id], order_by=["attributes.run_name"])
+def test_compare_page_plots_and_tabulates_the_compared_params(snapshot_client: MlflowClient, ui: str,
+                                                              page: Page) -> None:
+    experiment = snapshot_client.get_experiment_by_name("mnist")
+    runs = snapshot_client.search_runs([experiment.experiment_id], order_by=["attributes.run_name"])
     assert [run.info.run_name for run in runs] == sorted(MNIST)
     browser.open_compare(page, ui, experiment.experiment_id, [run.info.run_id for run in runs])
     axes = page.locator(".parcoords .axis-title").all_text_contents()
