@@ -1,7 +1,5 @@
-"""The ``integration`` tier: real processes, servers and dvc commands, on small inputs.
-
-Every test under this folder carries the ``integration`` marker (``pytest -m integration``), set here so that
-a new test file cannot forget it.
+"""The ``integration`` tier: real processes, servers and dvc commands, on small inputs. Its tests carry
+the ``integration`` marker (``pytest -m integration``).
 """
 
 from __future__ import annotations
@@ -10,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
+from support.tiers import mark_folder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark this folder's tests ``integration`` (the hook sees every item; only ours are marked)."""
-    for item in items:
-        if HERE in item.path.parents:
-            item.add_marker(pytest.mark.integration)
+    """Mark this folder's tests ``integration``."""
+    mark_folder(items, Path(__file__).parent, "integration")

@@ -1,7 +1,5 @@
-"""The ``unit`` tier: in-process tests: no child process, no server (a sqlite MLflow store in tmp_path is fine).
-
-Every test under this folder carries the ``unit`` marker (``pytest -m unit``), set here so that
-a new test file cannot forget it.
+"""The ``unit`` tier: in-process tests: no child process, no server (a sqlite MLflow store in tmp_path
+is fine). Its tests carry the ``unit`` marker (``pytest -m unit``).
 """
 
 from __future__ import annotations
@@ -10,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
+from support.tiers import mark_folder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark this folder's tests ``unit`` (the hook sees every item; only ours are marked)."""
-    for item in items:
-        if HERE in item.path.parents:
-            item.add_marker(pytest.mark.unit)
+    """Mark this folder's tests ``unit``."""
+    mark_folder(items, Path(__file__).parent, "unit")
