@@ -14,17 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bplab.testing.scratch import commit, copy_repository, set_params
+from bplab.testing.scratch import commit
 from support.processes import run
-from support.wine import WINE_MODULE, WINE_PARAMS
+from support.wine import copy_with_wine
 
 
 def test_a_new_dataset_is_one_module_and_params_entries(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    repo = copy_repository(tmp_path / "repo")
-    (repo / "src/bplab/data/wine.py").write_text(WINE_MODULE)
-    set_params(repo, WINE_PARAMS)
+    repo = copy_with_wine(tmp_path / "repo")
     changed = run(["git", "status", "--porcelain"], repo).stdout.split("\n")
     assert sorted(filter(None, changed)) == [" M params.yaml", "?? src/bplab/data/wine.py"]
     commit(repo, "the wine dataset")  # committed, its split is the one its champion lives on

@@ -12,9 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bplab.testing.scratch import copy_repository, set_params
 from support.processes import run
-from support.wine import WINE_MODULE, WINE_PARAMS
+from support.wine import copy_with_wine
 
 # The fast tests that enumerate what params.yaml and the catalog hold (test_dvc_contract's last
 # check compares dvc.lock with a pipeline this copy never ran).
@@ -25,9 +24,7 @@ ENUMERATING = ["tests/unit/models/test_architectures.py", "tests/unit/params/tes
 
 
 def test_a_new_dataset_and_variant_keep_the_enumerating_tests_green(tmp_path: Path) -> None:
-    repo = copy_repository(tmp_path / "repo")
-    (repo / "src/bplab/data/wine.py").write_text(WINE_MODULE)
-    set_params(repo, WINE_PARAMS)
+    repo = copy_with_wine(tmp_path / "repo")
     changed = run(["git", "status", "--porcelain"], repo).stdout.split("\n")
     assert sorted(filter(None, changed)) == [" M params.yaml", "?? src/bplab/data/wine.py"]
 

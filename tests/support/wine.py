@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 WINE_MODULE = '''"""Wine recognition: 178 wines, 13 chemical measurements, 3 cultivars (ships in scikit-learn)."""
 
 from __future__ import annotations
@@ -84,3 +86,14 @@ WINE_PARAMS = {
     "train.wine_mlp": {"dataset": "wine", "model": {"arch": "mnist_net", "hidden": [16]}, "epochs": 30,
                        "batch_size": 16, "lr": 0.1, "optimizer": "sgd", "init": "default"},
 }
+
+
+def copy_with_wine(dest: Path) -> Path:
+    """A scratch copy of the repository at ``dest`` with the wine module and its params.yaml entries
+    added, uncommitted, as a user would add them."""
+    from bplab.testing.scratch import copy_repository, set_params
+
+    repo = copy_repository(dest)
+    (repo / "src/bplab/data/wine.py").write_text(WINE_MODULE)
+    set_params(repo, WINE_PARAMS)
+    return repo
