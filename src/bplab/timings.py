@@ -30,7 +30,7 @@ def _kill_point() -> Any:
         return None
     from bplab.testing.faults import KillPoint
 
-    return KillPoint.parse(f"{FAULT_ENV}={os.environ[FAULT_ENV]}")
+    return KillPoint.parse(FAULT_ENV, os.environ[FAULT_ENV])
 
 
 def process_start_time() -> float:

@@ -29,15 +29,14 @@ class KillPoint:
     setting: str  # as the environment said it, for the announcement
 
     @classmethod
-    def parse(cls, setting: str) -> KillPoint | None:
-        """``<stage>/<phase>:<n>[:end]`` parsed, or None when not understood."""
-        value = setting.split("=", 1)[1]
+    def parse(cls, variable: str, value: str) -> KillPoint | None:
+        """``value``, ``<stage>/<phase>:<n>[:end]``, parsed; None when not understood."""
         stage, _, point = value.partition("/")
         phase, _, rest = point.partition(":")
         count, _, end = rest.partition(":")
         if not (stage and phase and count.isdigit()) or end not in {"", "end"}:
             return None
-        return cls(stage, phase, int(count), end == "end", setting)
+        return cls(stage, phase, int(count), end == "end", f"{variable}={value}")
 
     def check(self, stage: str, phase: str, count: int, at_end: bool) -> None:
         """Kill this process with SIGKILL if it is at this point."""
