@@ -177,7 +177,7 @@ def mnist_epoch(sizes: Sizes, raw: Path, matmul: dict[str, float]) -> dict[str, 
     variant = load_params(REPO / "params.yaml").train["mnist_mlp"]
     torch.manual_seed(0)
     model = build_model(variant.model, 784, 10)
-    optimizer = build_optimizer(model, variant)
+    optimizer = build_optimizer(model, variant, "train.mnist_mlp")
     records = []
     fit(model, optimizer, Task("multiclass"), train, test,
         EpochPlan(sizes.bplab_epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle),
@@ -236,7 +236,7 @@ def flower_steps(sizes: Sizes) -> dict[str, Any]:
     tutorial.flower_net("seq_net", x, y, 20)  # both measured warm: torch.optim's first step imports torch._dynamo
     torch.manual_seed(0)
     model = build_model(variant.model, 2, 1)
-    optimizer = build_optimizer(model, variant)
+    optimizer = build_optimizer(model, variant, "train.flower_sequential")
     records = []
     started = time.perf_counter()
     fit(model, optimizer, Task("binary"), (x, y), test, EpochPlan(steps, None, None, False, every),

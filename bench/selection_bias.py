@@ -52,8 +52,8 @@ def _train_and_score(name: str, changes: dict, watched: str, patience: int, seed
     n_out = int(max(y.max() for _, y in data.values())) + 1 if task.kind == "multiclass" else 1
     torch.manual_seed(seed)
     model = initialize(build_model(variant.model, splits["train"][0].shape[1], n_out), variant.init)
-    optimizer = build_optimizer(model, variant)
-    controls = build_controls(optimizer, variant, len(splits["train"][0]))
+    optimizer = build_optimizer(model, variant, f"train.{name}")
+    controls = build_controls(optimizer, variant, len(splits["train"][0]), task.has_accuracy, f"train.{name}")
     started = time.perf_counter()
     last = fit(model, optimizer, task, splits["train"], splits[watch_split],
                EpochPlan(epochs, variant.batch_size, variant.eval_batch_size, variant.shuffle),

@@ -8,7 +8,7 @@ from bplab.data import catalog, flower
 from bplab.models.architectures import build_model, initialize
 from bplab.params.schema import VariantParams
 from bplab.train.loop import Task
-from bplab.train.optim import build_optimizer, check_param_groups
+from bplab.train.optim import build_optimizer
 
 
 def make_data(dataset: str, n: int | None = None, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +45,6 @@ def setup(v: VariantParams, seed: int, n_in: int):
     n_out = 10 if task.kind == "multiclass" else 1
     torch.manual_seed(seed)
     model = initialize(build_model(v.model, n_in, n_out), v.init)
-    check_param_groups(model, v, "train.test")
-    optimizer = build_optimizer(model, v)
+    optimizer = build_optimizer(model, v, "train.test")
     generator = torch.Generator().manual_seed(seed)
     return model, optimizer, task, generator

@@ -91,6 +91,12 @@ class Checkpoint:
         torch.save(payload, buffer)
         return buffer.getvalue()
 
+    @classmethod
+    def from_bytes(cls, raw: bytes, path: Path) -> Checkpoint:
+        """The checkpoint in ``raw`` (read from ``path``), loaded without running code from it."""
+        payload = load_without_code(path, "a training checkpoint", data=raw)
+        return cls(**{**payload, "history": _history_records(payload["history"])})
+
     def save(self, path: Path) -> None:
         """Write atomically: an interrupt during the write keeps the previous checkpoint."""
         write_bytes_atomic(path, self.to_bytes())
@@ -136,18 +142,12 @@ def read(path: Path) -> bytes | None:
         return None
 
 
-def load(raw: bytes, path: Path) -> Checkpoint:
-    """The checkpoint in ``raw`` (read from ``path``), loaded without running code from it."""
-    payload = load_without_code(path, "a training checkpoint", data=raw)
-    return Checkpoint(**{**payload, "history": _history_records(payload["history"])})
-
-
 def decide(raw: bytes | None, path: Path, expected: dict[str, str], epochs: int) -> Resumption:
     """Whether the checkpoint ``raw`` (read from ``path``) is resumed, set aside, or replaced."""
     if raw is None:
         return Resumption(None, "no checkpoint", False)
     try:
-        checkpoint = load(raw, path)
+        checkpoint = Checkpoint.from_bytes(raw, path)
     except ModelFileError as exc:
         return Resumption(None, f"unreadable checkpoint: {exc}", True)
     except (TypeError, KeyError, AttributeError, ValueError) as exc:

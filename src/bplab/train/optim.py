@@ -11,8 +11,7 @@ from bplab.params.optimizers import OPTIMIZERS
 from bplab.params.schema import VariantParams
 
 
-def check_param_groups(model: nn.Module, variant: VariantParams, key: str) -> None:
-    """Raise :class:`ParamsError` naming ``<key>.param_groups.<name>`` for a layer the model lacks."""
+def _check_param_groups(model: nn.Module, variant: VariantParams, key: str) -> None:
     known = layer_names(model)
     for name in variant.param_groups:
         if name not in known:
@@ -22,8 +21,10 @@ def check_param_groups(model: nn.Module, variant: VariantParams, key: str) -> No
             )
 
 
-def build_optimizer(model: nn.Module, variant: VariantParams) -> torch.optim.Optimizer:
-    """The variant's optimizer; ``param_groups`` layers get their own lr, the rest ``lr``."""
+def build_optimizer(model: nn.Module, variant: VariantParams, key: str) -> torch.optim.Optimizer:
+    """The variant's optimizer; ``param_groups`` layers get their own lr, the rest ``lr``. A
+    ``param_groups`` layer the model lacks is a :class:`ParamsError` naming ``<key>.param_groups.<layer>``."""
+    _check_param_groups(model, variant, key)
     grouped: list[dict] = []
     taken: set[int] = set()
     for name, lr in variant.param_groups.items():

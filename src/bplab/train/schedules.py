@@ -176,8 +176,7 @@ class LrScheduleAndStopping:
         return self.stopper is not None and self.stopper.stopped_epoch is not None
 
 
-def check_controls(variant: VariantParams, has_accuracy: bool, key: str) -> None:
-    """Raise :class:`ParamsError` naming the key when a watched metric is an accuracy of a regression."""
+def _check_watched_metrics(variant: VariantParams, has_accuracy: bool, key: str) -> None:
     watched = {f"{key}.early_stopping.metric": variant.early_stopping and variant.early_stopping.metric}
     if isinstance(variant.scheduler, PlateauSchedule):
         watched[f"{key}.scheduler.monitor"] = variant.scheduler.monitor
@@ -187,8 +186,11 @@ def check_controls(variant: VariantParams, has_accuracy: bool, key: str) -> None
                               "use train_loss or val_loss")
 
 
-def build_controls(optimizer: torch.optim.Optimizer, variant: VariantParams, n_train: int) -> LrScheduleAndStopping:
-    """The variant's schedule (stepping ``optimizer``) and early stopping."""
+def build_controls(optimizer: torch.optim.Optimizer, variant: VariantParams, n_train: int, has_accuracy: bool,
+                   key: str) -> LrScheduleAndStopping:
+    """The variant's schedule (stepping ``optimizer``) and early stopping. A watched metric the task
+    does not compute (an accuracy of a regression) is a :class:`ParamsError` naming the key under ``key``."""
+    _check_watched_metrics(variant, has_accuracy, key)
     stopper = Stopper(variant.early_stopping) if variant.early_stopping is not None else None
     controls = LrScheduleAndStopping(stopper=stopper, names=lr_names(optimizer))
     if variant.scheduler is not None:

@@ -61,12 +61,12 @@ def test_training_records_params_as_the_stages_read_them(mlflow_repo: Path) -> N
     """DVC writes a small lr as ``1e-05``; YAML 1.1 (``yaml.safe_load``) reads that as a string, so
     the record, and any rerun from it, would carry ``'1e-05'``, which validation refuses."""
     from bplab.params.load import load_params
-    from bplab.pipeline.train_stage import _reproduction
+    from bplab.pipeline.train_stage.prepare import reproduction
     from bplab.testing.scratch import REPO
 
     text = (REPO / "params.yaml").read_text()
     (mlflow_repo / "params.yaml").write_text(text.replace("    lr: 0.001\n", "    lr: 1e-05\n", 1))
-    record = _reproduction(mlflow_repo, load_params(mlflow_repo / "params.yaml"), VARIANT)
+    record = reproduction(mlflow_repo, load_params(mlflow_repo / "params.yaml"), VARIANT)
     assert record["params"]["train"][VARIANT]["lr"] == 1e-05 == record["resolved"]["train"]["lr"]
 
 

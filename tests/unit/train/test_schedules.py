@@ -42,7 +42,7 @@ def train(v: VariantParams, epochs: int, controls_state: dict | None = None, fir
     x, y = make_data("boston", 128)
     test = make_data("boston", 64, seed=7)
     model, optimizer, task, generator = setup(v, 0, x.shape[1])
-    controls = build_controls(optimizer, v, len(x))
+    controls = build_controls(optimizer, v, len(x), task.has_accuracy, "train.test")
     if model_state is not None:
         model.load_state_dict(model_state[0])
         optimizer.load_state_dict(model_state[1])
@@ -56,8 +56,8 @@ def train(v: VariantParams, epochs: int, controls_state: dict | None = None, fir
 
 def reference_lrs(v: VariantParams, epochs: int, eval_losses: list[float]) -> list[list[float]]:
     """Each epoch's starting learning rates, stepping the torch scheduler by hand as its docs show."""
-    model, optimizer, _, _ = setup(v, 0, 13)
-    scheduler = build_controls(optimizer, v, 128).scheduler
+    model, optimizer, task, _ = setup(v, 0, 13)
+    scheduler = build_controls(optimizer, v, 128, task.has_accuracy, "train.test").scheduler
     steps_per_epoch = math.ceil(128 / v.batch_size)
     lrs = []
     for epoch in range(epochs):
@@ -163,7 +163,7 @@ def test_a_resumed_training_continues_its_schedule_and_early_stopping_exactly(na
     half = straight_last // 2
     x, y = make_data("boston", 128)
     model, optimizer, task, generator = setup(v, 0, x.shape[1])
-    controls = build_controls(optimizer, v, len(x))
+    controls = build_controls(optimizer, v, len(x), task.has_accuracy, "train.test")
     first: list[EpochRecord] = []
     saved: dict = {}
 
