@@ -74,22 +74,21 @@ def ensure_experiment(name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     uri = store.tracking_uri()
-    store.check_reachable(uri)
+    client = store.ready_client(uri)
     store.hide_run_links(uri)  # every run is made or resumed through here
     mlflow.set_tracking_uri(uri)
-    with store.store_setup_lock(uri):
-        found = mlflow.get_experiment_by_name(name)  # the first use of a sqlite store creates its tables
+    found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return mlflow.create_experiment(name, artifact_location=store.artifact_location(name),
+            return client.create_experiment(name, artifact_location=store.artifact_location(name),
                                             tags=store.EXPERIMENT_KIND_TAG)
         except MlflowException:
-            found = mlflow.get_experiment_by_name(name)
+            found = client.get_experiment_by_name(name)
             if found is None:
                 raise
     for key, value in store.EXPERIMENT_KIND_TAG.items():
         if key not in found.tags:
-            store.client().set_experiment_tag(found.experiment_id, key, value)
+            client.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
 
 
@@ -173,11 +172,8 @@ def _live_run(run_id: str) -> Any | None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-    uri = store.tracking_uri()
-    store.check_reachable(uri)
     try:
-        with store.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
-            run = store.client(uri).get_run(run_id)
+        run = store.ready_client().get_run(run_id)
     except MlflowException as exc:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None

@@ -91,6 +91,18 @@ def client(uri: str | None = None) -> Any:
     return MlflowClient(uri)
 
 
+def ready_client(uri: str | None = None) -> Any:
+    """A client of the store ``uri`` (default: :func:`tracking_uri`) that answers: a server that does
+    not fails within seconds, naming it (:func:`check_reachable`); a new sqlite store has its tables,
+    created under :func:`store_setup_lock` (stages started together race to create them)."""
+    uri = uri or tracking_uri()
+    check_reachable(uri)
+    with store_setup_lock(uri):
+        ready = client(uri)
+        ready.search_experiments(max_results=1)
+    return ready
+
+
 def artifact_location(experiment: str) -> str | None:
     """Where a new experiment's artifacts go: the repository's ``mlartifacts/`` with the default store."""
     # With the default local store, pin artifacts to the repository root too (MLflow would use

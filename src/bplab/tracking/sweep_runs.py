@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bplab.tracking import store
 from bplab.tracking.recorder import Recorder, ensure_experiment, run_of_dvc_exp
@@ -23,20 +23,10 @@ if TYPE_CHECKING:
 STUDY_TAG, TRIAL_TAG, STORAGE_TAG = "sweep_study", "sweep_trial", "sweep_storage"
 
 
-def _client() -> Any:
-
-    uri = store.tracking_uri()
-    store.check_reachable(uri)
-    with store.store_setup_lock(uri):  # the first use of a sqlite store creates its tables
-        client = store.client(uri)
-        client.search_experiments(max_results=1)
-    return client
-
-
 def tag_trial(experiment: str, exp_name: str, study: str, number: int) -> str | None:
     """Tag the latest run of ``experiment`` whose ``dvc_exp`` is ``exp_name`` with the study and
     trial number; its run id, or ``None`` when there is no such run."""
-    client = _client()
+    client = store.ready_client()
     run = run_of_dvc_exp(experiment, exp_name)
     if run is None:
         return None
@@ -49,7 +39,7 @@ def tag_trial(experiment: str, exp_name: str, study: str, number: int) -> str | 
 def _study_run_id(experiment: str, study: str, storage: str) -> str:
     """The study's run: the oldest live run of this study and storage, else a new one. Two workers
     that make it at once both settle on the older run, and the newer is deleted."""
-    client = _client()
+    client = store.ready_client()
     experiment_id = ensure_experiment(experiment)
 
     def oldest() -> str | None:
@@ -82,7 +72,7 @@ def log_progress(run_id: str, trials: list[FrozenTrial], maximize: bool) -> None
     and whose predecessors all are, once (steps logged before are skipped)."""
     from mlflow.entities import Metric
 
-    client = _client()
+    client = store.ready_client()
     logged = {m.step for m in client.get_metric_history(run_id, "best_value")}
     now, best, metrics = int(time.time() * 1000), None, []
     for trial in sorted(trials, key=lambda t: t.number):
