@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from bplab.errors import ParamsError
-from bplab.params.schema import SCHEDULE_NAMES, Params, _DatasetList, params_model
+from bplab.params.schema import SCHEDULE_NAMES, DatasetList, Params, params_model
 from bplab.params.yaml12 import read_yaml
 
 
@@ -92,7 +92,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate an already-parsed params mapping; raise :class:`ParamsError` naming each bad key."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    names = tuple(_validated(_DatasetList, raw, source).datasets)
+    names = tuple(_validated(DatasetList, raw, source).datasets)
     try:
         model = params_model(names)
     except ParamsError as exc:

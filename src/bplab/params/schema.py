@@ -231,7 +231,7 @@ class Params(Strict):
             raise ParamsError(f"train.{name}: no such variant in params.yaml; known: {', '.join(self.train)}") from None
 
 
-class _DatasetList(BaseModel):
+class DatasetList(BaseModel):
     """The ``datasets:`` key alone, validated first: it decides how the rest is validated."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
