@@ -3,7 +3,7 @@
 Usage: registry_worker.py MODEL_URI NAME WORKER ROUNDS_DIR VALUE [VALUE ...]
 
 For round r it waits until ROUNDS_DIR/go-r exists, calls :func:`bplab.tracking.registry.register` with
-the r-th value (higher is better), then writes ROUNDS_DIR/done-WORKER-r holding the version.
+the r-th value (higher is better), then writes ROUNDS_DIR/done-WORKER-r holding the version (whole: written aside, then renamed).
 
 With ``REGISTRY_WORKER_HOLD=FILE`` it stops once, right after its first read of the registry's
 versions: it writes FILE.read and waits until FILE exists before it moves the alias (a process on
@@ -45,7 +45,10 @@ def main(model_uri: str, name: str, worker: str, rounds_dir: str, *values: str) 
             time.sleep(0.002)
         score = registry.Score("test_acc", float(value), True, "split-a")
         result = registry.register(model_uri, name, f"{worker}-{index}", "run", score)
-        (rounds / f"done-{worker}-{index}").write_text(result.version)
+        # Written, then renamed: the test polls for the file and reads it the moment it appears.
+        done = rounds / f"done-{worker}-{index}"
+        done.with_suffix(".partial").write_text(result.version)
+        done.with_suffix(".partial").replace(done)
 
 
 if __name__ == "__main__":
