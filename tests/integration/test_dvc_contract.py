@@ -30,6 +30,7 @@ DATA_STAGES = frozenset({"download", "preprocess"})
 NO_EFFECT_ON_OUTPUTS = {
     "src/bplab/errors.py": EVERY_STAGE,  # exception types: what a failure says, not what succeeds
     "src/bplab/pipeline/process.py": EVERY_STAGE,  # prints errors, sets exit codes
+    "src/bplab/interrupts.py": EVERY_STAGE,  # when a signal takes effect, not what a finished stage writes
     "src/bplab/timings.py": EVERY_STAGE,  # how long each phase took (stderr, $BPLAB_TIMINGS)
     "src/bplab/testing/faults.py": EVERY_STAGE,  # the fault campaign's SIGKILL, only with BPLAB_KILL_AT set
     # MLflow: where runs go, their tags, what is logged. The run id and model URI that train

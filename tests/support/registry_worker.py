@@ -3,7 +3,8 @@
 Usage: registry_worker.py MODEL_URI NAME WORKER ROUNDS_DIR VALUE [VALUE ...]
 
 For round r it waits until ROUNDS_DIR/go-r exists, calls :func:`bplab.tracking.registry.register` with
-the r-th value (higher is better), then writes ROUNDS_DIR/done-WORKER-r holding the version (whole: written aside, then renamed).
+the r-th value (higher is better), then writes ROUNDS_DIR/done-WORKER-r holding the version (whole:
+written aside, then renamed).
 
 With ``REGISTRY_WORKER_HOLD=FILE`` it stops once, right after its first read of the registry's
 versions: it writes FILE.read and waits until FILE exists before it moves the alias (a process on

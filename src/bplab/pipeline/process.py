@@ -7,7 +7,6 @@ import gc
 import os
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bplab.errors import BplabError
+from bplab.interrupts import interrupts_deferred
 from bplab.tracking.store import Terminated, redact, refusal, store_failure
 
 if TYPE_CHECKING:
@@ -70,33 +70,6 @@ def stage_process(stage: str) -> Iterator[None]:
             gc.enable()
 
 
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM arriving inside the block take effect as it ends (the first of them, with
-    the handler that was in place). An object being built when a signal's exception strikes is left
-    half-made: a tqdm bar's ``__del__`` then prints a traceback. Main thread only, as signals are.
-    """
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
-    caught: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in _INTERRUPTS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if caught:
-            handler = previous[caught[0]]
-            if callable(handler):
-                handler(caught[0], None)
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), caught[0])
-
-
 def redacted_tracebacks() -> None:
     """From now on, the traceback of an error nobody catches prints with every URL in it redacted,
     like everything else the process prints: a library's message may quote a URL with its login
@@ -110,7 +83,7 @@ def _print_redacted(kind: type[BaseException], value: BaseException, trace: obje
 
 def progress_bar(**options: object) -> tqdm:
     """A tqdm progress bar (``tqdm.auto``), made with interrupts deferred (see
-    :func:`interrupts_deferred`): a Ctrl-C or SIGTERM at that instant ends the stage cleanly."""
+    :func:`bplab.interrupts.interrupts_deferred`): a Ctrl-C or SIGTERM at that instant ends the stage cleanly."""
     from tqdm.auto import tqdm
 
     with interrupts_deferred():

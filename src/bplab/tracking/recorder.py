@@ -8,6 +8,7 @@ read (and the registry registers) on their own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -18,9 +19,9 @@ import time
 import urllib.parse
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from bplab import plots
 from bplab.errors import BplabError, TrackingUnavailable
+from bplab.interrupts import interrupts_deferred
 from bplab.params.metrics import SECONDS
 from bplab.params.schema import record_stride
 from bplab.tracking import store
@@ -197,6 +199,19 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _whole(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A method that calls a store MLflow opens in this process, made whole: an interrupt arriving
+    inside it takes effect as it returns (:func:`bplab.interrupts.interrupts_deferred`), not inside
+    SQLAlchemy. A server's store is left to be interrupted at once: a request cut short leaves the
+    server whole, and Ctrl-C must not wait behind a dead server's retries."""
+    @functools.wraps(method)
+    def whole(*args: Any, **kwargs: Any) -> Any:
+        with interrupts_deferred() if store.opened_in_process(store.tracking_uri()) else nullcontext():
+            return method(*args, **kwargs)
+
+    return whole
+
+
 class Recorder:
     """One MLflow run of a stage, and everything logged into it."""
 
@@ -278,6 +293,7 @@ class Recorder:
         with _sigterm_interrupts():
             yield recorder
 
+    @_whole
     def _end(self, status: str) -> None:
         import mlflow
         from mlflow.exceptions import MlflowException
@@ -308,6 +324,7 @@ class Recorder:
         run of another stage (:meth:`into`)."""
         self._end("FINISHED")
 
+    @_whole
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params; nested mappings become dotted names (``model.arch``). URLs lose their
         credentials and query strings (presigned links carry secrets there)."""
@@ -315,6 +332,7 @@ class Recorder:
 
         mlflow.log_params(store.flatten(store.redact_all(dict(params))), run_id=self.run_id)
 
+    @_whole
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Log final (step-less) values; a metric whose latest value is already this one is not
         logged again (a stage re-run after a kill leaves one value, not two)."""
@@ -325,6 +343,7 @@ class Recorder:
         if changed:
             mlflow.log_metrics(changed, run_id=self.run_id)
 
+    @_whole
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags on the run (URLs redacted)."""
         from mlflow.entities import RunTag
@@ -332,12 +351,14 @@ class Recorder:
         store.client().log_batch(self.run_id, tags=[RunTag(key, str(value))
                                                     for key, value in store.redact_all(dict(tags)).items()])
 
+    @_whole
     def log_dict(self, values: Mapping[str, Any], file_name: str) -> None:
         """Log ``values`` as a JSON or YAML artifact named ``file_name`` (URLs redacted)."""
         import mlflow
 
         mlflow.log_dict(store.redact_all(dict(values)), file_name, run_id=self.run_id)
 
+    @_whole
     def log_reproduction(self, params: Mapping[str, Any], resolved: Mapping[str, Any], lock: str | None,
                          changes: list[str] | None) -> None:
         """What it takes to rerun this run, under ``reproduce/``: the ``params.yaml`` it ran with,
@@ -354,6 +375,7 @@ class Recorder:
         if changes:
             mlflow.log_text(store.redact("\n".join(changes) + "\n"), f"{REPRODUCE_FOLDER}/git_status.txt")
 
+    @_whole
     def log_directory(self, directory: Path, folder: str) -> None:
         """Log every file under ``directory`` as artifacts under ``folder``."""
         import mlflow
@@ -367,6 +389,7 @@ class Recorder:
                 plots.save(figure, Path(staging, file_name))
             self.log_directory(Path(staging), folder)
 
+    @_whole
     def log_training_data(self, x: np.ndarray, y: np.ndarray, source: Path, name: str, digest: str) -> None:
         """The training split as the run's input dataset (name, digest, schema, source path)."""
         import mlflow
@@ -384,6 +407,7 @@ class Recorder:
                 if attempt == _DATASET_ATTEMPTS or not _lost_dataset_race(exc):
                     raise
 
+    @_whole
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> ModelInfo:
         """Log ``model`` (on the CPU) as the run's MLflow model ``model``.
 
@@ -413,12 +437,14 @@ class Recorder:
                 pip_requirements=[f"{name}=={v}" for name, v in requirements.items()],
             )
 
+    @_whole
     def log_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Log the weights as the run's ``state_dict`` artifact."""
         import mlflow.pytorch
 
         mlflow.pytorch.log_state_dict(state_dict, artifact_path="state_dict")
 
+    @_whole
     def epoch_logger(self, epochs: int, max_points: int | None, record_steps: bool) -> EpochLogger:
         """An :class:`EpochLogger` for this run (see there), which skips the epochs the run has
         stored already (a resumed run re-trains from its last checkpoint)."""

@@ -83,6 +83,12 @@ def tracking_uri() -> str:
     return os.environ.get(TRACKING_ENV) or default_tracking_uri()
 
 
+def opened_in_process(uri: str) -> bool:
+    """Whether MLflow's client opens the store ``uri`` itself through SQLAlchemy (sqlite,
+    PostgreSQL, MySQL, SQL Server), rather than talking to a server over HTTP."""
+    return urllib.parse.urlsplit(uri).scheme.split("+")[0] in {"sqlite", "postgresql", "mysql", "mssql"}
+
+
 def client(uri: str | None = None) -> Any:
     """An MLflow client of the store ``uri``, or (``None``) of the store MLflow is set to: the one
     place bplab makes one. ``import mlflow`` costs seconds, so it happens here, when one is needed."""

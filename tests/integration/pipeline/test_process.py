@@ -91,7 +91,8 @@ def test_errors_a_stage_prints_have_their_urls_redacted(collector, capsys: pytes
 
 DEFERRED = """
 import os, signal, sys
-from bplab.pipeline.process import interrupts_deferred, progress_bar
+from bplab.interrupts import interrupts_deferred
+from bplab.pipeline.process import progress_bar
 from bplab.tracking.store import Terminated
 
 def terminated(signum, frame):

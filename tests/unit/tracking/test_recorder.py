@@ -44,6 +44,37 @@ def test_sigterm_ends_the_run_as_killed(mlflow_repo: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_inside_a_store_call_takes_effect_once_the_call_is_whole(mlflow_repo: Path, signum: int) -> None:
+    """The signal arrives as the store executes SQL (a real SQLAlchemy event on a real sqlite store):
+    the call completes, then the interrupt ends the run KILLED, with the store free at once."""
+    from mlflow import MlflowClient
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    fired = []
+
+    def interrupt_once(*args) -> None:
+        if not fired:
+            fired.append(True)
+            signal.raise_signal(signum)  # its handler runs before this SQL statement returns to the caller
+
+    holder = {}
+    with pytest.raises(KeyboardInterrupt):
+        with Recorder.run("toy", "step", {}) as recorder:
+            holder["id"] = recorder.run_id
+            event.listen(Engine, "before_cursor_execute", interrupt_once)
+            try:
+                recorder.log_params({"lr": 0.5, "model": {"arch": "mlp"}})
+            finally:
+                event.remove(Engine, "before_cursor_execute", interrupt_once)
+            holder["went on"] = True
+    run = MlflowClient(store.tracking_uri()).get_run(holder["id"])
+    assert fired and "went on" not in holder
+    assert run.data.params == {"lr": "0.5", "model.arch": "mlp"}
+    assert run.info.status == "KILLED"
+
+
 # The one door to MLflow: the tracking package. The recorder writes a stage's run, the registry
 # registers and moves aliases, the store makes clients, the queries read for the command line, and
 # the sweep's runs are tagged and summed up in sweep_runs.
