@@ -1,6 +1,6 @@
 """Fixtures every tier uses: the repository's params, a temporary copy of it, a clean MLflow
-cwd with tiny data, the offline mirror, the tiny pipeline built once per session, a local HTTP
-server. What tests import lives in :mod:`support`; nothing imports this file.
+cwd with tiny data, the offline mirror, the tiny pipeline built once per session and clones of
+it, a local HTTP server. What tests import lives in :mod:`support`; nothing imports this file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from bplab.testing.scratch import REPO, copy_repository, data_mirror
 from support.mirror_server import LocalHTTPServer
-from support.pipeline import TinyPipeline, build_tiny_pipeline
+from support.pipeline import TinyPipeline, build_tiny_pipeline, clone_tiny_pipeline
 from support.processes import NO_MIRROR, unavailable
 
 
@@ -114,6 +114,14 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
                 (root / "FAILED").write_text(f"{type(exc).__name__}: {exc}")
                 raise
     return TinyPipeline(root / "repo", (root / "stdout.txt").read_text(), root / "snapshot" / "mlflow.db")
+
+
+@pytest.fixture
+def pipeline_clone(tiny_pipeline: TinyPipeline, tmp_path: Path) -> Path:
+    """The test's own clone of the tiny pipeline's baseline (:func:`support.pipeline.clone_tiny_pipeline`):
+    on the tiny params, every stage run and committed, every output in place, the store and its
+    artifacts copied; stages run there only when the test changes what they depend on."""
+    return clone_tiny_pipeline(tiny_pipeline, tmp_path / "clone")
 
 
 # The files that take longest (about a minute or more each, mostly stage processes), started
