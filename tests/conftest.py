@@ -130,9 +130,9 @@ def pipeline_clone(tiny_pipeline: TinyPipeline, tmp_path: Path) -> Path:
 # the files by their number of tests first (its --loadscope-reorder, on by default), so this
 # order decides among files with as many tests: the one-test files go last, these first among
 # them. The files that start from a clone of the tiny pipeline (``pipeline_clone``: test_sweep,
-# test_reliability, test_reproduce, test_secrets) are one-test files, so they start when every
-# larger file has been handed out, long after the worker given test_pipeline.py (10 tests) began
-# building the pipeline; started before it is built, one would wait for it, idle.
+# test_reliability, test_reproduce, test_secrets, test_pipeline_clone) are one-test files, so they
+# start when every larger file has been handed out, long after the worker given test_pipeline.py
+# (10 tests) began building the pipeline; started before it is built, one would wait for it, idle.
 LONGEST_FIRST = ["test_shared_server.py", "test_pipeline.py", "test_soak.py", "test_reliability.py", "test_sweep.py",
                  "test_tracking_server.py", "test_distributed.py"]
 
