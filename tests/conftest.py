@@ -1,6 +1,6 @@
 """Fixtures every tier uses: the repository's params, a temporary copy of it, a clean MLflow
-cwd with tiny data, the offline mirror, the tiny pipeline built once per session, a local HTTP
-server. What tests import lives in :mod:`support`; nothing imports this file.
+cwd with tiny data, the offline mirror, the tiny pipeline built once per session and clones of
+it, a local HTTP server. What tests import lives in :mod:`support`; nothing imports this file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from bplab.testing.scratch import REPO, copy_repository, data_mirror
 from support.mirror_server import LocalHTTPServer
-from support.pipeline import TinyPipeline, build_tiny_pipeline
+from support.pipeline import TinyPipeline, build_tiny_pipeline, clone_tiny_pipeline
 from support.processes import NO_MIRROR, unavailable
 
 
@@ -116,9 +116,23 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
     return TinyPipeline(root / "repo", (root / "stdout.txt").read_text(), root / "snapshot" / "mlflow.db")
 
 
+@pytest.fixture
+def pipeline_clone(tiny_pipeline: TinyPipeline, tmp_path: Path) -> Path:
+    """The test's own clone of the tiny pipeline's baseline (:func:`support.pipeline.clone_tiny_pipeline`):
+    on the tiny params, every stage run and committed, every output in place, the store and its
+    artifacts copied; stages run there only when the test changes what they depend on."""
+    return clone_tiny_pipeline(tiny_pipeline, tmp_path / "clone")
+
+
 # The files that take longest (about a minute or more each, mostly stage processes), started
 # first: `make test` hands whole files to its workers in collection order, and one of these left
-# for last runs alone on one core while the other workers have finished.
+# for last runs alone on one core while the other workers have finished. pytest-xdist 3.8 sorts
+# the files by their number of tests first (its --loadscope-reorder, on by default), so this
+# order decides among files with as many tests: the one-test files go last, these first among
+# them. The files that start from a clone of the tiny pipeline (``pipeline_clone``: test_sweep,
+# test_reliability, test_reproduce, test_secrets, test_pipeline_clone) are one-test files, so they
+# start when every larger file has been handed out, long after the worker given test_pipeline.py
+# (10 tests) began building the pipeline; started before it is built, one would wait for it, idle.
 LONGEST_FIRST = ["test_shared_server.py", "test_pipeline.py", "test_soak.py", "test_reliability.py", "test_sweep.py",
                  "test_tracking_server.py", "test_distributed.py"]
 

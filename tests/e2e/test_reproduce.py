@@ -1,5 +1,5 @@
-"""`bplab reproduce` of a recorded training run: a real DVC experiment in a copy gives the same metrics
-to the last digit; another commit is refused.
+"""`bplab reproduce` of a recorded training run: a real DVC experiment in a clone of the tiny
+pipeline gives the same metrics to the last digit; another commit is refused.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 from bplab.params.yaml12 import read_yaml
-from bplab.testing.scratch import commit, copy_repository, data_mirror
-from support.processes import BPLAB, NO_MIRROR, run, unavailable
+from bplab.testing.scratch import commit, set_params
+from support.processes import BPLAB, run
 
 VARIANT = "boston_module"
 
@@ -47,11 +47,9 @@ def mlflow_run(repo: Path, run_id: str):
     return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(run_id)
 
 
-def test_a_dvc_experiment_reproduces_to_the_last_digit_and_another_commit_is_refused(tmp_path: Path) -> None:
-    if data_mirror() is None:
-        unavailable(NO_MIRROR)
-    repo = copy_repository(tmp_path / "repo", TINY)
-    run(["dvc", "repro", "preprocess@boston"], repo)
+def test_a_dvc_experiment_reproduces_to_the_last_digit_and_another_commit_is_refused(pipeline_clone: Path) -> None:
+    repo = pipeline_clone  # Boston's data prepared
+    set_params(repo, TINY)
     commit(repo, "data")  # the run's commit
     sets = [arg for setting in ORIGINAL for arg in ("-S", setting)]
     run(["dvc", "exp", "run", "-n", "original", *sets, f"evaluate@{VARIANT}"], repo)

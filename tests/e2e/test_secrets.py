@@ -1,8 +1,9 @@
 """Secrets planted in a pipeline run reach neither what it printed nor its MLflow store.
 
-A scratch copy downloads Boston from a private mirror on 127.0.0.1 (a real HTTP server that wants
-a basic-auth login), named in params.yaml by a URL with the login in it, after a source whose
-unencoded password makes its URL malformed; then `dvc repro` trains a tiny variant.
+A clone of the tiny pipeline downloads Boston again from a private mirror on 127.0.0.1 (a real
+HTTP server that wants a basic-auth login), named in params.yaml by a URL with the login in it,
+after a source whose unencoded password makes its URL malformed; then `dvc repro` trains a tiny
+variant (the data it downloads is the baseline's, so its preprocessing does not run again).
 A `bplab sweep` (in-process: a process of its own would add seconds of imports) then resumes a
 study held in a real PostgreSQL whose password holds '/', '?' and '#', taken by SQLAlchemy as
 written. Every secret, in pieces (a partial leak counts), is searched
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from bplab.commands import main
 from bplab.testing.local_servers import PostgreSQL, postgres_bin
-from bplab.testing.scratch import copy_repository, stage_env
+from bplab.testing.scratch import commit, set_params, stage_env
 from support.mirror_server import LocalHTTPServer
 from support.processes import run, unavailable
 
@@ -59,8 +61,8 @@ def plant_a_study(sweep_args: list[str]) -> None:
                                               distributions=distributions, value=1.0))
 
 
-def test_planted_secrets_reach_neither_the_output_nor_the_store(tmp_path: Path, mirror: Path, capfd,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_planted_secrets_reach_neither_the_output_nor_the_store(tmp_path: Path, mirror: Path, pipeline_clone: Path,
+                                                                 capfd, monkeypatch: pytest.MonkeyPatch) -> None:
     if postgres_bin() is None:
         unavailable("PostgreSQL is not installed: `make postgres` installs Debian's package")
     (tmp_path / "http").mkdir()
@@ -72,11 +74,14 @@ def test_planted_secrets_reach_neither_the_output_nor_the_store(tmp_path: Path, 
         sources = [{"url": f"http://{USER}:{MALFORMED}@{host}/private/boston.csv", "format": "csv"},
                    {"url": f"http://{USER}:{PASSWORD.replace('/', '%2F')}@{host}/private/boston.csv"
                            f"?X-Amz-Signature={SIGNATURE}", "format": "csv"}]
-        repo = copy_repository(tmp_path / "repo", {"data.boston.download.sources": sources,
-                                                   f"train.{VARIANT}.epochs": 2})
+        repo = pipeline_clone
+        set_params(repo, {"data.boston.download.sources": sources, f"train.{VARIANT}.epochs": 2})
+        commit(repo, "private sources")
         env = stage_env(repo)
         env.pop("BPLAB_DATA_MIRROR", None)  # the private mirror is the only way to the data
+        started = time.time_ns() // 1_000_000  # MLflow's start times: the runs made from here on are this test's
         repro = run(["dvc", "repro", f"train@{VARIANT}"], repo, env=env)  # train logs params, dvc.lock, tags
+        assert "Running stage 'download@boston'" in repro.stdout and f"Running stage 'train@{VARIANT}'" in repro.stdout
         assert server.requests == ["/private/boston.csv"]  # the malformed source sent nothing
         assert server.authorizations == [server.login]
 
@@ -103,14 +108,17 @@ def test_planted_secrets_reach_neither_the_output_nor_the_store(tmp_path: Path, 
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    since = f"attributes.start_time >= {started}"  # the baseline's runs are in the clone's store too
     [download] = client.search_runs([client.get_experiment_by_name("boston-data").experiment_id],
-                                    "attributes.run_name = 'download'")
+                                    f"attributes.run_name = 'download' and {since}")
     assert download.data.params["source.boston.csv"] == good.replace("http://", "http://***@")
-    [study_run] = client.search_runs([client.get_experiment_by_name("boston").experiment_id],
-                                     "tags.sweep_study = 's'")
+    boston = client.get_experiment_by_name("boston").experiment_id
+    [study_run] = client.search_runs([boston], "tags.sweep_study = 's'")
     assert study_run.data.tags["sweep_storage"] == shown
+    [training] = client.search_runs([boston], f"attributes.run_name = '{VARIANT}' and {since}")
     artifacts = [path for path in (repo / "mlartifacts").rglob("*") if path.is_file()]
-    assert any(path.name == "dvc.lock" for path in artifacts)  # the training's reproduce/dvc.lock
+    trained = Path(training.info.artifact_uri.removeprefix("file://"))
+    assert (trained / "reproduce" / "dvc.lock").is_file() and trained.is_relative_to(repo / "mlartifacts")
     found = leaks(f"{repro.stdout}{repro.stderr}".encode(), "dvc repro's output")
     found += leaks(f"{sweep.out}{sweep.err}".encode(), "bplab sweep's output")
     for path in [*repo.glob("mlflow.db*"), *artifacts]:

@@ -1,5 +1,5 @@
-"""`bplab sweep` end to end: real sweeps in a scratch copy, each trial a DVC experiment trained and
-evaluated; a stopped sweep is taken over, two workers share a study.
+"""`bplab sweep` end to end: real sweeps in a clone of the tiny pipeline, each trial a DVC
+experiment trained and evaluated; a stopped sweep is taken over, two workers share a study.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bplab.testing.scratch import commit, copy_repository, stage_env
+from bplab.testing.scratch import commit, set_params, stage_env
 from support.processes import BPLAB, run
 
 VARIANT = "boston_module"
@@ -46,13 +46,13 @@ def _queued(output: str) -> list[int]:
     return [int(line.split()[1]) for line in output.splitlines() if " queued as s-t" in line]
 
 
-@pytest.fixture(scope="module")
-def sweep_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scratch copy with Boston's data prepared and committed: each trial trains and evaluates only."""
-    repo = copy_repository(tmp_path_factory.mktemp("sweep") / "repo", {f"train.{VARIANT}.epochs": 3})
-    run(["dvc", "repro", "preprocess@boston"], repo)
-    commit(repo, "boston data")
-    return repo
+@pytest.fixture
+def sweep_repo(pipeline_clone: Path) -> Path:
+    """A clone of the tiny pipeline, Boston's data prepared, with the variant's epochs committed:
+    each trial trains and evaluates only."""
+    set_params(pipeline_clone, {f"train.{VARIANT}.epochs": 3})
+    commit(pipeline_clone, "sweep epochs")
+    return pipeline_clone
 
 
 def test_a_stopped_sweep_is_taken_over_and_two_workers_share_the_study(sweep_repo: Path) -> None:
