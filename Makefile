@@ -20,9 +20,10 @@ repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # Test files run in parallel (one file per worker, so module fixtures run once): most of the suite
-# waits on stage processes starting up, and two workers use a 2-core machine's second core.
+# waits on stage processes starting up, and two workers use a 2-core machine's second core. Files
+# start in the order tests/conftest.py gives (the longest first), not xdist's by number of tests.
 test: setup lint browser postgres
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The manual (docs/, mkdocs.yml) as a static site in site/. --strict: a broken link, page or anchor
 # fails the build (mkdocs.yml's validation makes each a warning). The test suite runs the same

@@ -124,17 +124,16 @@ def pipeline_clone(tiny_pipeline: TinyPipeline, tmp_path: Path) -> Path:
     return clone_tiny_pipeline(tiny_pipeline, tmp_path / "clone")
 
 
-# The files that take longest (about a minute or more each, mostly stage processes), started
-# first: `make test` hands whole files to its workers in collection order, and one of these left
-# for last runs alone on one core while the other workers have finished. pytest-xdist 3.8 sorts
-# the files by their number of tests first (its --loadscope-reorder, on by default), so this
-# order decides among files with as many tests: the one-test files go last, these first among
-# them. The files that start from a clone of the tiny pipeline (``pipeline_clone``: test_sweep,
-# test_reliability, test_reproduce, test_secrets, test_pipeline_clone) are one-test files, so they
-# start when every larger file has been handed out, long after the worker given test_pipeline.py
-# (10 tests) began building the pipeline; started before it is built, one would wait for it, idle.
-LONGEST_FIRST = ["test_shared_server.py", "test_pipeline.py", "test_soak.py", "test_reliability.py", "test_sweep.py",
-                 "test_tracking_server.py", "test_distributed.py"]
+# The files that take longest (about a minute or more each, mostly stage processes), longest
+# first: `make test` hands whole files to its workers in this order (--no-loadscope-reorder: by
+# default pytest-xdist would sort files by their number of tests, and the four-minute fault
+# campaign, one test, would start last, alone on one core). test_pipeline.py builds the tiny
+# pipeline; the files that start from a clone of it (``pipeline_clone``: test_sweep, the e2e
+# test_reliability, test_reproduce, test_secrets, test_pipeline_clone) come after files that keep
+# the other workers busy meanwhile, so none waits for it idle.
+LONGEST_FIRST = ["test_pipeline.py", "test_shared_server.py", "test_soak.py", "test_tracking_server.py",
+                 "test_bench.py", "test_reliability.py", "test_distributed.py", "test_sweep.py", "test_readme.py",
+                 "test_reproduce.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
