@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import urllib.parse
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,11 +98,13 @@ def client(uri: str | None = None) -> Any:
 
 def ready_client(uri: str | None = None) -> Any:
     """A client of the store ``uri`` (default: :func:`tracking_uri`) that answers: a server that does
-    not fails within seconds, naming it (:func:`check_reachable`); a new sqlite store has its tables,
-    created under :func:`store_setup_lock` (stages started together race to create them)."""
+    not fails within seconds, naming it (:func:`check_reachable`); a sqlite store has its tables,
+    made by one process at a time (:func:`_sqlite_setup_lock`). Other stores get no extra call."""
     uri = uri or tracking_uri()
     check_reachable(uri)
-    with store_setup_lock(uri):
+    if not uri.startswith("sqlite:///"):
+        return client(uri)
+    with _sqlite_setup_lock(uri):  # making the client opens the store, whose first use creates its schema
         ready = client(uri)
         ready.search_experiments(max_results=1)
     return ready
@@ -344,7 +345,7 @@ def _root_cause(exc: BaseException) -> str:
     return text.split(": ", 1)[-1] if "://" in text else text
 
 
-def store_setup_lock(uri: str):
+def _sqlite_setup_lock(uri: str) -> Any:
     """An inter-process lock around a sqlite store's first use.
 
     MLflow creates and migrates the sqlite schema on first use; stages started together
@@ -352,8 +353,6 @@ def store_setup_lock(uri: str):
     """
     from filelock import FileLock
 
-    if not uri.startswith("sqlite:///"):
-        return nullcontext()
     database = Path(uri.removeprefix("sqlite:///"))
     return FileLock(str(database.with_name(database.name + ".lock")), timeout=300)
 
