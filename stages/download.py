@@ -2,8 +2,7 @@
 
 import argparse
 
-from bplab.params.load import load_params
-from bplab.pipeline.process import stage_process
+from bplab.runner.client import run_stage
 
 
 def main() -> None:
@@ -11,6 +10,9 @@ def main() -> None:
     parser.add_argument("dataset", help="one of the datasets listed in params.yaml, e.g. mnist")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args = parser.parse_args()
+    from bplab.params.load import load_params
+    from bplab.pipeline.process import stage_process
+
     with stage_process(f"download@{args.dataset}"):
         params = load_params(args.params)
         from bplab.pipeline.data_stages import download
@@ -19,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -17,6 +17,15 @@ from support.mirror_server import LocalHTTPServer
 from support.pipeline import TinyPipeline, build_tiny_pipeline, clone_tiny_pipeline
 from support.processes import NO_MIRROR, unavailable
 
+# Stages the tests start go through the warm runner (bplab.runner), as under `dvc repro`; one the
+# suite started exits after two idle minutes (not at once: another session may be using it).
+os.environ.setdefault("BPLAB_RUNNER_IDLE", "120")
+# Stages on tiny data, two test workers per two cores: a stage's second torch thread would only wait
+# for a core the other worker holds (measured on a busy 2-core machine: the same training steps
+# 10x slower with 2 threads than with 1). OMP_NUM_THREADS is read as torch loads, so the stages'
+# runner is started with it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture
 def mlflow_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

@@ -34,20 +34,24 @@ def _kill_point() -> Any:
 
 
 def process_start_time() -> float:
-    """Wall-clock time (``time.time()``) at which this process started, to about 10 ms.
+    """Wall-clock time (``time.time()``) at which this stage's process started, to about 10 ms: the
+    process DVC started (:func:`bplab.runner.client.stage_pid`), so that a stage forked by the
+    warm runner counts its client's start-up too.
 
     On Linux it is the process's age from ``/proc`` (start ticks against the uptime, one clock)
     subtracted from now. psutil's ``create_time()`` adds the start ticks to the boot time, which
     ``/proc/stat`` gives in whole seconds: every stage would look up to a second older.
     """
+    from bplab.runner.client import stage_pid
+
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        ticks = int(Path(f"/proc/{stage_pid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         import psutil
 
-        return psutil.Process().create_time()
+        return psutil.Process(stage_pid()).create_time()
 
 
 class StageClock:

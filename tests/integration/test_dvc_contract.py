@@ -33,6 +33,9 @@ NO_EFFECT_ON_OUTPUTS = {
     "src/bplab/interrupts.py": EVERY_STAGE,  # when a signal takes effect, not what a finished stage writes
     "src/bplab/timings.py": EVERY_STAGE,  # how long each phase took (stderr, $BPLAB_TIMINGS)
     "src/bplab/testing/faults.py": EVERY_STAGE,  # the fault campaign's SIGKILL, only with BPLAB_KILL_AT set
+    # Which process runs the stage (the warm runner's child, or the client's own): not what it writes
+    "src/bplab/runner/client.py": EVERY_STAGE,
+    "src/bplab/runner/protocol.py": EVERY_STAGE,
     # MLflow: where runs go, their tags, what is logged. The run id and model URI that train
     # writes to models/V/run.json differ on every run anyway.
     "src/bplab/tracking/store.py": EVERY_STAGE,

@@ -66,6 +66,8 @@ def stage_in_process(script: str, *args: str, cwd: Path) -> StageExit:
     argv, before, excepthook = sys.argv, Path.cwd(), sys.excepthook
     sys.argv = [str(REPO / "stages" / f"{script}.py"), *args]
     os.chdir(cwd)
+    runner = os.environ.get("BPLAB_RUNNER")
+    os.environ["BPLAB_RUNNER"] = "off"  # in this process, not forked by the warm runner
     try:
         with redirect_stdout(out), redirect_stderr(err):
             runpy.run_path(sys.argv[0], run_name="__main__")
@@ -74,6 +76,10 @@ def stage_in_process(script: str, *args: str, cwd: Path) -> StageExit:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv, sys.excepthook = argv, excepthook  # the stage redacts tracebacks in its own process
+        if runner is None:
+            del os.environ["BPLAB_RUNNER"]
+        else:
+            os.environ["BPLAB_RUNNER"] = runner
         os.chdir(before)
         gc.unfreeze()  # what stage_process froze as the stage ended: a process would now exit
     return StageExit(code, out.getvalue(), err.getvalue())

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bplab.commands import compare
+from bplab.commands import compare, runner
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 from bplab.pipeline.process import redacted_tracebacks, this_environment_first
@@ -278,6 +278,24 @@ version under the alias, or a port in use ends with one line naming it, exit sta
                        -0.772, 0.429, -0.481]]}'""",
         add_arguments=serve_arguments,
         run=run_serve,
+    ),
+    "runner": Subcommand(
+        summary="show or stop the warm stage runner that starts stages without their imports",
+        description="""\
+Stages (`python stages/<stage>.py`, what dvc.yaml runs) are forked by a warm runner that has
+imported torch, MLflow and the rest once, so a stage starts in milliseconds instead of seconds.
+It starts itself on the first stage, serves every clone that uses this Python environment, exits
+after BPLAB_RUNNER_IDLE seconds without work (default 900), and is replaced when the
+environment's packages change. BPLAB_RUNNER=off runs stages in their own process instead.
+
+status  each runner of this environment: its process, stages served and running, memory
+stop    end them (stages they are running go on to their end); the next stage starts a new one""",
+        examples="""\
+  bplab runner status
+  bplab runner stop
+  bplab runner stop --all     # every environment's runners of this user""",
+        add_arguments=runner.add_arguments,
+        run=runner.run,
     ),
     "sweep": Subcommand(
         summary="search a variant's params with Optuna, each trial a DVC experiment",

@@ -50,9 +50,14 @@ def _as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=stage_env(), stdout=subprocess.PIPE,
+def start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env or stage_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal)
+
+
+# Signals and kills are tested both ways a stage runs: forked by the warm runner (the default, as
+# under `dvc repro`), and in its own process.
+BOTH_MODES = pytest.mark.parametrize("runner", ["on", "off"], ids=["warm-runner", "own-process"])
 
 
 def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -151,11 +156,12 @@ def test_processed_tensor_of_wrong_dtype_stops_training_before_a_run(stage_dir: 
 
 # --- interrupted and failed training ----------------------------------------------------------
 
+@BOTH_MODES
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_training_marks_the_run_killed_and_writes_no_model(
-        stage_dir: Path, signum: int, code: int) -> None:
+        stage_dir: Path, signum: int, code: int, runner: str) -> None:
     set_params(stage_dir, {"train.flower_twolayer.epochs": 1_000_000})
-    process = start(stage_dir, "stages/train.py", "flower_twolayer")
+    process = start(stage_dir, "stages/train.py", "flower_twolayer", env=stage_env(BPLAB_RUNNER=runner))
     wait_for(stage_dir / "checkpoints/flower_twolayer.pt", process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
@@ -259,19 +265,20 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_one(stage_dir: P
 
 
 
-def killed_boston_training(stage_dir: Path) -> int:
+def killed_boston_training(stage_dir: Path, runner: str = "on") -> int:
     """Train boston_module until its second progress report, then SIGKILL it; the saved epoch."""
     set_params(stage_dir, {"train.boston_module.epochs": 3000, "train.boston_module.batch_size": 16})
     killed = stage(stage_dir, "stages/train.py", "boston_module",
-                   env=stage_env(**{FAULT_ENV: "train@boston_module/checkpoints:2:end"}))
+                   env=stage_env(BPLAB_RUNNER=runner, **{FAULT_ENV: "train@boston_module/checkpoints:2:end"}))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     from bplab.models.safe_load import load_without_code
 
     return load_without_code(stage_dir / "checkpoints/boston_module.pt", "a checkpoint")["epoch"]
 
 
-def test_new_training_data_sets_an_unfinished_checkpoint_aside_and_starts_afresh(stage_dir: Path) -> None:
-    saved_epoch = killed_boston_training(stage_dir)
+@BOTH_MODES
+def test_new_training_data_sets_an_unfinished_checkpoint_aside_and_starts_afresh(stage_dir: Path, runner: str) -> None:
+    saved_epoch = killed_boston_training(stage_dir, runner)
     source = stage_dir / "data/processed/boston"
     data = processed.load(source)
     x, y = data.splits["train"]
