@@ -13,6 +13,7 @@ schedule, which watch a metric, have every epoch measured, and the stopping epoc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -30,6 +31,9 @@ from bplab.train.distributed import Placement, all_sum
 from bplab.train.schedules import LrScheduleAndStopping, learning_rates, lr_names
 
 SINGLE_PROCESS = Placement(0, 1, torch.device("cpu"))
+# torch's at::internal::GRAIN_SIZE: element-wise ops and reductions on fewer elements run on one
+# thread whatever the thread count, so their results do not depend on it.
+GRAIN_SIZE = 32768
 # bplab.params.metrics.EPOCH_METRICS are the per-epoch metrics, computed in _materialize, followed in each
 # record by the learning rates the epoch started with (schedules.lr_names), and metrics.SECONDS
 # its wall time. Whatever records
@@ -301,23 +305,48 @@ def fit(
     last_report = time.perf_counter()
     epoch = first_epoch - 1
     model.train()
-    while epoch < schedule.epochs:
-        epoch += 1
-        order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-        done = _epoch(model, optimizer, task, train, val, schedule, epoch, order, placement, controls,
-                      mode_dependent)
-        reports.pending.append(done)
-        metrics = reports.read().metrics if controls.needs_epoch_metrics else None
-        stop = controls.after_epoch(epoch, metrics, model)
-        now = time.perf_counter()
-        # Reports end at a recorded epoch, so that the state passed along (a checkpoint) is that epoch's.
-        if (done.recorded and now - last_report >= report_every_s) or stop or epoch == schedule.epochs:
-            reports.send(final=stop or epoch == schedule.epochs)
-            last_report = now
-        if stop:
-            break
+    with _single_thread_when_small(model, x, max(schedule.batch_size or n, schedule.eval_batch_size or len(val[0]))):
+        while epoch < schedule.epochs:
+            epoch += 1
+            order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
+            done = _epoch(model, optimizer, task, train, val, schedule, epoch, order, placement, controls,
+                          mode_dependent)
+            reports.pending.append(done)
+            metrics = reports.read().metrics if controls.needs_epoch_metrics else None
+            stop = controls.after_epoch(epoch, metrics, model)
+            now = time.perf_counter()
+            # Reports end at a recorded epoch, so that the state passed along (a checkpoint) is that epoch's.
+            if (done.recorded and now - last_report >= report_every_s) or stop or epoch == schedule.epochs:
+                reports.send(final=stop or epoch == schedule.epochs)
+                last_report = now
+            if stop:
+                break
     controls.finish(model)
     return epoch
+
+
+@contextlib.contextmanager
+def _single_thread_when_small(model: nn.Module, x: torch.Tensor, rows: int):
+    """Run on one CPU thread while every tensor of a step (a batch of ``rows`` rows, the widest
+    layer's activations, each parameter) is below :data:`GRAIN_SIZE`.
+
+    Such tensors are too small for a second thread to share, yet the ops that may hand them to
+    one (matrix products, the losses) then wait for it; on a busy machine that wait dominates a
+    full-batch flower step many times over. Below the grain size torch's element-wise ops and
+    reductions do not split their work, so they give the same numbers either way.
+    """
+    params = list(model.parameters())
+    widest = max([x[0].numel()] + [p.shape[0] for p in params if p.dim()])
+    small = (x.device.type == "cpu" and rows * widest < GRAIN_SIZE
+             and all(p.numel() < GRAIN_SIZE for p in params))
+    threads = torch.get_num_threads()
+    if small and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, train: tuple[torch.Tensor, torch.Tensor],

@@ -365,3 +365,20 @@ def test_an_epoch_with_infinite_losses_of_both_signs_is_reported_as_a_divergence
     records, diverged = _materialize([pending], 4, 2, False, ["lr"])
     assert records == [] and isinstance(diverged, TrainingDiverged)
     assert "loss is inf at epoch 7, step 1 of 2" in str(diverged)
+
+
+@pytest.mark.parametrize(("name", "rows", "threads_while_training"), [
+    ("flower_sequential", 400, 1),  # 400 rows x 4 units: below torch's grain size, one thread
+    ("mnist_mlp", 200, 2),  # 64-row batches x 784 inputs: above it, the threads stay
+])
+def test_tiny_models_train_on_one_thread_and_the_count_is_restored(name: str, rows: int,
+                                                                   threads_while_training: int) -> None:
+    v = PARAMS.train[name]
+    model, optimizer, task, generator = setup(v, 0, make_data(v.dataset, n=rows)[0].shape[1])
+    data = make_data(v.dataset, n=rows)
+    seen: list[int] = []
+    torch.set_num_threads(2)  # this module's fixture set 1; it restores the count after the test
+    fit(model, optimizer, task, data, data, EpochPlan(2, v.batch_size, v.eval_batch_size, v.shuffle), generator,
+        lambda records: seen.append(torch.get_num_threads()), report_every_s=0)
+    assert seen and set(seen) == {threads_while_training}
+    assert torch.get_num_threads() == 2
