@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -260,8 +261,10 @@ def params_campaign(count: int, samples: int, train_samples: bool, scratch_dir: 
 # --- report ----------------------------------------------------------------------------------------
 
 def markdown(results: dict) -> str:
-    lines = ["# bplab fault campaign", "", f"{results['mode']} run, {results['date']}, {results['seconds']:.0f} s. "
-             "Re-run: `make soak` (`bench/soak.py`).", "", "## Kills", "",
+    lines = ["# bplab fault campaign", "",
+             f"{results['mode']} run, {results['date']}, {results['seconds']:.0f} s, stages run "
+             f"{results.get('stages_run', 'in their own processes')}. Re-run: `make soak` (`bench/soak.py`).",
+             "", "## Kills", "",
              "| variant | kill points | kills that landed | runs FINISHED / KILLED / FAILED / RUNNING "
              "| registry versions | lost |", "| --- | --- | --- | --- | --- | --- |"]
     for kill in results["kills"]:
@@ -290,7 +293,10 @@ def main() -> None:
     args = parser.parse_args()
     campaign = QUICK if args.quick else FULL
     started = time.perf_counter()
-    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d")}
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d"),
+                               "stages_run": "in their own processes (BPLAB_RUNNER=off)"
+                               if os.environ.get("BPLAB_RUNNER", "on").lower() in {"off", "0", "no", "false"}
+                               else "by the warm stage runner (bplab.runner)"}
     with tempfile.TemporaryDirectory(prefix="bplab-soak-") as tmp:
         results["kills"] = []
         for variant, overrides in campaign.variants.items():
