@@ -356,7 +356,10 @@ def runner_at_rest(idle_seconds: float = 30) -> dict[str, Any]:
     from bplab.commands.runner import runner_sockets
     from bplab.runner import protocol
 
-    [socket] = runner_sockets(every_environment=False)
+    # The one that served the pipeline (a stage whose environment differs in what imports read
+    # would have started another beside it)
+    socket = max(runner_sockets(every_environment=False),
+                 key=lambda path: protocol.ask(path, {"op": "status"})["served"])
     before = protocol.ask(socket, {"op": "status"})
     time.sleep(idle_seconds)
     after = protocol.ask(socket, {"op": "status"})
