@@ -16,7 +16,6 @@ from pathlib import Path
 
 from bplab.runner import protocol
 
-_SIGNALS_RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DEFAULT_IDLE_SECONDS = 900
 # A runner imports torch, MLflow...: seconds on a quiet machine, a minute or more on a loaded one.
 START_TIMEOUT_SECONDS = 180
@@ -156,7 +155,7 @@ def _run_in(channel: protocol.Channel, script: str) -> int | None:
     """Have the runner run ``script`` with this process's argv, directory, environment and streams;
     relay signals to it; its exit status (negative: the signal that ended it), or None when the
     runner closed the connection before it started the stage."""
-    ignored = [int(signum) for signum in _SIGNALS_RELAYED if signal.getsignal(signum) == signal.SIG_IGN]
+    ignored = [int(signum) for signum in protocol.RELAYED_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN]
     umask = os.umask(0)
     os.umask(umask)
     pending: list[int] = []
@@ -171,7 +170,7 @@ def _run_in(channel: protocol.Channel, script: str) -> int | None:
         else:
             pending.append(signum)
 
-    for signum in _SIGNALS_RELAYED:
+    for signum in protocol.RELAYED_SIGNALS:
         if signum not in ignored:
             signal.signal(signum, relay)
     try:

@@ -51,7 +51,6 @@ PRELOAD = (
     "torch.fx.experimental.validator",
     "sqlalchemy.dialects.sqlite", "alembic.config",
 )
-_SIGNALS_RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
@@ -420,7 +419,7 @@ def _supervise(channel, stage: int, fds: list[int]) -> None:
             _end(stage)
             return
         signum = message.get("signal")
-        if signum in _SIGNALS_RELAYED:
+        if signum in protocol.RELAYED_SIGNALS:
             try:
                 os.kill(stage, signum)
             except ProcessLookupError:

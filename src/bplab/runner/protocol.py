@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import site
 import socket
 import stat
@@ -22,6 +23,8 @@ import sys
 from pathlib import Path
 
 _LENGTH = struct.Struct("!I")
+# What the client passes on to its stage (and the only signals the relay sends it)
+RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _LARGEST = 16 * 2**20  # an environment is a few kB; anything near this is not one of ours
 HERE = Path(__file__).resolve().parent
 DAEMON = HERE / "daemon.py"
