@@ -83,8 +83,10 @@ def finished_runs(client: Any, experiment: str) -> list[Any] | None:
 
 def artifact_text(client: Any, run_id: str, path: str) -> str | None:
     """The text of artifact ``path`` of run ``run_id``, or ``None`` when the run has none there."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
     from mlflow.exceptions import MlflowException
 
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # one small file: a progress bar per read is noise
     try:
         return Path(client.download_artifacts(run_id, path)).read_text()
     except (MlflowException, OSError):

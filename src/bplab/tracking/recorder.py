@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -62,7 +62,9 @@ CREATION_TAG = "bplab.creation"
 # serve`` refused the CPU-exported model (MLflow 3.17, measured on an H100). The networks are
 # small and always exported on the CPU, so they are served there, on any machine.
 SERVING_DEVICE = "cpu"
-REPRODUCE_FOLDER = "reproduce"  # a training run's artifacts for `bplab reproduce`
+REPRODUCE_FOLDER = "reproduce"  # a training run's artifacts for `bplab reproduce` and `bplab diff`
+CODE_FILE, ENVIRONMENT_FILE = "code.json", "environment.json"
+ENVIRONMENT_PACKAGES = ("torch", "mlflow", "numpy", "dvc")
 
 
 def ensure_experiment(name: str) -> str:
@@ -181,6 +183,29 @@ def _live_run(run_id: str) -> Any | None:
             return None
         raise
     return None if run.info.lifecycle_stage == "deleted" else run
+
+
+def training_environment(device: str | None) -> dict[str, str]:
+    """What a run's numbers may depend on besides params, code and data: Python, the versions of
+    :data:`ENVIRONMENT_PACKAGES`, the platform and the device (with the GPU's name and CUDA's
+    version on a GPU)."""
+    import platform
+
+    found = {"python": platform.python_version(), "platform": platform.platform(terse=True),
+             "machine": platform.machine()}
+    for package in ENVIRONMENT_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    if device is not None:
+        found["device"] = device
+        if device.startswith("cuda"):
+            import torch
+
+            found["gpu"] = torch.cuda.get_device_name(torch.device(device))
+            found["cuda"] = str(torch.version.cuda)
+    return found
 
 
 def run_exists(run_id: str) -> bool:
@@ -360,10 +385,13 @@ class Recorder:
 
     @_whole
     def log_reproduction(self, params: Mapping[str, Any], resolved: Mapping[str, Any], lock: str | None,
-                         changes: list[str] | None) -> None:
-        """What it takes to rerun this run, under ``reproduce/``: the ``params.yaml`` it ran with,
-        its resolved variant params (JSON), ``dvc.lock`` as it stood, and the uncommitted changes
-        (``git status --porcelain``) when the tree was dirty. URLs lose their credentials and query
+                         changes: list[str] | None, code: Mapping[str, str] | None = None,
+                         device: str | None = None) -> None:
+        """What it takes to rerun this run and to say how it differs from another, under
+        ``reproduce/``: the ``params.yaml`` it ran with, its resolved variant params (JSON),
+        ``dvc.lock`` as it stood, the uncommitted changes (``git status --porcelain``) when the tree
+        was dirty, ``code.json`` (the sha256 of each code file of the stage) and
+        ``environment.json`` (:func:`training_environment`). URLs lose their credentials and query
         strings in each: ``dvc.lock`` holds the same param values as ``params.yaml`` (its text is
         redacted as it is, so the file keeps its layout)."""
         import mlflow
@@ -374,6 +402,9 @@ class Recorder:
             mlflow.log_text(store.redact(lock), f"{REPRODUCE_FOLDER}/dvc.lock")
         if changes:
             mlflow.log_text(store.redact("\n".join(changes) + "\n"), f"{REPRODUCE_FOLDER}/git_status.txt")
+        if code is not None:
+            mlflow.log_dict(dict(code), f"{REPRODUCE_FOLDER}/{CODE_FILE}")
+        mlflow.log_dict(training_environment(device), f"{REPRODUCE_FOLDER}/{ENVIRONMENT_FILE}")
 
     @_whole
     def log_directory(self, directory: Path, folder: str) -> None:

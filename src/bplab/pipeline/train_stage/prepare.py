@@ -120,18 +120,19 @@ def prepare(name: str, params: Params, placement: Placement, root: Path) -> Prep
         check_schedule(model, n_train, schedule, placement.world)
     except BatchSizeError as exc:
         raise ParamsError(f"{key}.batch_size: {exc}") from None
+    code = code_digests(root, name, variant.dataset)
     digest = fingerprint({
         "params": {"variant": variant.model_dump(mode="json"), "seed": params.seed},
         "data": data.digests,
         "model": {k: list(value.shape) for k, value in model.state_dict().items()},
-        "code": code_digests(root, name, variant.dataset),
+        "code": code,
     })
     initial_weights = {k: torch.from_numpy(v) for k, v in matrix_weights(model).items()}
     model = model.to(placement.device)
     optimizer = build_optimizer(model, variant, key)
     state = TrainingState(model, optimizer, build_controls(optimizer, variant, n_train, data.task.has_accuracy, key),
                           torch.Generator().manual_seed(params.seed), initial_weights)
-    recording = _recording(name, params, data, state, placement, root) if placement.is_main else None
+    recording = _recording(name, params, data, state, placement, root, code) if placement.is_main else None
     return PreparedTraining(name, variant, placement, data, state, schedule, digest, checkpoint_file(name, root),
                             recording)
 
@@ -161,8 +162,11 @@ def logged_params(params: Params, name: str, n_parameters: int, shapes: dict[str
                     "n_features": shapes["x_train"][1]}
 
 
-def reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
-    """What ``bplab reproduce`` needs of this run: params.yaml, the resolved variant, dvc.lock, git changes."""
+def reproduction(root: Path, params: Params, name: str, code: dict[str, str] | None = None) -> dict[str, Any]:
+    """What ``bplab reproduce`` and ``bplab diff`` need of this run: params.yaml, the resolved variant,
+    dvc.lock, git changes, and ``code``, the sha256 of each code file of the stage
+    (:func:`bplab.train.checkpoint.code_digests`; dvc.lock holds this stage's hashes of its previous
+    run, since DVC writes a stage's entry after the stage ends)."""
     from bplab.params.yaml12 import read_yaml
     from bplab.tracking import store
 
@@ -175,15 +179,15 @@ def reproduction(root: Path, params: Params, name: str) -> dict[str, Any]:
     # caller that passed params without one gets them as validated.
     raw = read_yaml(file.read_text()) if file.exists() else params.model_dump(mode="json")
     return {"params": raw, "resolved": resolved, "lock": lock.read_text() if lock.exists() else None,
-            "changes": store.git_changes()}
+            "changes": store.git_changes(), "code": code or {}}
 
 
 def _recording(name: str, params: Params, data: TrainingData, state: TrainingState, placement: Placement,
-               root: Path) -> RunRecording:
+               root: Path, code: dict[str, str]) -> RunRecording:
     from bplab.tracking import store
 
     dataset = params.train[name].dataset
-    recorded = reproduction(root, params, name)
+    recorded = reproduction(root, params, name, code) | {"device": str(placement.device)}
     n_parameters = sum(p.numel() for p in state.model.parameters())
     knobs = logged_params(params, name, n_parameters, data.prepared.shapes()) | {
         "device": str(placement.device), "world_size": placement.world}
