@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bplab.commands import compare, runner
+from bplab.commands import compare, runner, ui
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 from bplab.pipeline.process import redacted_tracebacks, this_environment_first
@@ -150,6 +150,22 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0  # not reached: execve does not return
 
 
+def ui_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bplab ui``'s arguments: those of ``mlflow ui`` it needs, and basic-auth."""
+    parser.add_argument("--port", type=_port, default=ui.DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every one)")
+    parser.add_argument("--workers", type=_positive, default=1, help="uvicorn worker processes (default: %(default)s)")
+    parser.add_argument("--basic-auth", action="store_true",
+                        help="require MLflow's basic-auth logins (its configuration, as `--app-name basic-auth`)")
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """``bplab ui``: check the port, then :func:`bplab.commands.ui.serve`."""
+    _check_port_free(args.host, args.port)
+    return ui.serve(args.host, args.port, args.workers, args.basic_auth)
+
+
 def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """``bplab reproduce``'s arguments."""
     parser.add_argument("run_id",
@@ -278,6 +294,27 @@ version under the alias, or a port in use ends with one line naming it, exit sta
                        -0.772, 0.429, -0.481]]}'""",
         add_arguments=serve_arguments,
         run=run_serve,
+    ),
+    "ui": Subcommand(
+        summary="MLflow's UI over the project's store, experiments opening on their runs table",
+        description=f"""\
+Serves MLflow's UI, `mlflow server --app-name bplab-ui`, over the store the stages log to,
+with the artifacts (pictures, models) where they keep them. A browser that has never chosen
+between MLflow 3's GenAI and Model training views opens experiments on the runs table (no
+?workflowType= in links); a browser that chose GenAI keeps it. --basic-auth serves
+`--app-name bplab-ui-basic-auth`, MLflow's basic-auth app (same configuration:
+MLFLOW_AUTH_CONFIG_PATH, MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD) with the
+same landing. A port in use, or a store that is a server already, ends with one line, exit
+status 2; Ctrl-C stops the server.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab ui                               # http://127.0.0.1:5000
+  bplab ui --port 5002
+  MLFLOW_TRACKING_URI=sqlite:///other.db bplab ui
+  bplab ui --basic-auth                  # MLflow's logins (MLFLOW_AUTH_CONFIG_PATH, ...)""",
+        add_arguments=ui_arguments,
+        run=run_ui,
     ),
     "runner": Subcommand(
         summary="show or stop the warm stage runner that starts stages without their imports",

@@ -9,7 +9,8 @@ content has rendered (the UI is a single-page app: the first HTML holds none of 
 MLflow 3.17's UI opens an experiment on the GenAI overview (traces, latency, token usage) unless
 the browser has been switched to *Model training* (the switch at the top of the sidebar, which the
 browser remembers); a link with ``?workflowType=machine_learning`` opens the runs table in any
-browser, so the links here carry it.
+browser, so the links here carry it. ``bplab ui`` (:mod:`bplab.ui.app`) opens on the runs table
+without it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def mlflow_ui(backend_uri: str, workdir: Path, timeout_s: float = 180) -> Iterat
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 900) -> Iterator[Page]:
-    """A page of a headless Chromium (Debian's, at :data:`CHROMIUM`) with a fresh profile."""
+def chromium_page(width: int = 1400, height: int = 900, login: tuple[str, str] | None = None) -> Iterator[Page]:
+    """A page of a headless Chromium (Debian's, at :data:`CHROMIUM`) with a fresh profile; ``login``,
+    a user name and password, answers a server's HTTP basic-auth challenge (MLflow's basic-auth app)."""
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM.exists():
@@ -61,7 +63,8 @@ def chromium_page(width: int = 1400, height: int = 900) -> Iterator[Page]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_FLAGS))
         try:
-            context = browser.new_context(viewport={"width": width, "height": height})
+            credentials = {"username": login[0], "password": login[1]} if login else None
+            context = browser.new_context(viewport={"width": width, "height": height}, http_credentials=credentials)
             context.add_init_script(_ASSISTANT_CLOSED)
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
@@ -85,6 +88,11 @@ def compare_url(base: str, experiment_id: str, run_ids: Sequence[str]) -> str:
 def open_runs_table(page: Page, base: str, experiment_id: str, run_names: Sequence[str]) -> None:
     """Load the experiment's page and wait until its runs table lists every name in ``run_names``."""
     page.goto(experiment_url(base, experiment_id))
+    wait_for_runs_table(page, run_names)
+
+
+def wait_for_runs_table(page: Page, run_names: Sequence[str]) -> None:
+    """Wait until the page shows a runs table that lists every name in ``run_names``."""
     table = page.get_by_role("grid")
     for name in run_names:
         table.get_by_text(name, exact=True).first.wait_for()
