@@ -80,7 +80,7 @@ def test_the_quick_start_is_parsed_as_the_readme_means() -> None:
     assert [step.script.split()[:2] for step in steps] == [["dvc", "repro"], ["bplab", "compare"],
                                                            ["dvc", "exp"], ["dvc", "metrics"]]
     assert all(step.shown for step in steps)
-    assert any("make setup" in block for block in not_run) and any("mlflow ui" in block for block in not_run)
+    assert any("make setup" in block for block in not_run) and any("bplab ui" in block for block in not_run)
 
 
 @pytest.mark.parametrize("section, problem", [
