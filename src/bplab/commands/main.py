@@ -276,7 +276,7 @@ An unknown dataset or version ends with one line naming it, exit status 2.
         run=run_compare,
     ),
     "diff": Subcommand(
-        summary="say what differs between two training runs: params, code, data, environment, metrics",
+        summary="why two training runs differ: params, code, data, metrics",
         description=f"""\
 Sets two training runs' records side by side, in the order a change propagates:
   params       the keys whose values differ (dotted, as in params.yaml), both values;
