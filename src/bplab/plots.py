@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 SPECTRAL = colormaps["Spectral"]  # the tutorial's plt.cm.Spectral
 
@@ -107,6 +108,39 @@ def learning_curves(epochs: Sequence[int], metrics: dict[str, Sequence[float]], 
         axes[-1].set(title="train loss per iteration", xlabel="iteration", ylabel="loss")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def overlaid_learning_curves(runs: dict[str, dict[str, Sequence[tuple[int, float]]]], title: str = "") -> Figure:
+    """Several runs' per-epoch curves on shared panels, one colour per run: ``runs`` maps a run's
+    label to its metrics (``train_loss``, ``val_acc``, ...), each a list of (epoch, value).
+    Training curves are solid, validation ones dashed; a panel per metric kind (loss, accuracy)."""
+    panels: dict[str, None] = {}
+    for metrics in runs.values():
+        for name in metrics:
+            panels.setdefault(name.partition("_")[2] or name)
+    fig = Figure(figsize=(max(8, 6 * len(panels)), 4.5))  # room for a title naming the runs
+    axes = dict(zip(panels, fig.subplots(1, max(1, len(panels)), squeeze=False).flat))
+    colours = colormaps["tab10"].colors
+    for colour, (run, metrics) in zip(colours * len(runs), runs.items()):
+        for name, points in metrics.items():
+            split = name.partition("_")[0]
+            epochs, values = zip(*points) if points else ((), ())
+            axes[name.partition("_")[2] or name].plot(epochs, values, color=colour,
+                                                      linestyle="--" if split == "val" else "-",
+                                                      label=f"{run} {_LINE_NAMES.get(split, split)}")
+    for panel, ax in axes.items():
+        label = _PANEL_NAMES.get(panel, panel)
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
+        if panel == "loss" and values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set(title=f"{label} per epoch", xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bplab.commands import compare, runner, ui
+from bplab.commands import compare, diff, runner, ui
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 from bplab.pipeline.process import redacted_tracebacks, this_environment_first
@@ -274,6 +274,32 @@ An unknown dataset or version ends with one line naming it, exit status 2.
   bplab compare --dataset mnist --dataset boston --out study.md""",
         add_arguments=compare.add_arguments,
         run=run_compare,
+    ),
+    "diff": Subcommand(
+        summary="why two training runs differ: params, code, data, metrics",
+        description=f"""\
+Sets two training runs' records side by side, in the order a change propagates:
+  params       the keys whose values differ (dotted, as in params.yaml), both values;
+  code         the train stage's code files whose sha256 differ, `git diff --stat` between
+               the runs' commits when both are in this checkout's history, and the changes
+               that were not committed when a run trained;
+  data         which of the raw data, the processed data (DVC's hashes) and the train,
+               validation and test splits (content digests) changed;
+  environment  Python, torch, MLflow, NumPy, DVC, platform and device, where they differ;
+  metrics      final test and validation scores and each per-epoch metric's last value,
+               side by side with the change (absolute and relative).
+A section with nothing to report says "no difference"; one a run did not record says so.
+A run is named by its id, models:/<dataset>@<alias>, models:/<dataset>/<version> or a DVC
+experiment's name (its latest training run). Exit status 0 once the report is made, however
+the runs differ; 2 with one line for a run that cannot be found or is not a training run.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab diff 044735f6a1b24c6f9e0d1c2b3a4f5e6d 5d1e0c9b8a7f6e5d4c3b2a1f0e9d8c7b
+  bplab diff models:/boston@champion my-lr-experiment --plot curves.png
+  bplab diff models:/mnist/3 models:/mnist/4 --format json | jq .data.changed""",
+        add_arguments=diff.add_arguments,
+        run=diff.run,
     ),
     "serve": Subcommand(
         summary="serve a dataset's champion model over HTTP (mlflow models serve)",

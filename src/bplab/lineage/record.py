@@ -30,6 +30,7 @@ MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<vers
 # The data a run's numbers depend on, in the order a report lists them.
 RAW, PROCESSED = "raw data", "processed data"
 TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = "train split", "validation split", "test split"
+RESOLVED_FILE = "variant.json"  # the run's resolved params (Recorder.log_reproduction)
 
 
 class LineageError(BplabError):
@@ -42,7 +43,9 @@ class TrainingRecord:
 
     ``code`` maps each code file of the train stage to its sha256 (empty for a run made before
     runs recorded it); ``data`` maps :data:`RAW`, :data:`PROCESSED` (DVC's hashes) and the three
-    splits (content digests) to their hash, where the run recorded it.
+    splits (content digests) to their hash, where the run recorded it. ``resolved`` is
+    ``reproduce/variant.json``: the params that shaped the run, by section (``variant``, ``seed``,
+    ``device``, ``tracking``, ``train``: the variant's, ``data``: its dataset's), empty when not recorded.
     """
 
     run_id: str
@@ -61,6 +64,7 @@ class TrainingRecord:
     git_changes: list[str] = field(default_factory=list)
     dvc_exp: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def short_id(self) -> str:
@@ -111,13 +115,17 @@ def _reproduce_file(client: Any, run_id: str, name: str) -> str | None:
     return queries.artifact_text(client, run_id, f"{REPRODUCE_FOLDER}/{name}")
 
 
-def _json_file(client: Any, run_id: str, name: str) -> dict[str, str]:
+def _json_mapping(client: Any, run_id: str, name: str) -> dict[str, Any]:
     text = _reproduce_file(client, run_id, name)
     try:
         values = json.loads(text) if text is not None else {}
     except json.JSONDecodeError:
         return {}
-    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+    return values if isinstance(values, dict) else {}
+
+
+def _json_file(client: Any, run_id: str, name: str) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _json_mapping(client, run_id, name).items()}
 
 
 def _out_hash(lock: dict[str, Any], stage: str, path: str) -> str | None:
@@ -167,7 +175,7 @@ def load(run_id: str, tracking_uri: str | None = None) -> TrainingRecord:
         data=data, data_paths=data_paths, environment=_json_file(client, run_id, ENVIRONMENT_FILE),
         metrics=dict(run.data.metrics), git_commit=tags.get("git_commit"),
         git_dirty=None if dirty is None else dirty == "true", git_changes=changes, dvc_exp=tags.get("dvc_exp"),
-        tags=dict(tags))
+        tags=dict(tags), resolved=_json_mapping(client, run_id, RESOLVED_FILE))
 
 
 Curve = list[tuple[int, float]]
