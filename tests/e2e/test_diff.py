@@ -93,6 +93,9 @@ def test_a_params_edit_names_the_key_and_both_values_and_nothing_else(runs: Runs
     assert f"| `train.{VARIANT}.lr` | 0.001 | 0.01 |" in section(text, "Params")
     assert section(text, "Code").startswith("no difference") and section(text, "Data").startswith("no difference")
     assert "M params.yaml" in section(text, "Code")  # the edit was not committed when it trained
+    # Trained, not evaluated: the train stage's own digests say the train and validation splits are the same.
+    assert [(i["input"], i["changed"]) for i in found["data"]["inputs"] if i["input"].endswith("split")] == [
+        ("train split", False), ("validation split", False), ("test split", None)]
     assert next(r for r in found["metrics"]["metrics"] if r["metric"] == "train_loss")["change"] != 0
 
 

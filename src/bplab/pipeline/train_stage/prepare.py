@@ -191,7 +191,9 @@ def _recording(name: str, params: Params, data: TrainingData, state: TrainingSta
     n_parameters = sum(p.numel() for p in state.model.parameters())
     knobs = logged_params(params, name, n_parameters, data.prepared.shapes()) | {
         "device": str(placement.device), "world_size": placement.world}
-    tags = store.run_tags(dataset=dataset, stage="train", variant=name, changes=recorded["changes"])
+    # The validation split's digest, as evaluate tags it too: a train-only run says which split it validated on.
+    tags = store.run_tags(dataset=dataset, stage="train", variant=name, changes=recorded["changes"]) | {
+        "val_digest": data.digests["val"]}
     return RunRecording(dataset, tags, knobs, recorded, params.tracking.max_epoch_points,
                         params.tracking.system_metrics)
 
