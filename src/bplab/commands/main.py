@@ -213,6 +213,8 @@ EXAMPLES = """\
 examples:
   bplab compare                          # one table per dataset: params, val and test metrics, champion
   bplab serve boston                     # models:/boston@champion on http://127.0.0.1:5001
+  bplab ui                               # MLflow's UI over this project's store, on the runs table
+  bplab diff models:/boston@champion <exp>   # why two runs differ: params, code, data, environment, metrics
   bplab reproduce <run_id>               # rerun a recorded training, metrics side by side
   bplab promote mnist 7                  # mnist@champion on version 7, on purpose
   bplab sweep boston_module --trials 20 -j 2 --param lr=log:1e-4:0.1   # Optuna search, DVC experiments
