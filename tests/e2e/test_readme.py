@@ -78,7 +78,8 @@ def appears(shown: str, output: str) -> bool:
 def test_the_quick_start_is_parsed_as_the_readme_means() -> None:
     steps, not_run = quick_start((REPO / "README.md").read_text())
     assert [step.script.split()[:2] for step in steps] == [["dvc", "repro"], ["bplab", "compare"],
-                                                           ["dvc", "exp"], ["dvc", "metrics"]]
+                                                           ["dvc", "exp"], ["dvc", "metrics"],
+                                                           ["bplab", "diff"]]
     assert all(step.shown for step in steps)
     assert any("make setup" in block for block in not_run) and any("bplab ui" in block for block in not_run)
 
