@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bplab.commands import compare, runner
+from bplab.commands import lineage as lineage_command
+from bplab.commands import report as report_command
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 from bplab.pipeline.process import redacted_tracebacks, this_environment_first
@@ -258,6 +260,44 @@ An unknown dataset or version ends with one line naming it, exit status 2.
   bplab compare --dataset mnist --dataset boston --out study.md""",
         add_arguments=compare.add_arguments,
         run=run_compare,
+    ),
+    "lineage": Subcommand(
+        summary="a registered model's or training run's model card: what it is, its data, scores and origin",
+        description=f"""\
+Prints the model card of what REF names, as evaluate writes it on every registered version
+(the version's description on MLflow's model version page, and the run's model_card.md):
+the network and its parameter count; the dataset, its split sizes, the DVC hashes of the
+raw and processed data and the digests of the splits; the params; the validation and test
+scores beside the tutorial's; the training run, its git commit (and uncommitted changes),
+its DVC experiment, environment, and the registered version with the aliases it holds now;
+how to load and serve it. REF is models:/<dataset>@<alias>, models:/<dataset>/<version>,
+a training run's id (its latest registered version) or a DVC experiment's name. An
+unknown REF ends with one line naming it, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab lineage models:/boston@champion
+  bplab lineage models:/mnist/3
+  bplab lineage $(jq -r .run_id models/flower_module/run.json)""",
+        add_arguments=lineage_command.add_arguments,
+        run=lineage_command.run,
+    ),
+    "report": Subcommand(
+        summary="the study as one self-contained HTML page: tables, champions' cards and pictures",
+        description=f"""\
+Writes one HTML file (report.html by default) with, per dataset, the table `bplab compare`
+prints, the champion's model card (`bplab lineage models:/<dataset>@champion`) and the
+champion run's pictures (learning curves, evaluate's plots). CSS inline, pictures embedded:
+it links to nothing, so it can be attached to a pull request or mailed as it is. A store with
+no finished training run ends with one line, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab report                           # report.html
+  bplab report --dataset mnist --out mnist.html
+  bplab report --all                     # every finished run in the tables""",
+        add_arguments=report_command.add_arguments,
+        run=report_command.run,
     ),
     "serve": Subcommand(
         summary="serve a dataset's champion model over HTTP (mlflow models serve)",
