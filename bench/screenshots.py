@@ -8,11 +8,13 @@ real store is only read, and writes:
 - ``compare.png``: two runs compared, the parallel-coordinates plot of the params that differ;
 - ``model-metrics.png``: a run's "Model metrics" tab, its per-epoch curves (``lr`` among them);
 - ``system-metrics.png``: its "System metrics" tab, MLflow's samples of CPU, memory, disk, network;
-- ``registry.png``: the registered models, one per dataset, with the version aliased ``@champion``.
+- ``registry.png``: the registered models, one per dataset, with the version aliased ``@champion``;
+- ``model-card.png``: the model version page of the experiment's ``@champion``, its description
+  the model card evaluate wrote (``--only model-card`` takes this one alone, from any store).
 
 Usage (after ``make repro``; needs ``make browser``)::
 
-    .venv/bin/python bench/screenshots.py [--experiment mnist] [--out docs/ui]
+    .venv/bin/python bench/screenshots.py [--experiment mnist] [--out docs/ui] [--only model-card]
 """
 
 from __future__ import annotations
@@ -104,6 +106,17 @@ def take(base: str, experiment_id: str, runs, out: Path) -> None:
         capture(page, out / "registry.png")
 
 
+def take_model_card(base: str, store: Path, dataset: str, out: Path) -> None:
+    """``model-card.png``: the page of ``dataset``'s champion version, its model card rendered."""
+    from mlflow import MlflowClient
+
+    version = MlflowClient(f"sqlite:///{store}").get_model_version_by_alias(dataset, "champion")
+    with browser.chromium_page(1400, 1180) as page:  # the card, down to how to load it
+        page.add_init_script(_SETTLED_BROWSER)
+        browser.open_model_version(page, base, dataset, str(version.version), "What it was trained on")
+        capture(page, out / "model-card.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Take the screenshots (see the module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,17 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, default=REPO / "mlflow.db", help="the sqlite store to copy")
     parser.add_argument("--artifacts", type=Path, default=REPO / "mlartifacts", help="its artifact folder")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "ui", help="where the PNGs go")
+    parser.add_argument("--only", choices=["model-card"], help="take this screenshot alone")
     args = parser.parse_args(argv)
     variants = [name for name, v in load_params(REPO / "params.yaml").train.items() if v.dataset == args.experiment]
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bplab-ui-") as scratch:
         store = copy_store(args.store, args.artifacts, Path(scratch))
         experiment_id, runs = latest_runs(store, args.experiment, variants)
-        if len(runs) < 2:
+        if args.only is None and len(runs) < 2:
             print(f"experiment {args.experiment} needs two finished runs: run `make repro` first", file=sys.stderr)
             return 1
         with browser.mlflow_ui(f"sqlite:///{store}", Path(scratch)) as base:
-            take(base, experiment_id, runs, args.out)
+            if args.only is None:
+                take(base, experiment_id, runs, args.out)
+            take_model_card(base, store, args.experiment, args.out)
     return 0
 
 

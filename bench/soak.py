@@ -164,6 +164,9 @@ def kill_campaign(variant: str, overrides: dict[str, Any], points: tuple[str, ..
     if leftovers := _leftovers(repo):
         lost.append(f"leftovers: {', '.join(leftovers)}")
     versions = _client(repo).search_model_versions(f"name = '{dataset}'")
+    # a kill between registering a version and writing its card (evaluate/registry:1:end) must not
+    # leave the version without it: the killed stage's rerun writes it
+    lost += [f"version {v.version}'s model card" for v in versions if not v.description]
     return {"variant": variant, "steps": steps, "problems": problems, "lost": lost,
             "kills": sum(s["killed"] for s in steps), "runs": {s: sum(r.info.status == s for r in runs)
                                                               for s in ("FINISHED", "KILLED", "FAILED", "RUNNING")},

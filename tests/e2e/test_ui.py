@@ -101,3 +101,14 @@ def test_compare_page_plots_and_tabulates_the_compared_params(snapshot_client: M
         row = page.get_by_role("row").filter(has=page.get_by_text(key, exact=True)).first
         cells = row.inner_text().split()
         assert cells[0] == key and values <= set(cells), (key, cells)
+
+
+def test_model_version_page_shows_the_model_card_evaluate_wrote(snapshot_client: MlflowClient, ui: str,
+                                                                page: Page) -> None:
+    champion = snapshot_client.get_model_version_by_alias("mnist", "champion")
+    browser.open_model_version(page, ui, "mnist", str(champion.version), "What it was trained on")
+    # rendered as Markdown: the card's title a heading, its tables tables
+    title = f"mnist version {champion.version}: {champion.tags['variant']}"
+    assert page.get_by_role("heading", name=title).count() == 1
+    row = page.get_by_role("row").filter(has=page.get_by_text("training run", exact=True)).first
+    assert champion.run_id in row.inner_text()

@@ -40,6 +40,10 @@ NO_EFFECT_ON_OUTPUTS = {
     # writes to models/V/run.json differ on every run anyway.
     "src/bplab/tracking/store.py": EVERY_STAGE,
     "src/bplab/tracking/recorder.py": EVERY_STAGE,
+    # evaluate's model card: read back from the run and written to the registry and the run, not to a DVC output
+    "src/bplab/lineage/card.py": frozenset({"evaluate"}),
+    "src/bplab/lineage/record.py": frozenset({"evaluate"}),
+    "src/bplab/tracking/queries.py": frozenset({"evaluate"}),
     # Pictures logged to MLflow. evaluate also writes them to plots/V, a DVC output: a dep there.
     "src/bplab/plots.py": DATA_STAGES | {"train"},
     # The architecture table validates params.yaml's train section, which the data stages don't use.

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bplab.commands import compare, diff, runner, ui
+from bplab.commands import lineage as lineage_command
+from bplab.commands import report as report_command
 from bplab.data import catalog
 from bplab.errors import BplabError, ParamsError
 from bplab.pipeline.process import redacted_tracebacks, this_environment_first
@@ -215,6 +217,8 @@ examples:
   bplab serve boston                     # models:/boston@champion on http://127.0.0.1:5001
   bplab ui                               # MLflow's UI over this project's store, on the runs table
   bplab diff models:/boston@champion <exp>   # why two runs differ: params, code, data, environment, metrics
+  bplab lineage models:/mnist@champion   # the champion's model card: what it is, data, scores, origin
+  bplab report                           # the study as one self-contained HTML page
   bplab reproduce <run_id>               # rerun a recorded training, metrics side by side
   bplab promote mnist 7                  # mnist@champion on version 7, on purpose
   bplab sweep boston_module --trials 20 -j 2 --param lr=log:1e-4:0.1   # Optuna search, DVC experiments
@@ -302,6 +306,44 @@ the runs differ; 2 with one line for a run that cannot be found or is not a trai
   bplab diff models:/mnist/3 models:/mnist/4 --format json | jq .data.changed""",
         add_arguments=diff.add_arguments,
         run=diff.run,
+    ),
+    "lineage": Subcommand(
+        summary="a registered model's or training run's model card: what it is, its data, scores and origin",
+        description=f"""\
+Prints the model card of what REF names, as evaluate writes it on every registered version
+(the version's description on MLflow's model version page, and the run's model_card.md):
+the network and its parameter count; the dataset, its split sizes, the DVC hashes of the
+raw and processed data and the digests of the splits; the params; the validation and test
+scores beside the tutorial's; the training run, its git commit (and uncommitted changes),
+its DVC experiment, environment, and the registered version with the aliases it holds now;
+how to load and serve it. REF is models:/<dataset>@<alias>, models:/<dataset>/<version>,
+a training run's id (its latest registered version) or a DVC experiment's name. An
+unknown REF ends with one line naming it, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab lineage models:/boston@champion
+  bplab lineage models:/mnist/3
+  bplab lineage $(jq -r .run_id models/flower_module/run.json)""",
+        add_arguments=lineage_command.add_arguments,
+        run=lineage_command.run,
+    ),
+    "report": Subcommand(
+        summary="the study as one self-contained HTML page: tables, champions' cards and pictures",
+        description=f"""\
+Writes one HTML file (report.html by default) with, per dataset, the table `bplab compare`
+prints, the champion's model card (`bplab lineage models:/<dataset>@champion`) and the
+champion run's pictures (learning curves, evaluate's plots). CSS inline, pictures embedded:
+it links to nothing, so it can be attached to a pull request or mailed as it is. A store with
+no finished training run ends with one line, exit status 2.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab report                           # report.html
+  bplab report --dataset mnist --out mnist.html
+  bplab report --all                     # every finished run in the tables""",
+        add_arguments=report_command.add_arguments,
+        run=report_command.run,
     ),
     "serve": Subcommand(
         summary="serve a dataset's champion model over HTTP (mlflow models serve)",

@@ -150,6 +150,18 @@ def _register(record: dict[str, Any], name: str, dataset: str, score: registry.S
     return registration
 
 
+def _write_card(registration: registry.Registration, run_id: str, recorder: Recorder) -> None:
+    """The registered version's model card (:mod:`bplab.lineage.card`), as its description and as the
+    run's ``model_card.md``. Part of the stage's work, like the rest of its logging: a failure fails
+    the stage, the version stays registered, and the stage's next run (which finds the version
+    again) writes the card."""
+    from bplab.lineage import card
+
+    text = card.card_of_version(registration.name, registration.version, run_id)
+    registry.describe(registration.name, registration.version, text)
+    recorder.log_text(text, card.CARD_FILE)
+
+
 def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any]:
     """Score variant ``name`` on the validation and test splits, log into its train run, register the model.
 
@@ -190,6 +202,8 @@ def evaluate(name: str, params: Params, root: Path = Path(".")) -> dict[str, Any
                                origin.committed)
         with clock.phase("registry"):
             registration = _register(record, name, variant.dataset, score, origin, recorder)
+        with clock.phase("model_card"):
+            _write_card(registration, record["run_id"], recorder)
         with clock.phase("outputs"):
             write_text_atomic(metrics_file(name, root), json.dumps(metrics, indent=2) + "\n")
         with clock.phase("mlflow"):

@@ -103,3 +103,15 @@ def open_compare(page: Page, base: str, experiment_id: str, run_ids: Sequence[st
     page.goto(compare_url(base, experiment_id, run_ids))
     page.get_by_text(f"Comparing {len(run_ids)} Runs").wait_for()
     page.locator(".parcoords .axis-title").first.wait_for()
+
+
+def model_version_url(base: str, name: str, version: str) -> str:
+    """The page of version ``version`` of registered model ``name``."""
+    return f"{base}/#/models/{urllib.parse.quote(name)}/versions/{version}"
+
+
+def open_model_version(page: Page, base: str, name: str, version: str, shown: str) -> None:
+    """Load a registered model version's page and wait until its description shows ``shown`` (a
+    line of its model card)."""
+    page.goto(model_version_url(base, name, version))
+    page.get_by_text(shown, exact=True).first.wait_for()

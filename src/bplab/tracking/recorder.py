@@ -384,6 +384,13 @@ class Recorder:
         mlflow.log_dict(store.redact_all(dict(values)), file_name, run_id=self.run_id)
 
     @_whole
+    def log_text(self, text: str, file_name: str) -> None:
+        """Log ``text`` as the artifact ``file_name`` (URLs redacted)."""
+        import mlflow
+
+        mlflow.log_text(store.redact(text), file_name, run_id=self.run_id)
+
+    @_whole
     def log_reproduction(self, params: Mapping[str, Any], resolved: Mapping[str, Any], lock: str | None,
                          changes: list[str] | None, code: Mapping[str, str] | None = None,
                          device: str | None = None) -> None:

@@ -209,6 +209,22 @@ def register(model_uri: str, name: str, variant: str, run_id: str, score: Score)
     return Registration(name, version, champion, value, promoted=champion == version)
 
 
+def describe(name: str, version: str, description: str) -> None:
+    """Set the description of version ``version`` of registered model ``name`` (its model card,
+    which MLflow's model version page shows). A :class:`RegistryError` says the version stays
+    registered without it."""
+    from mlflow.exceptions import MlflowException
+
+    from bplab.tracking.store import client, refusal
+
+    try:
+        client().update_model_version(name, version, description=description)
+    except MlflowException as exc:
+        why = refusal(exc) or f"in {_store()}: {exc.message}"
+        raise RegistryError(f"registered model {name!r} version {version}: its model card was not written ({why}); "
+                            "the version stays registered, and the stage's next run writes the card") from None
+
+
 def promote(name: str, version: str, tracking_uri: str) -> tuple[str | None, Any]:
     """Move ``champion`` of registered model ``name`` in the store ``tracking_uri`` to ``version`` on
     purpose; the version that held it before (None if none), and the promoted version (with its tags)."""

@@ -54,3 +54,15 @@ def test_an_evaluate_moves_the_alias_only_when_the_champion_changes(
         assert moves == expected, f"registering {value} moved the alias {len(moves)} times"
         assert result.champion_version == champion
     assert str(MlflowClient().get_model_version_by_alias("toy", registry.CHAMPION).version) == "2"
+
+
+def test_a_card_that_cannot_be_written_fails_loudly_and_leaves_the_version_registered(model_source: Path) -> None:
+    from mlflow import MlflowClient
+
+    registry.register(model_source.as_uri(), "toy", "v", "run", Score("test_acc", 0.8, True, "split"))
+    registry.describe("toy", "1", "# toy version 1")
+    assert MlflowClient().get_model_version("toy", "1").description == "# toy version 1"
+    with pytest.raises(registry.RegistryError, match=r"^registered model 'toy' version 2: its model card was not "
+                                                     r"written \(in sqlite:///.*\); the version stays registered"):
+        registry.describe("toy", "2", "# toy version 2")  # no version 2: the store refuses the write
+    assert [v.version for v in MlflowClient().search_model_versions("name = 'toy'")] == [1]
