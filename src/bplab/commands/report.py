@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +58,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _pictures(client: Any, run_id: str) -> str:
     """The run's ``plots/*.png``, embedded."""
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory(prefix="bplab-report-") as scratch:
-        try:
-            folder = Path(client.download_artifacts(run_id, "plots", scratch))
-        except (MlflowException, OSError):  # a run without plots/
-            return "<p>The champion's run has no pictures.</p>"
-        files = sorted(folder.glob("*.png"), key=lambda path: (path.name != FIRST_PICTURE, path.name))
-        figures = [f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,'
-                   f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(path.name)}'
-                   "</figcaption></figure>" for path in files]
+    pictures = {name: data for name, data in queries.artifact_folder(client, run_id, "plots").items()
+                if name.endswith(".png")}
+    if not pictures:  # a run without plots/
+        return "<p>The champion's run has no pictures.</p>"
+    names = sorted(pictures, key=lambda name: (name != FIRST_PICTURE, name))
+    figures = [f'<figure><img alt="{html.escape(name.removesuffix(".png"))}" src="data:image/png;base64,'
+               f'{base64.b64encode(pictures[name]).decode()}"><figcaption>{html.escape(name)}'
+               "</figcaption></figure>" for name in names]
     return "".join(figures)
 
 

@@ -21,7 +21,7 @@ from bplab.data import catalog
 from bplab.lineage import record as records
 from bplab.lineage.record import PROCESSED, RAW, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, LineageError, TrainingRecord
 from bplab.params.metrics import SCORES, higher_is_better
-from bplab.tracking import store
+from bplab.tracking import queries, store
 
 CARD_FILE = "model_card.md"  # the run's artifact; the version's description holds the same text
 
@@ -200,21 +200,17 @@ def lineage(reference: str, tracking_uri: str | None = None) -> str:
     """The card of the model ``reference`` names (as :func:`bplab.lineage.record.resolve` reads
     it), rendered now, with the aliases its version holds: a models:/ URI's version, or the latest
     version registered from the run. A :class:`LineageError` names an unknown reference."""
-    from mlflow.exceptions import MlflowException
-
     uri = tracking_uri or store.tracking_uri()
     run_id = records.resolve(reference, uri)
     rec = records.load(run_id, uri)
     client = store.client(uri)
     named = records.MODEL_URI.fullmatch(reference)
-    try:
-        if named is not None:
-            found = (client.get_model_version_by_alias(named["name"], named["alias"]) if named["alias"]
-                     else client.get_model_version(named["name"], named["version"]))
-        else:
-            found = _latest_version_of_run(client, run_id)
-    except MlflowException as exc:  # resolve found it a moment ago: deleted meanwhile
-        raise LineageError(f"{reference}: {exc.message}") from None
+    if named is not None:
+        found = queries.model_version_or_none(client, named["name"], named["alias"], named["version"])
+        if found is None:  # resolve found it a moment ago: deleted meanwhile
+            raise LineageError(f"{reference}: no such registered model version any more")
+    else:
+        found = _latest_version_of_run(client, run_id)
     registered = None if found is None else registered_version(client, found.name, str(found.version), True)
     return render(rec, registered)
 

@@ -91,3 +91,31 @@ def artifact_text(client: Any, run_id: str, path: str) -> str | None:
         return Path(client.download_artifacts(run_id, path)).read_text()
     except (MlflowException, OSError):
         return None
+
+
+def artifact_folder(client: Any, run_id: str, folder: str) -> dict[str, bytes]:
+    """The bytes of each file directly in run ``run_id``'s artifact folder ``folder``, by name, in
+    one download; ``{}`` when the run has no such folder."""
+    import tempfile
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    from mlflow.exceptions import MlflowException
+
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
+    with tempfile.TemporaryDirectory(prefix="bplab-artifacts-") as scratch:
+        try:
+            found = Path(client.download_artifacts(run_id, folder, scratch))
+        except (MlflowException, OSError):
+            return {}
+        return {path.name: path.read_bytes() for path in found.iterdir() if path.is_file()}
+
+
+def model_version_or_none(client: Any, name: str, alias: str | None = None, version: str | None = None) -> Any:
+    """Version ``version`` of registered model ``name``, or the one holding ``alias``; ``None``
+    when the model, the version or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException:
+        return None

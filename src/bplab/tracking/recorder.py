@@ -64,7 +64,7 @@ CREATION_TAG = "bplab.creation"
 SERVING_DEVICE = "cpu"
 REPRODUCE_FOLDER = "reproduce"  # a training run's artifacts for `bplab reproduce` and `bplab diff`
 CODE_FILE, ENVIRONMENT_FILE = "code.json", "environment.json"
-ENVIRONMENT_PACKAGES = ("torch", "mlflow", "numpy", "dvc")
+ENVIRONMENT_PACKAGES = ("mlflow", "numpy", "dvc")
 
 
 def ensure_experiment(name: str) -> str:
@@ -186,23 +186,24 @@ def _live_run(run_id: str) -> Any | None:
 
 
 def training_environment(device: str | None) -> dict[str, str]:
-    """What a run's numbers may depend on besides params, code and data: Python, the versions of
-    :data:`ENVIRONMENT_PACKAGES`, the platform and the device (with the GPU's name and CUDA's
-    version on a GPU)."""
+    """What a run's numbers may depend on besides params, code and data: Python, torch (with its
+    build, ``2.14.1+cu130``: the wheel's metadata has no build), the versions of
+    :data:`ENVIRONMENT_PACKAGES`, the platform and the device (with the GPU's name and CUDA's version
+    on a GPU)."""
     import platform
 
-    found = {"python": platform.python_version(), "platform": platform.platform(terse=True),
-             "machine": platform.machine()}
+    import torch
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
     for package in ENVIRONMENT_PACKAGES:
         try:
             found[package] = version(package)
         except PackageNotFoundError:
             found[package] = "not installed"
+    found |= {"platform": platform.platform(terse=True), "machine": platform.machine()}
     if device is not None:
         found["device"] = device
         if device.startswith("cuda"):
-            import torch
-
             found["gpu"] = torch.cuda.get_device_name(torch.device(device))
             found["cuda"] = str(torch.version.cuda)
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,19 @@ def test_flower_run_holds_the_contract(workspace: Path, params: Params, monkeypa
     assert [a.path for a in client().list_artifacts(run.info.run_id)] == ["plots", "reproduce", "state_dict"]
     # What `bplab reproduce` reads back (this workspace has no dvc.lock and is no git checkout)
     assert {a.path for a in client().list_artifacts(run.info.run_id, "reproduce")} == {
-        "reproduce/params.yaml", "reproduce/variant.json"}
+        "reproduce/params.yaml", "reproduce/variant.json", "reproduce/code.json", "reproduce/environment.json"}
     resolved = client().download_artifacts(run.info.run_id, "reproduce/variant.json")
     assert json.loads(Path(resolved).read_text())["train"]["epochs"] == 30
+    # What `bplab diff` compares besides params: the code's hashes (none without a dvc.yaml to list
+    # them), the environment, and the validation split it validated on
+    assert json.loads(Path(client().download_artifacts(run.info.run_id, "reproduce/code.json")).read_text()) == {}
+    environment = json.loads(Path(client().download_artifacts(run.info.run_id, "reproduce/environment.json"))
+                             .read_text())
+    assert (environment["python"], environment["torch"], environment["device"]) == (
+        platform.python_version(), torch.__version__, "cpu")
+    assert {"mlflow", "numpy", "dvc", "platform"} <= set(environment)
+    validation = processed.load(workspace / "data/processed/flower").splits["val"]
+    assert tags["val_digest"] == processed.content_digest(*validation)
     inputs = run.inputs.dataset_inputs
     assert len(inputs) == 1 and inputs[0].dataset.name == "flower-train" and inputs[0].dataset.digest
 
