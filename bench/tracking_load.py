@@ -3,7 +3,7 @@
 For each backend it starts a real `mlflow server` (2 workers, artifacts proxied to a folder) over
 a throwaway PostgreSQL cluster or a sqlite file, then:
 
-1. **Stage load**: 8 real training processes (`stages/train.py boston_module`, each in its own
+1. **Stage load**: 8 real training processes (4 in the short version; `stages/train.py boston_module`, each in its own
    workspace with its own learning rate, synthetic Boston-shaped data) and 2 evaluate stages of
    `boston` (of two trainings made beforehand, registering versions), all started at once.
    Every metric point each training
@@ -79,8 +79,8 @@ class Sizes:
     server_workers: int = 2
 
 
-QUICK = Sizes(epochs=150, train_rows=160, clients=4, runs_per_client=2, batches_per_run=5, restart_trainings=2,
-              restart_epochs=2000)
+QUICK = Sizes(trainings=4, epochs=150, train_rows=160, clients=4, runs_per_client=2, batches_per_run=5,
+              restart_trainings=2, restart_epochs=2000)
 
 
 # ---------------------------------------------------------------------------------------------
