@@ -186,26 +186,25 @@ def _live_run(run_id: str) -> Any | None:
 
 
 def training_environment(device: str | None) -> dict[str, str]:
-    """What a run's numbers may depend on besides params, code and data: Python, torch (with its
-    build, ``2.14.1+cu130``: the wheel's metadata has no build), the versions of
-    :data:`ENVIRONMENT_PACKAGES`, the platform and the device (with the GPU's name and CUDA's version
-    on a GPU)."""
+    """What a run's numbers may depend on besides params, code and data: Python, the versions of
+    torch and :data:`ENVIRONMENT_PACKAGES`, torch's build (the CUDA it was built for, or CPU only),
+    the platform and the device (with the GPU's name and CUDA's version on a GPU)."""
     import platform
 
     import torch
 
-    found = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ENVIRONMENT_PACKAGES:
+    found = {"python": platform.python_version()}
+    for package in ("torch", *ENVIRONMENT_PACKAGES):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
             found[package] = "not installed"
-    found |= {"platform": platform.platform(terse=True), "machine": platform.machine()}
+    found |= {"torch_build": f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only",
+              "platform": platform.platform(terse=True), "machine": platform.machine()}
     if device is not None:
         found["device"] = device
         if device.startswith("cuda"):
             found["gpu"] = torch.cuda.get_device_name(torch.device(device))
-            found["cuda"] = str(torch.version.cuda)
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,10 @@ def test_flower_run_holds_the_contract(workspace: Path, params: Params, monkeypa
     assert json.loads(Path(client().download_artifacts(run.info.run_id, "reproduce/code.json")).read_text()) == {}
     environment = json.loads(Path(client().download_artifacts(run.info.run_id, "reproduce/environment.json"))
                              .read_text())
-    assert (environment["python"], environment["torch"], environment["device"]) == (
-        platform.python_version(), torch.__version__, "cpu")
-    assert {"mlflow", "numpy", "dvc", "platform"} <= set(environment)
+    assert (environment["python"], environment["torch"], environment["mlflow"], environment["device"]) == (
+        platform.python_version(), version("torch"), version("mlflow"), "cpu")
+    assert environment["torch_build"] == (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
+    assert {"numpy", "dvc", "platform"} <= set(environment)
     validation = processed.load(workspace / "data/processed/flower").splits["val"]
     assert tags["val_digest"] == processed.content_digest(*validation)
     inputs = run.inputs.dataset_inputs
