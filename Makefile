@@ -9,11 +9,9 @@ STAMP  := $(VENV)/.bplab-installed
 
 setup: $(STAMP)
 
-# --no-compile: byte-compiling every installed module (torch's thousands among them) took half of
-# the install, 190 s against 101 s; Python compiles the modules a stage imports on first import.
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
 		--constraint requirements.lock --editable '.[test]'
 	@touch $(STAMP)
 
