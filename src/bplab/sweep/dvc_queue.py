@@ -19,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +83,11 @@ def _quoted(text: str) -> str:
 
 
 
+# How DVC reports git's index.lock held by another process (or left by a crashed one).
+GIT_INDEX_LOCKED = "the index is locked"
+INDEX_LOCK_WAIT = 120.0  # seconds; a lock held longer than this is taken for one a crash left behind
+
+
 class DvcFailed(BplabError):
     """A ``dvc`` command exited non-zero; the message is its last error line."""
 
@@ -101,15 +107,27 @@ def _last_error(output: str) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
-def dvc(repo: Path, *args: str, timeout: float = 600) -> str:
-    """Run ``dvc ARGS`` in ``repo``; its standard output, or :class:`DvcFailed` naming its error."""
-    # DVC's queue workers start `dvc`, and the stages `python`, by name: this environment's go first.
-    result = subprocess.run([*dvc_command(), *args], cwd=repo, env=this_environment_first(), capture_output=True,
-                            text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise DvcFailed(f"dvc {' '.join(args[:3])} ... exited {result.returncode}: "
-                        f"{_last_error(result.stderr + result.stdout)}")
-    return result.stdout
+def dvc(repo: Path, *args: str, timeout: float = 600, index_lock_wait: float = INDEX_LOCK_WAIT) -> str:
+    """Run ``dvc ARGS`` in ``repo``; its standard output, or :class:`DvcFailed` naming its error.
+
+    A command refused because git's index is locked is run again for up to ``index_lock_wait``
+    seconds: ``--wait-for-lock`` waits for DVC's own lock only, while ``dvc exp run --queue``
+    stashes through git's index, which another sweep queueing a trial, or a queue worker
+    collecting one, holds for moments at a time. A refused command has queued nothing."""
+    deadline = time.monotonic() + index_lock_wait
+    pause = 0.2
+    while True:
+        # DVC's queue workers start `dvc`, and the stages `python`, by name: this environment's go first.
+        result = subprocess.run([*dvc_command(), *args], cwd=repo, env=this_environment_first(),
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode == 0:
+            return result.stdout
+        error = _last_error(result.stderr + result.stdout)
+        if GIT_INDEX_LOCKED not in error or time.monotonic() + pause > deadline:
+            waited = f" (still locked after {index_lock_wait:g} s)" if GIT_INDEX_LOCKED in error else ""
+            raise DvcFailed(f"dvc {' '.join(args[:3])} ... exited {result.returncode}: {error}{waited}")
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
