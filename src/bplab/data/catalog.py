@@ -99,6 +99,22 @@ class Dataset:
         return tuple(f"val_{score}" for score in SCORES[self.task])
 
 
+def known() -> list[str]:
+    """The datasets this checkout defines: the modules of :mod:`bplab.data` that define ``DATASET``."""
+    import pkgutil
+
+    import bplab.data
+
+    found = []
+    for module in pkgutil.iter_modules(bplab.data.__path__):
+        try:
+            dataset(module.name)
+        except ParamsError:
+            continue
+        found.append(module.name)
+    return found
+
+
 @cache
 def dataset(name: str) -> Dataset:
     """The :class:`Dataset` that module ``bplab.data.<name>`` defines, or a :class:`ParamsError`."""

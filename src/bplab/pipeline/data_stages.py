@@ -31,7 +31,8 @@ def download(name: str, params: Params, root: Path = Path(".")) -> list[FetchedF
     """Fetch or generate the raw files of dataset ``name``, and log their provenance."""
     dataset = _listed(name, params)
     settings = getattr(params.data, name).download
-    with Recorder.run(f"{name}-data", "download", store.run_tags(dataset=name, stage="download")) as recorder:
+    tags = store.run_tags(dataset=name, stage="download")
+    with Recorder.run(store.data_experiment(name), "download", tags) as recorder:
         files = dataset.download(raw_dir(name, root), settings)
         record = {f.name: {"source": f.source, "sha256": f.sha256, "bytes": f.size} for f in files}
         recorder.log_params({"download": settings.model_dump(mode="json"),
@@ -47,7 +48,8 @@ def preprocess(name: str, params: Params, root: Path = Path(".")) -> processed.P
     dataset = _listed(name, params)
     settings = getattr(params.data, name).preprocess
     source = raw_dir(name, root)
-    with Recorder.run(f"{name}-data", "preprocess", store.run_tags(dataset=name, stage="preprocess")) as recorder:
+    tags = store.run_tags(dataset=name, stage="preprocess")
+    with Recorder.run(store.data_experiment(name), "preprocess", tags) as recorder:
         prepared = dataset.preprocess(source, settings)
         out = processed_dir(name, root)
         processed.save(prepared, out)

@@ -56,6 +56,12 @@ def hide_run_links(uri: str) -> None:
         os.environ[LINKS_ENV] = "true"
 
 
+def data_experiment(dataset: str) -> str:
+    """The experiment of ``dataset``'s data-stage runs (download, preprocess); its training runs
+    go to the experiment named after the dataset itself."""
+    return f"{dataset}-data"
+
+
 def repo_root(start: Path | None = None) -> Path:
     """The DVC repository's root directory.
 
