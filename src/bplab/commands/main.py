@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import pkgutil
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bplab.commands import compare, diff, runner, ui
+from bplab.commands import compare, diff, gc, runner, ui
 from bplab.commands import lineage as lineage_command
 from bplab.commands import report as report_command
 from bplab.data import catalog
@@ -84,17 +83,8 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def known_datasets() -> list[str]:
-    """The datasets this checkout defines: the modules of :mod:`bplab.data` that define ``DATASET``."""
-    import bplab.data
-
-    found = []
-    for module in pkgutil.iter_modules(bplab.data.__path__):
-        try:
-            catalog.dataset(module.name)
-        except ParamsError:
-            continue
-        found.append(module.name)
-    return found
+    """The datasets this checkout defines (:func:`bplab.data.catalog.known`)."""
+    return catalog.known()
 
 
 def _check_dataset(name: str) -> None:
@@ -221,6 +211,7 @@ examples:
   bplab report                           # the study as one self-contained HTML page
   bplab reproduce <run_id>               # rerun a recorded training, metrics side by side
   bplab promote mnist 7                  # mnist@champion on version 7, on purpose
+  bplab gc                               # what nothing references in MLflow and DVC's cache (--yes removes)
   bplab sweep boston_module --trials 20 -j 2 --param lr=log:1e-4:0.1   # Optuna search, DVC experiments
   bplab serve --help                     # a command's options and more examples"""
 
@@ -344,6 +335,40 @@ no finished training run ends with one line, exit status 2.
   bplab report --all                     # every finished run in the tables""",
         add_arguments=report_command.add_arguments,
         run=report_command.run,
+    ),
+    "gc": Subcommand(
+        summary="list, then remove (--yes), what nothing references in the MLflow store and the DVC cache",
+        description=f"""\
+Lists what nothing references, and why; with --yes, removes it:
+  runs             deleted in the MLflow UI, or FAILED or KILLED and started over
+                   --older-than-days N days ago (deleted, then removed for good as
+                   `mlflow gc` does, with their logged models);
+  registry versions of each dataset's registered model, except the versions that hold an
+                   alias (@champion) and the last --keep-versions K;
+  DVC cache objects that no branch tip, tag, experiment or the workspace uses
+                   (`dvc gc --workspace --all-branches --all-tags --all-experiments`;
+                   --cloud also collects the DVC remote).
+Whatever those rules say, a version that holds an alias stays, with its run (even FAILED or
+deleted), its logged model and its data (the outputs its run's dvc.lock recorded): when no
+branch tip, tag or experiment holds that data, `dvc gc` also keeps the champion's commit
+(--rev), or the DVC cache is left as it is, saying why. Only bplab's experiments (<dataset>,
+<dataset>-data) and registered models (<dataset>) are read. Without --yes nothing changes.
+Exit status 0; 2 with one line for an option it cannot use (negative days).
+
+Runs are removed for good by MLflow's own `mlflow gc` code, on the store's database: with a
+sqlite (or other SQL) store, that is the store; with a tracking server, pass its database as
+--backend-store-uri (the server must serve its artifacts, `mlflow server` by default), else
+the runs are deleted on the server and stay in its database.
+
+{STORE_NOTE}""",
+        examples="""\
+  bplab gc                               # the dry run: what would go, what stays, why
+  bplab gc --yes                         # remove it
+  bplab gc --older-than-days 30 --keep-versions 5
+  bplab gc --yes --cloud                 # the DVC remote too
+  MLFLOW_TRACKING_URI=http://mlflow:5000 bplab gc --yes --backend-store-uri postgresql://mlflow@db/mlflow""",
+        add_arguments=gc.add_arguments,
+        run=gc.run,
     ),
     "serve": Subcommand(
         summary="serve a dataset's champion model over HTTP (mlflow models serve)",

@@ -90,10 +90,10 @@ def test_an_interrupt_inside_a_store_call_takes_effect_once_the_call_is_whole(ml
 
 # The one door to MLflow: the tracking package. The recorder writes a stage's run, the registry
 # registers and moves aliases, the store makes clients, the queries read for the command line, and
-# the sweep's runs are tagged and summed up in sweep_runs.
+# the sweep's runs are tagged and summed up in sweep_runs, and bplab gc's removals happen in cleanup.
 MLFLOW_OWNERS = {"src/bplab/tracking/recorder.py", "src/bplab/tracking/registry.py",
                  "src/bplab/tracking/store.py", "src/bplab/tracking/queries.py",
-                 "src/bplab/tracking/sweep_runs.py",
+                 "src/bplab/tracking/sweep_runs.py", "src/bplab/tracking/cleanup.py",
                  "src/bplab/ui/app.py"}  # not a door to the store: a plugin of MLflow's server, wrapping its app
 
 
