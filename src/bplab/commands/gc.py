@@ -83,8 +83,9 @@ def table(verdicts: Sequence[retention.Verdict], acted: bool) -> str:
                    for row in rows)
 
 
-def summary(verdicts: Sequence[retention.Verdict], acted: bool, other_runs: int) -> str:
-    """One line: how many of each kind go and stay."""
+def summary(verdicts: Sequence[retention.Verdict], acted: bool, other_runs: int | None) -> str:
+    """One line: how many of each kind go and stay (and how many runs no rule concerns, unless
+    the MLflow store was left out)."""
     def counted(removing: bool) -> str:
         counts = Counter(v.kind for v in verdicts if v.remove == removing)
         return ", ".join(f"{counts[kind]} {kind}{'s' if counts[kind] != 1 else ''}"
@@ -92,8 +93,9 @@ def summary(verdicts: Sequence[retention.Verdict], acted: bool, other_runs: int)
 
     freed = sum(v.size or 0 for v in verdicts if v.remove)
     return (f"{'removed' if acted else 'would remove'}: {counted(True)}"
-            f"{f' ({_size(freed)} of DVC cache)' if freed else ''}; kept: {counted(False)}, "
-            f"and {other_runs} other run{'s' if other_runs != 1 else ''} no rule concerns\n")
+            f"{f' ({_size(freed)} of DVC cache)' if freed else ''}; kept: {counted(False)}"
+            f"{'' if other_runs is None else f', and {other_runs} other run' + 's' * (other_runs != 1)}"
+            f"{'' if other_runs is None else ' no rule concerns'}\n")
 
 
 def _cache_plan(args: argparse.Namespace, uri: str, survey: cleanup.Survey, root: Path) -> dvc_cache.CachePlan:
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     listed_runs = {v.ident for v in verdicts if v.kind == retention.RUN}
-    other_runs = 0 if args.only == DVC else sum(r.run_id not in listed_runs for r in survey.runs)
+    other_runs = None if args.only == DVC else sum(r.run_id not in listed_runs for r in survey.runs)
     sys.stdout.write("\n" + summary(everything, args.yes, other_runs))
     return 0
 
