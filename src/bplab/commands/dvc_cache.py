@@ -3,13 +3,15 @@
 ``dvc gc --workspace --all-branches --all-tags --all-experiments`` keeps what the workspace, the tip
 of every branch, every tag and every experiment use; ``--dry`` lists the rest (one ``Removing
 <path>`` line per object), which is what ``bplab gc`` shows and, with ``--yes``, removes. A
-champion's data (the outputs its run's recorded ``dvc.lock`` names) may be of a commit that no tip
-holds any more: then its commit is kept as well (``--rev``), and where one ``--rev`` cannot cover
-every such champion, the cache is left as it is, saying which champion and what to do.
+champion's data (its dataset's raw and processed data, as its run's recorded ``dvc.lock`` hashes
+them) may be of a commit that no tip holds any more: then that commit is kept as well (``--rev``),
+and where one ``--rev`` cannot keep every champion's data, the cache is left as it is, saying
+which champion and what to do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ class Champion:
 
     label: str  # "mnist v3 @champion"
     commit: str | None
-    digests: frozenset[str]  # the md5 of each output of its recorded dvc.lock (``<md5>.dir`` for a folder)
+    digests: frozenset[str]  # its data's hashes in its recorded dvc.lock (``<md5>.dir`` for a folder)
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class CachePlan:
     blocked: str | None = None
 
 
-def lock_digests(text: str | None) -> frozenset[str]:
-    """The hash of every output in a ``dvc.lock``'s text (empty for none or an unreadable one)."""
+def lock_digests(text: str | None, paths: Collection[str]) -> frozenset[str]:
+    """The hashes a ``dvc.lock``'s text records for the outputs at ``paths`` (``data/raw/boston``...);
+    empty for none or an unreadable lock."""
     try:
         lock = yaml.safe_load(text or "") or {}
     except yaml.YAMLError:
@@ -51,7 +54,7 @@ def lock_digests(text: str | None) -> frozenset[str]:
     stages = (lock.get("stages") if isinstance(lock, dict) else None) or {}
     outs = [out for stage in stages.values() if isinstance(stage, dict) for out in stage.get("outs") or []]
     return frozenset(str(out.get("md5") or out.get("hash")) for out in outs
-                     if isinstance(out, dict) and (out.get("md5") or out.get("hash")))
+                     if isinstance(out, dict) and out.get("path") in paths and (out.get("md5") or out.get("hash")))
 
 
 def gc_arguments(rev: str | None, cloud: bool, dry: bool) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from bplab.commands import dvc_cache
 from bplab.data import catalog
 from bplab.errors import BplabError
+from bplab.paths import processed_dir, raw_dir
 from bplab.tracking import cleanup, retention, store
 
 DEFAULT_DAYS, DEFAULT_KEEP = 7, 3
@@ -57,8 +58,11 @@ def _count(option: str, text: str) -> int:
 
 
 def _champions(uri: str, survey: cleanup.Survey) -> list[dvc_cache.Champion]:
-    return [dvc_cache.Champion(label, commit, dvc_cache.lock_digests(cleanup.recorded_lock(uri, run_id)))
-            for label, run_id, commit in retention.aliased_runs(survey)]
+    """Each aliased version's data: its dataset's raw and processed data (the registered model is
+    named after the dataset), as its run's recorded dvc.lock hashes them."""
+    return [dvc_cache.Champion(label, commit, dvc_cache.lock_digests(
+                cleanup.recorded_lock(uri, run_id), {raw_dir(dataset).as_posix(), processed_dir(dataset).as_posix()}))
+            for label, dataset, run_id, commit in retention.aliased_runs(survey)]
 
 
 def _size(number: int | None) -> str:

@@ -111,9 +111,9 @@ def decide(survey: Survey, now_ms: int, older_than_days: int, keep_last: int) ->
     return [verdict for _, verdict in versions] + runs + models
 
 
-def aliased_runs(survey: Survey) -> list[tuple[str, str, str | None]]:
-    """(label, run id, git commit) of the run behind each version that holds an alias: the runs
-    whose data the DVC cache keeps whatever ``dvc gc``'s scope says."""
+def aliased_runs(survey: Survey) -> list[tuple[str, str, str, str | None]]:
+    """(label, registered model, run id, git commit) of the run behind each version that holds an
+    alias: the runs whose data the DVC cache keeps whatever ``dvc gc``'s scope says."""
     commits = {run.run_id: run.git_commit for run in survey.runs}
-    return [(version_label(v), v.run_id, commits.get(v.run_id))
+    return [(version_label(v), v.name, v.run_id, commits.get(v.run_id))
             for v in sorted(survey.versions, key=lambda v: (v.name, v.version)) if v.aliases and v.run_id]

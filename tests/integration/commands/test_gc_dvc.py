@@ -13,12 +13,17 @@ import pytest
 
 from bplab.commands import dvc_cache
 from bplab.commands.main import main
+from bplab.paths import processed_dir
 from bplab.sweep import dvc_queue
 from bplab.tracking import store
 from bplab.tracking.registry import CHAMPION
 from support.processes import run
 
 CONTENTS = ("one", "two", "three")  # one commit each; the last is the branch tip
+DATASETS = ("boston", "mnist")
+# Each dataset's processed data (a folder: a .dir object and a file), from src.txt.
+COMMAND = " && ".join(f"mkdir -p {processed_dir(d).as_posix()} && sed 's/^/{d} /' src.txt > "
+                      f"{processed_dir(d).as_posix()}/x.txt" for d in DATASETS)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -27,14 +32,15 @@ def _git(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    """A git + DVC repository whose one stage copies src.txt into the folder out/, at three commits;
-    its commits, oldest first. Every commit's output is in the cache."""
+    """A git + DVC repository whose one stage writes each dataset's processed data from src.txt, at
+    three commits; its commits, oldest first. Every commit's outputs are in the cache."""
     repo = tmp_path_factory.mktemp("gc") / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
     dvc_queue.dvc(repo, "init", "-q")
-    (repo / "dvc.yaml").write_text("stages:\n  copy:\n    cmd: mkdir -p out && cp src.txt out/x.txt\n"
-                                   "    deps: [src.txt]\n    outs: [out]\n")
+    outs = ", ".join(processed_dir(d).as_posix() for d in DATASETS)
+    (repo / "dvc.yaml").write_text(f"stages:\n  preprocess:\n    cmd: {COMMAND}\n    deps: [src.txt]\n"
+                                   f"    outs: [{outs}]\n")
     commits = []
     for text in CONTENTS:
         (repo / "src.txt").write_text(f"{text}\n")
@@ -59,12 +65,14 @@ def repo(built: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def _objects(repo: Path, commit: str) -> set[str]:
-    """The cache paths (relative) of commit's output: its folder's .dir object and its file."""
+    """The cache paths (relative) of commit's outputs: each dataset's folder's .dir object and its file."""
     lock = _git(repo, "show", f"{commit}:dvc.lock")
-    [folder] = dvc_cache.lock_digests(lock)
-    listing = (repo / ".dvc/cache/files/md5" / folder[:2] / folder[2:]).read_text()
-    [file] = re.findall(r'"md5": "([0-9a-f]{32})"', listing)
-    return {f".dvc/cache/files/md5/{digest[:2]}/{digest[2:]}" for digest in (folder, file)}
+    found = set()
+    for folder in dvc_cache.lock_digests(lock, {processed_dir(d).as_posix() for d in DATASETS}):
+        listing = (repo / ".dvc/cache/files/md5" / folder[:2] / folder[2:]).read_text()
+        found |= {folder, *re.findall(r'"md5": "([0-9a-f]{32})"', listing)}
+    assert len(found) == 2 * len(DATASETS)
+    return {f".dvc/cache/files/md5/{digest[:2]}/{digest[2:]}" for digest in found}
 
 
 def gc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -111,12 +119,13 @@ def test_the_outputs_no_branch_tip_uses_are_listed_then_removed_and_the_tips_kep
     tip = _objects(repo, built[1][2])
     code, out = gc(capsys)
     assert code == 0 and listed(out) == old
-    assert out.splitlines()[-1] == "would remove: 4 DVC cache objects (138 B of DVC cache); kept: nothing"
+    size = sum((repo / path).stat().st_size for path in old)
+    assert out.splitlines()[-1] == f"would remove: 8 DVC cache objects ({size} B of DVC cache); kept: nothing"
     assert _cached(repo, old | tip) == dict.fromkeys(old | tip, True)  # the dry run removed nothing
     code, out = gc(capsys, "--yes")
     assert code == 0 and listed(out) == old
     assert _cached(repo, old | tip) == {**dict.fromkeys(old, False), **dict.fromkeys(tip, True)}
-    assert (repo / "out/x.txt").read_text() == "three\n"
+    assert (repo / processed_dir("boston") / "x.txt").read_text() == "boston three\n"
     assert gc(capsys)[1].splitlines()[-1] == "would remove: nothing; kept: nothing"
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from bplab.commands import dvc_cache
 from bplab.commands.main import main
 from bplab.data import catalog
+from bplab.paths import processed_dir, raw_dir
 from bplab.tracking import retention, store
 from bplab.tracking.cleanup import RunFacts, Survey, VersionFacts
 from bplab.tracking.registry import CHAMPION
@@ -186,5 +188,21 @@ def test_a_champion_and_any_aliased_version_stay_with_their_runs_whatever_the_ru
     assert verdicts == {(retention.VERSION, f"{DATASET} v1"): False, (retention.VERSION, f"{DATASET} v2"): False,
                         (retention.VERSION, f"{DATASET} v3"): True, (retention.RUN, "deleted-champion"): False,
                         (retention.RUN, "killed-staging"): False, (retention.RUN, "old-failed"): True}
-    assert retention.aliased_runs(survey) == [(f"{DATASET} v1 @{CHAMPION}", "deleted-champion", None),
-                                              (f"{DATASET} v2 @staging", "killed-staging", None)]
+    assert retention.aliased_runs(survey) == [(f"{DATASET} v1 @{CHAMPION}", DATASET, "deleted-champion", None),
+                                              (f"{DATASET} v2 @staging", DATASET, "killed-staging", None)]
+
+
+def test_a_champions_data_is_its_datasets_raw_and_processed_data_not_every_output_of_the_lock() -> None:
+    # The lock a training run records holds every stage's outputs as they stood, metrics (not in
+    # DVC's cache: a cache object of equal content is not theirs) and other variants' models among them.
+    lock = """schema: '2.0'
+stages:
+  download@boston: {outs: [{path: data/raw/boston, md5: aaa.dir}]}
+  preprocess@boston: {outs: [{path: data/processed/boston, md5: bbb.dir}]}
+  preprocess@mnist: {outs: [{path: data/processed/mnist, md5: ccc.dir}]}
+  train@boston_module: {outs: [{path: models/boston_module, md5: ddd.dir}]}
+  evaluate@boston_module: {outs: [{path: metrics/boston_module.json, md5: eee}]}
+"""
+    data = {raw_dir(DATASET).as_posix(), processed_dir(DATASET).as_posix()}
+    assert dvc_cache.lock_digests(lock, data) == {"aaa.dir", "bbb.dir"}
+    assert dvc_cache.lock_digests(None, data) == dvc_cache.lock_digests("stages: [", data) == frozenset()
