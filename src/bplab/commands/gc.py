@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bplab.commands import dvc_cache
@@ -75,10 +76,32 @@ def _size(number: int | None) -> str:
     return ""
 
 
-def table(verdicts: Sequence[retention.Verdict], acted: bool) -> str:
+@dataclass(frozen=True)
+class Outcome:
+    """How the verdicts ended: a dry run (``acted`` False), or removed; with ``collected`` False, the
+    runs and logged models of a tracking server were only deleted (its database keeps them)."""
+
+    acted: bool = False
+    collected: bool = True
+
+    def action(self, verdict: retention.Verdict) -> str:
+        """The first column of ``verdict``'s line."""
+        if not verdict.remove:
+            return "kept" if self.acted else "keep"
+        if not self.acted:
+            return "remove"
+        if not self.collected and verdict.kind in (retention.RUN, retention.LOGGED_MODEL):
+            return "deleted"
+        return "removed"
+
+
+SUMMARY_HEADINGS = {"remove": "would remove", "removed": "removed",
+                    "deleted": "deleted on the server, still in its database", "keep": "kept", "kept": "kept"}
+
+
+def table(verdicts: Sequence[retention.Verdict], outcome: Outcome) -> str:
     """The verdicts as aligned columns: action, what, which, why (removals first)."""
-    rows = [("removed" if acted else "remove", v.kind, v.ident, v.why + (f" ({_size(v.size)})" if v.size else ""))
-            if v.remove else ("kept" if acted else "keep", v.kind, v.ident, v.why)
+    rows = [(outcome.action(v), v.kind, v.ident, v.why + (f" ({_size(v.size)})" if v.size else ""))
             for v in sorted(verdicts, key=lambda v: not v.remove)]
     if not rows:
         return "nothing to list: no deleted, failed or killed run, no registry version, no unused DVC object\n"
@@ -87,19 +110,23 @@ def table(verdicts: Sequence[retention.Verdict], acted: bool) -> str:
                    for row in rows)
 
 
-def summary(verdicts: Sequence[retention.Verdict], acted: bool, other_runs: int | None) -> str:
+def summary(verdicts: Sequence[retention.Verdict], outcome: Outcome, other_runs: int | None) -> str:
     """One line: how many of each kind go and stay (and how many runs no rule concerns, unless
     the MLflow store was left out)."""
-    def counted(removing: bool) -> str:
-        counts = Counter(v.kind for v in verdicts if v.remove == removing)
-        return ", ".join(f"{counts[kind]} {kind}{'s' if counts[kind] != 1 else ''}"
-                         for kind in KINDS if counts[kind]) or "nothing"
-
-    freed = sum(v.size or 0 for v in verdicts if v.remove)
-    return (f"{'removed' if acted else 'would remove'}: {counted(True)}"
-            f"{f' ({_size(freed)} of DVC cache)' if freed else ''}; kept: {counted(False)}"
-            f"{'' if other_runs is None else f', and {other_runs} other run' + 's' * (other_runs != 1)}"
-            f"{'' if other_runs is None else ' no rule concerns'}\n")
+    counts = Counter((outcome.action(v), v.kind) for v in verdicts)
+    actions = ["removed", "deleted"] if outcome.acted else ["remove"]
+    parts = []
+    for action in [*actions, "kept" if outcome.acted else "keep"]:
+        listed = ", ".join(f"{counts[action, kind]} {kind}{'s' * (counts[action, kind] != 1)}"
+                           for kind in KINDS if counts[action, kind])
+        if listed or action != "deleted":
+            parts.append(f"{SUMMARY_HEADINGS[action]}: {listed or 'nothing'}")
+    freed = sum(v.size or 0 for v in verdicts if v.remove and v.kind == dvc_cache.CACHE_OBJECT)
+    if freed:
+        parts[0] += f" ({_size(freed)} of DVC cache)"
+    if other_runs is not None:
+        parts[-1] += f", and {other_runs} other run{'s' * (other_runs != 1)} no rule concerns"
+    return "; ".join(parts) + "\n"
 
 
 def _cache_plan(args: argparse.Namespace, uri: str, survey: cleanup.Survey, root: Path) -> dvc_cache.CachePlan:
@@ -122,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     notes = [cache.blocked] if cache.blocked else []
     if cache.rev:
         notes.append(f"the DVC cache also keeps commit {cache.rev[:10]}, where a champion's data is")
-    if args.yes and args.only != DVC and not cleanup.remove(uri, _removal(verdicts), args.backend_store_uri):
+    collected = not args.yes or args.only == DVC or cleanup.remove(uri, _removal(verdicts), args.backend_store_uri)
+    if not collected:
         notes.append(f"{store.redact(uri)} is a tracking server: the runs and logged models are deleted there but "
                      "stay in its database until `mlflow gc` runs on it; pass --backend-store-uri (its database)")
     if args.yes:
@@ -131,12 +159,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"bplab gc: {'removed from' if args.yes else 'dry run (nothing removed; --yes removes) of'} "
           f"{' and '.join(where for name, where in scope.items() if args.only in (None, name))}\n")
     everything = [*verdicts, *cache.unused]
-    sys.stdout.write(table(everything, args.yes))
+    outcome = Outcome(args.yes, collected)
+    sys.stdout.write(table(everything, outcome))
     for note in notes:
         print(f"note: {note}")
     listed_runs = {v.ident for v in verdicts if v.kind == retention.RUN}
     other_runs = None if args.only == DVC else sum(r.run_id not in listed_runs for r in survey.runs)
-    sys.stdout.write("\n" + summary(everything, args.yes, other_runs))
+    sys.stdout.write("\n" + summary(everything, outcome, other_runs))
     return 0
 
 
