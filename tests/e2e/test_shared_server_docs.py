@@ -187,7 +187,8 @@ def test_a_granted_teammate_runs_the_pipeline_and_an_ungranted_one_is_refused(
         f"http://localhost:{documented.setup.port} (MLFLOW_TRACKING_URI): HTTP 403 for user 'carol' on "
         "/api/2.0/mlflow/runs/create; its admin can grant it (EDIT or MANAGE on the experiment or registered model)"
     ], refused.stderr
-    assert "ERROR: failed to reproduce 'train@boston_module'" in refused.stderr
+    assert ("ERROR: failed to reproduce 'train@boston_module': failed to run: python stages/train.py boston_module, "
+            "exited with 2") in refused.stderr
 
 
 def test_the_servers_secrets_stay_in_files_only_its_account_reads(documented: Documented) -> None:
