@@ -51,14 +51,15 @@ class Setup:
     secrets: dict[str, str]  # placeholder -> value
     etc: Path  # /etc/mlflow
     port: int  # the server's
-    passwords: dict[str, str]  # of the users the page's block makes: alice, and as it again for others
+    passwords: dict[str, str]  # alice's (the page's ALICE_PASSWORD), and bob's and carol's, made by the same block
 
     def user(self, name: str) -> dict[str, str]:
         """The substitutions that make the page's alice the user ``name``."""
         return {"alice": name, "ALICE_PASSWORD": self.passwords[name]}
 
     def apply(self, text: str, **more: str) -> str:
-        """``text`` with the placeholders, then the literal replacements, then ``more``, put in."""
+        """``text`` with this machine's values put in: placeholders (names in capitals, ``more``'s
+        too) as whole words, then literal text (the replacements and ``more``'s other keys)."""
         for placeholder, value in (self.secrets | {k: v for k, v in more.items() if k.isupper()}).items():
             text = re.sub(rf"\b{placeholder}\b", value, text)
         for old, new in (self.replacements | {k: v for k, v in more.items() if not k.isupper()}).items():
