@@ -201,27 +201,3 @@ def test_a_login_in_the_tracking_uri_is_never_printed(
     assert requests.get(f"{auth_server.uri}/api/2.0/mlflow/runs/get", params={"run_id": recorder.run_id},
                         auth=(USER, auth_server.password), timeout=30).json()["run"]["info"]["status"] == "FINISHED"
 
-
-def test_a_host_header_the_server_does_not_list_is_told_apart_from_a_missing_grant(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--allowed-hosts` replaces MLflow's own list (localhost, private addresses): a server that
-    lists another name refuses 127.0.0.1 with 403 "Invalid Host header", which no grant fixes."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from bplab.errors import TrackingRefused
-
-    with MlflowServer(tmp_path, env={"MLFLOW_SERVER_ALLOWED_HOSTS": "some.other.name"}) as server:  # --allowed-hosts
-        host = server.uri.removeprefix("http://")
-        expected = (f"the MLflow tracking server at {server.uri} (MLFLOW_TRACKING_URI) refused the Host header "
-                    f"'{host}' (HTTP 403 \"Invalid Host header\"{{on}}): it is not in the server's --allowed-hosts; "
-                    f"its admin adds {host} there (names with their ports, comma-separated), or use an address "
-                    "it lists")
-        with pytest.raises(TrackingRefused) as refused:
-            store.check_reachable(server.uri)
-        assert str(refused.value) == expected.format(on="")
-
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        with pytest.raises(MlflowException) as later:  # a refusal after the check, as a stage would meet it
-            MlflowClient(server.uri).search_experiments(max_results=1)
-        assert store.refusal(later.value) == expected.format(on=" on /api/2.0/mlflow/experiments/search")

@@ -206,17 +206,30 @@ def test_the_servers_secrets_stay_in_files_only_its_account_reads(documented: Do
 
 def test_an_address_the_allowed_hosts_leave_out_is_refused_with_a_line_of_its_own(
         documented: Documented, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The page's --allowed-hosts replaces MLflow's local defaults: 127.0.0.1 is refused, by name."""
+    """The page's --allowed-hosts replaces MLflow's local defaults: 127.0.0.1 is refused, by name,
+    at the check before a run and at a refusal after it, as a stage would meet either."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     from bplab.errors import TrackingRefused
     from bplab.tracking import store
 
+    port = documented.setup.port
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", documented.setup.secrets["ALICE_PASSWORD"])
-    store.check_reachable(f"http://localhost:{documented.setup.port}")  # listed: alice gets in
-    with pytest.raises(TrackingRefused, match=rf"refused the Host header '127\.0\.0\.1:{documented.setup.port}' "
-                                              r"\(HTTP 403 \"Invalid Host header\"\): it is not in the server's "
-                                              "--allowed-hosts"):
-        store.check_reachable(f"http://127.0.0.1:{documented.setup.port}")
+    store.check_reachable(f"http://localhost:{port}")  # listed: alice gets in
+    expected = (f"the MLflow tracking server at http://127.0.0.1:{port} (MLFLOW_TRACKING_URI) refused the Host header "
+                f"'127.0.0.1:{port}' (HTTP 403 \"Invalid Host header\"{{on}}): it is not in the server's "
+                f"--allowed-hosts; its admin adds 127.0.0.1:{port} there (names with their ports, comma-separated), "
+                "or use an address it lists")
+    with pytest.raises(TrackingRefused) as refused:
+        store.check_reachable(f"http://127.0.0.1:{port}")
+    assert str(refused.value) == expected.format(on="")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(MlflowException) as later:  # MLflow's client meets the same 403
+        MlflowClient(f"http://127.0.0.1:{port}").search_experiments(max_results=1)
+    assert store.refusal(later.value) == expected.format(on=" on /api/2.0/mlflow/experiments/search")
 
 
 def _pids() -> list[int]:
