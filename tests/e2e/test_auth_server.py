@@ -200,4 +200,3 @@ def test_a_login_in_the_tracking_uri_is_never_printed(
     assert auth_server.password not in printed.out + printed.err  # MLflow printed "View run ... at <URI>/#/..."
     assert requests.get(f"{auth_server.uri}/api/2.0/mlflow/runs/get", params={"run_id": recorder.run_id},
                         auth=(USER, auth_server.password), timeout=30).json()["run"]["info"]["status"] == "FINISHED"
-
