@@ -74,12 +74,16 @@ class MlflowServer:
     """
 
     def __init__(self, root: Path, backend_uri: str | None = None, app_name: str | None = None,
-                 env: Mapping[str, str] | None = None, workers: int = 1) -> None:
+                 env: Mapping[str, str] | None = None, workers: int = 1,
+                 command: list[str] | None = None, port: int | None = None) -> None:
+        """``command``, if given, is the whole server command line (a documented one, say), listening on
+        127.0.0.1 at ``port``; it then replaces the one built from the other arguments."""
         self.root = root
         self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.app_name = app_name
         self.workers = workers
-        self.port = free_port()
+        self.command = command
+        self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = root / "mlflow-server.log"
         # A client's MLflow settings are not the server's; no GenAI job workers (three processes it does not
@@ -95,6 +99,7 @@ class MlflowServer:
                    "--artifacts-destination", str(self.root / "artifacts")]
         if self.app_name:
             command += ["--app-name", self.app_name]
+        command = self.command or command
         with self.log.open("a") as out:
             self.process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)

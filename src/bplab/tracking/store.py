@@ -20,6 +20,9 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
 # What check_reachable asks: any user may, and MLflow's basic-auth app checks the credentials first.
 _PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+# The start of the body of MLflow's 403 for a Host header its `--allowed-hosts` does not list
+# (mlflow.server.security_utils.INVALID_HOST_MSG): the server refused the address, not the user.
+_HOST_REFUSED = "Invalid Host header"
 # The experiment tag that tells MLflow 3's UI an experiment is for model training, not GenAI:
 # "custom_model_development" is the "Machine learning" kind of the UI's ExperimentKind (3.17.2's
 # build). With it the UI does not guess the kind from the runs and traces; a kind a user picks in
@@ -206,12 +209,15 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         with requests.get(f"{uri.rstrip('/')}{_PROBE}", headers=login.headers, timeout=timeout_s,
                           allow_redirects=False, **_tls_options()) as answer:
             status = answer.status_code
+            host_refused = status == 403 and _HOST_REFUSED in answer.text[:200]
     except requests.RequestException as exc:
         reason = exc.__class__.__name__ if isinstance(exc, requests.Timeout) else _root_cause(exc)
         raise TrackingUnavailable(
             f"cannot reach the MLflow tracking server at {redact(uri)} ({TRACKING_ENV}): {reason}. "
             f"Start the server, or unset {TRACKING_ENV} to use the local store {default_tracking_uri()}"
         ) from None
+    if host_refused:
+        raise TrackingRefused(_host_refused(uri))
     if status in (401, 403) and not login.plugin:
         raise TrackingRefused(_refused(uri, status, login.who))
 
@@ -278,6 +284,20 @@ def _refused(uri: str, status: int, who: str | None, endpoint: str | None = None
             "(EDIT or MANAGE on the experiment or registered model)")
 
 
+def _host_refused(uri: str, endpoint: str | None = None) -> str:
+    """One line for MLflow's 403 "Invalid Host header": the server's ``--allowed-hosts`` does not
+    list the name and port the client addressed it by, whoever the user is."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"  # as requests sends Host: the port unless it is the scheme's own
+    on = f" on {endpoint}" if endpoint else ""
+    return (f"the MLflow tracking server at {redact(uri)} ({TRACKING_ENV}) refused the Host header {host!r} "
+            f"(HTTP 403 \"Invalid Host header\"{on}): it is not in the server's --allowed-hosts; its admin "
+            f"adds {host} there (names with their ports, comma-separated), or use an address it lists")
+
+
 # MlflowException's error codes for a server's HTTP 401 and 403.
 _REFUSAL_CODES = {"UNAUTHENTICATED": 401, "CUSTOMER_UNAUTHORIZED": 401, "PERMISSION_DENIED": 403}
 
@@ -293,7 +313,10 @@ def refusal(exc: BaseException) -> str | None:
     uri = tracking_uri()
     if status is None or urllib.parse.urlparse(uri).scheme not in {"http", "https"}:
         return None
-    endpoint = re.search(r"endpoint (/\S+)", str(getattr(exc, "message", exc)))
+    message = str(getattr(exc, "message", exc))
+    endpoint = re.search(r"endpoint (/\S+)", message)
+    if status == 403 and _HOST_REFUSED in message:
+        return _host_refused(uri, endpoint and endpoint.group(1))
     return _refused(uri, status, _mlflow_login().who, endpoint and endpoint.group(1))
 
 
