@@ -149,6 +149,12 @@ def enqueue(repo: Path, name: str, overrides: list[str], targets: list[str]) -> 
     dvc(repo, "exp", "run", "--queue", "-n", name, *sets, *targets)
 
 
+def push(repo: Path, remote: str, name: str) -> None:
+    """``dvc exp push REMOTE NAME``: the experiment's commit to git remote ``remote``, its
+    outputs to the default DVC remote, so that any clone can ``dvc exp pull`` and apply it."""
+    dvc(repo, "exp", "push", remote, name)
+
+
 def start(repo: Path, jobs: int) -> None:
     """``dvc queue start -j JOBS``: workers for the queue, up to ``jobs`` of them (running ones count)."""
     dvc(repo, "queue", "start", "-j", str(jobs))

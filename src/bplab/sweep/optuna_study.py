@@ -5,15 +5,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.importance import FanovaImportanceEvaluator
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
-from optuna.storages import JournalStorage
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -72,11 +75,71 @@ def sampler(name: str, seed: int) -> BaseSampler:
     return TrialSeeded(lambda s: TPESampler(seed=s, constant_liar=True), seed)
 
 
-def storage(url: str | None, repo: Path, study: str) -> tuple[Any, str]:
-    """The study's Optuna storage and how to show it: a database URL as given (``sqlite:///...``,
-    ``postgresql://...``), else a journal file (``url`` a path, default ``sweeps/<study>.journal``)."""
+HEARTBEAT_GRACE = 4  # heartbeats a worker may miss before its trials are taken for lost
+MAX_RETRIES = 3  # times one trial's params are run again after their worker was lost
+SCHEMA_ATTEMPTS = 4  # tries to open a database storage whose tables another worker creates meanwhile
+
+
+@contextmanager
+def _experimental_accepted() -> Iterator[None]:
+    """Optuna's heartbeat API is marked experimental; bplab pins Optuna and tests what it uses,
+    so users need not see the warning on every sweep."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+class StorageUnavailable(BplabError):
+    """The study's database storage cannot be opened (unreachable, refused, or a bad URL)."""
+
+
+class Takeovers:
+    """What a database storage does with a trial whose worker stopped beating: Optuna's
+    :class:`RetryHeartbeatStaleTrialCallback` puts its params back as a new waiting trial, which
+    the next ``ask`` of any worker takes; and the sweep is told, to say so."""
+
+    def __init__(self) -> None:
+        with _experimental_accepted():
+            self._retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        self._lost: list[FrozenTrial] = []
+        self._lock = threading.Lock()  # the heartbeat thread adds, the sweep's main thread takes
+
+    def __call__(self, study: Study, trial: FrozenTrial) -> None:
+        self._retry(study, trial)
+        with self._lock:
+            self._lost.append(trial)
+
+    def take(self) -> list[FrozenTrial]:
+        """The lost trials found since the last call."""
+        with self._lock:
+            lost, self._lost = self._lost, []
+        return lost
+
+
+def storage(url: str | None, repo: Path, study: str, heartbeat_s: int, takeovers: Takeovers) -> tuple[Any, str]:
+    """The study's Optuna storage and how to show it: a database URL (``sqlite:///...``,
+    ``postgresql+psycopg://...``) as Optuna's RDB storage with heartbeats every ``heartbeat_s``
+    seconds (a trial silent for :data:`HEARTBEAT_GRACE` of them is failed and handed to
+    ``takeovers``), else a journal file (``url`` a path, default ``sweeps/<study>.journal``)."""
     if url and "://" in url:
-        return url, store.redact(url)
+        import sqlalchemy.exc
+
+        shown = store.redact(url)
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                with _experimental_accepted():
+                    return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=HEARTBEAT_GRACE * heartbeat_s,
+                                      heartbeat_stale_trial_callback=takeovers), shown
+            except sqlalchemy.exc.IntegrityError as exc:
+                # Workers started together on an empty database all create Optuna's tables; on
+                # PostgreSQL all but one are refused (duplicate key in pg_type). The tables exist then.
+                if attempt == SCHEMA_ATTEMPTS:
+                    raise StorageUnavailable(f"cannot open the sweep storage {shown}: "
+                                             f"{store.database_reason(exc)}") from None
+                time.sleep(0.5 * attempt)
+            except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver is missing
+                raise StorageUnavailable(f"cannot open the sweep storage {shown}: "
+                                         f"{store.database_reason(exc)}") from None
     path = Path(url) if url else repo / SWEEPS_FOLDER / f"{study}.journal"
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +147,27 @@ def storage(url: str | None, repo: Path, study: str) -> tuple[Any, str]:
     return JournalStorage(JournalFileBackend(str(path))), str(shown)
 
 
-class StorageUnavailable(BplabError):
-    """The study's database storage cannot be opened (unreachable, refused, or a bad URL)."""
+def beats(where: Any) -> bool:
+    """Whether ``where`` records heartbeats (a database storage), so lost workers are noticed."""
+    return isinstance(where, RDBStorage) and where.get_heartbeat_interval() is not None
+
+
+def fail_lost_trials(study: Study) -> None:
+    """Optuna's ``fail_stale_trials``: running trials whose worker stopped beating are told FAIL
+    (by one worker only: the storage refuses a second) and their params queued again."""
+    with _experimental_accepted():
+        fail_stale_trials(study)
+
+
+def retried_from(trial: FrozenTrial) -> int | None:
+    """The number of the lost trial whose params ``trial`` runs again, if it does."""
+    return trial.system_attrs.get("failed_trial")
+
+
+def retried_away(trials: Sequence[FrozenTrial]) -> set[int]:
+    """The numbers of lost trials whose params another trial runs again: they do not count
+    towards the study's size."""
+    return {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
 
 
 def _create_study(name: str, where: Any, shown: str, search: BaseSampler, direction: str) -> Study:

@@ -28,7 +28,9 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,8 +48,8 @@ POLL_S = 1.0  # between two looks for finished experiments (git refs: millisecon
 STATUS_EVERY = 5  # polls per `dvc queue status` (about 0.5 s of CPU), which tells failures
 GONE_LISTINGS = 2  # listings in a row an experiment may be neither queued nor done before its trial fails
 UNQUEUED_S = 300  # a trial this old with no experiment name lost its sweep between ask and queue
-# The trial's user attrs: which sweep process holds it, and its DVC experiment.
-HOST, PID, EXP, BASELINE = "sweep_host", "sweep_pid", "dvc_exp", "dvc_baseline"
+# The trial's user attrs: which sweep process holds it (host, clone, pid), and its DVC experiment.
+HOST, REPO, PID, EXP, BASELINE = "sweep_host", "sweep_repo", "sweep_pid", "dvc_exp", "dvc_baseline"
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,80}")
 
 
@@ -84,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampler seed; trial n draws with seed + n (default: params.yaml's seed)")
     parser.add_argument("--metric", help="the validation metric to optimize (default: the dataset's champion "
                                          "metric, e.g. val_acc); test metrics are refused")
+    parser.add_argument("--heartbeat", type=_count, default=30, metavar="SECONDS",
+                        help="with a database --storage: each worker marks its running trials alive this often; "
+                             "a trial silent for 4 of them is failed and its params run again by any worker "
+                             "(default: %(default)s)")
+    parser.add_argument("--push", metavar="GIT_REMOTE",
+                        help="share each finished trial: `dvc exp push GIT_REMOTE <exp>` (its git commit to "
+                             "that remote, its outputs to the default DVC remote)")
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,8 @@ class Setup:
     jobs: int
     sampler: str
     seed: int
+    heartbeat_s: int = 30
+    push: str | None = None
 
     @property
     def targets(self) -> list[str]:
@@ -135,7 +146,8 @@ def setup(args: argparse.Namespace) -> Setup:
         raise SweepError(f"--study {study!r}: use letters, digits, _ and - (it names DVC experiments)")
     dvc_queue.head(repo)  # experiments need a commit to start from: say so before asking for trials
     return Setup(repo, args.variant, variant.dataset, metric, maximize, tuple(dimensions), raw, study,
-                 args.trials, args.jobs, args.sampler, params.seed if args.seed is None else args.seed)
+                 args.trials, args.jobs, args.sampler, params.seed if args.seed is None else args.seed,
+                 args.heartbeat, args.push)
 
 
 def say(line: str) -> None:
@@ -149,25 +161,40 @@ class Pending:
     """A trial whose DVC experiment is queued or running."""
 
     number: int
+    trial_id: int  # the storage's id, which heartbeats name
     name: str  # the DVC experiment
     baseline: str  # the commit it was queued on
     gone: int = 0  # listings in a row that found it neither queued nor done
 
 
+def worker(attrs: dict[str, Any]) -> str:
+    """The sweep process a trial's user attrs name: ``host:clone pid N``."""
+    return f"{attrs.get(HOST, '?')}:{attrs.get(REPO, '?')} pid {attrs.get(PID, '?')}"
+
+
 @dataclass
 class Sweeper:
-    """One sweep process: asks, queues, waits, tells."""
+    """One sweep process: asks, queues, waits, tells; with a database storage, also beats for its
+    running trials and hands the trials of workers that stopped beating to whoever asks next."""
 
     setup: Setup
     study: Any  # optuna.Study
     run_id: str  # the study's MLflow run
+    storage: Any = None  # the storage object when it records heartbeats (optuna_study.beats)
+    takeovers: Any = None  # optuna_study.Takeovers of that storage
     pending: dict[int, Pending] = field(default_factory=dict)
     workers_started: bool = False
 
     def _exp_name(self, number: int) -> str:
         return f"{self.setup.study}-t{number}"
 
-    def _queue(self, number: int, name: str, values: dict[str, Any], baseline: str) -> None:
+    def _mark(self, set_attr: Any) -> None:
+        """Record this process as the holder of a trial (``set_attr``: its ``set_user_attr``)."""
+        set_attr(HOST, socket.gethostname())
+        set_attr(REPO, str(self.setup.repo))
+        set_attr(PID, os.getpid())
+
+    def _queue(self, number: int, trial_id: int, name: str, values: dict[str, Any], baseline: str) -> None:
         """Queue trial ``number``'s experiment and wait for it; tell FAIL when DVC refuses it."""
         from bplab.sweep import space
 
@@ -179,33 +206,40 @@ class Sweeper:
         except dvc_queue.DvcFailed as exc:
             self._tell(number, name, None, f"dvc exp run --queue refused it: {exc}")
             return
-        self.pending[number] = Pending(number, name, baseline)
+        self.pending[number] = Pending(number, trial_id, name, baseline)
+        self._beat(self.pending[number])
         say(f"trial {number} queued as {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
     def ask(self) -> None:
-        """Ask the study for a trial, with every --param drawn, and queue its experiment."""
+        """Ask the study for a trial, with every --param drawn (or those of a lost trial it runs
+        again), and queue its experiment."""
+        from bplab.sweep import optuna_study
+
         distributions = {d.name: d.distribution() for d in self.setup.dimensions}
-        trial = self.study.ask(fixed_distributions=distributions)
+        with warnings.catch_warnings():  # bplab beats for its trials itself, outside Study.optimize
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = self.study.ask(fixed_distributions=distributions)
         name = self._exp_name(trial.number)
-        trial.set_user_attr(HOST, socket.gethostname())
-        trial.set_user_attr(PID, os.getpid())
+        self._mark(trial.set_user_attr)
         trial.set_user_attr(EXP, name)
         baseline = dvc_queue.head(self.setup.repo)  # experiments queued now start from HEAD
         trial.set_user_attr(BASELINE, baseline)
-        self._queue(trial.number, name, dict(trial.params), baseline)
+        frozen = self.study._storage.get_trial(trial._trial_id)  # a Trial shows no system attrs
+        if (lost := optuna_study.retried_from(frozen)) is not None:
+            say(f"trial {trial.number} runs the params of lost trial {lost} again")
+        self._queue(trial.number, trial._trial_id, name, dict(trial.params), baseline)
 
     def _claim(self, trial: Any) -> None:
         """Mark a running trial as this process's, so that other sweeps starting now leave it."""
         from optuna.trial import Trial
 
-        handle = Trial(self.study, trial._trial_id)  # a FrozenTrial's storage id has no public name
-        handle.set_user_attr(HOST, socket.gethostname())
-        handle.set_user_attr(PID, os.getpid())
+        self._mark(Trial(self.study, trial._trial_id).set_user_attr)  # a FrozenTrial's storage id has no public name
 
     def recover(self) -> None:
-        """Take over the trials that a sweep of this machine, now dead, left running: wait for
-        their experiments, or queue those it never queued. A trial that lost its sweep before it
-        was named is told FAIL. Trials of live sweeps, or of other machines, are left to them."""
+        """Take over the trials that a sweep of this clone, now dead, left running: wait for their
+        experiments, or queue those it never queued. A trial that lost its sweep before it was
+        named is told FAIL. Trials of live sweeps, or of other clones, are left to them (with a
+        database storage, those of a worker that stopped are failed and run again by heartbeat)."""
         from optuna.trial import TrialState
 
         names = {d.name for d in self.setup.dimensions}
@@ -216,21 +250,53 @@ class Sweeper:
                 if time.time() - trial.datetime_start.timestamp() > UNQUEUED_S:
                     self._tell(trial.number, "", None, "its sweep stopped before queueing it")
                 continue
-            # a trial of this host without a readable pid lost its sweep before that recorded its pid: taken over
-            if attrs.get(HOST) != socket.gethostname() or store.process_alive(attrs.get(PID)):
+            # a trial of this clone without a readable pid lost its sweep before that recorded its pid: taken over
+            if (attrs.get(HOST) != socket.gethostname() or attrs.get(REPO, str(self.setup.repo)) != str(self.setup.repo)
+                    or store.process_alive(attrs.get(PID))):
                 continue
             self._claim(trial)
             listed = dvc_queue.statuses(self.setup.repo) if listed is None else listed
-            pending = Pending(trial.number, attrs[EXP], attrs.get(BASELINE, ""))
+            pending = Pending(trial.number, trial._trial_id, attrs[EXP], attrs.get(BASELINE, ""))
             if dvc_queue.state(self.setup.repo, pending.baseline, pending.name, listed) != "missing":
                 self.pending[trial.number] = pending
+                self._beat(pending)
                 say(f"trial {trial.number}: taking over {pending.name} from a sweep that stopped")
             elif names == set(trial.params):
                 say(f"trial {trial.number}: its sweep stopped before queueing it; queueing it now")
-                self._queue(trial.number, pending.name, dict(trial.params), dvc_queue.head(self.setup.repo))
+                self._queue(trial.number, trial._trial_id, pending.name, dict(trial.params),
+                            dvc_queue.head(self.setup.repo))
             else:
                 self._tell(trial.number, pending.name, None, "its sweep stopped before queueing it, and its "
                            f"params {sorted(trial.params)} are not this sweep's {sorted(names)}")
+
+    def _beat(self, pending: Pending) -> None:
+        """Tell a database storage that this trial's worker is alive."""
+        if self.storage is not None:
+            self.storage.record_heartbeat(pending.trial_id)
+
+    def beat_forever(self, stop: threading.Event) -> None:
+        """Each heartbeat until ``stop`` is set: beat for every pending trial, then fail the
+        running trials of workers that stopped beating (Optuna's heartbeat check; their params
+        wait for the next ask of any worker). A thread's body: the main thread may wait for
+        seconds on one `dvc` command, and a lost trial is found all the same."""
+        from bplab.sweep import optuna_study
+
+        while not stop.wait(self.setup.heartbeat_s):
+            for pending in list(self.pending.values()):
+                self._beat(pending)
+            optuna_study.fail_lost_trials(self.study)  # after beating: never this worker's own trials
+
+    def find_lost(self) -> bool:
+        """Say which trials the heartbeat thread found lost since last asked; whether any was."""
+        from bplab.sweep import optuna_study
+
+        if self.takeovers is None:
+            return False
+        lost = self.takeovers.take()
+        for trial in lost:
+            say(f"trial {trial.number} lost its worker ({worker(trial.user_attrs)}: no heartbeat for "
+                f"{optuna_study.HEARTBEAT_GRACE * self.setup.heartbeat_s} s): told FAIL, its params run again")
+        return bool(lost)
 
     def _tell(self, number: int, name: str, value: float | None, reason: str = "") -> None:
         """Tell the study how trial ``number`` ended, print it, and tag its MLflow run."""
@@ -244,10 +310,23 @@ class Sweeper:
         else:
             self.study.tell(number, value, skip_if_finished=True)
             say(f"trial {number}: {self.setup.metric} {value:.6g} ({name})")
+            self._push(number, name)
         if name and sweep_runs.tag_trial(self.setup.dataset, name, self.setup.study, number) is None \
                 and value is not None:
             say(f"trial {number}: no MLflow run is tagged dvc_exp={name}; its study tags are not set")
         sweep_runs.log_progress(self.run_id, self.study.get_trials(deepcopy=False), self.setup.maximize)
+
+    def _push(self, number: int, name: str) -> None:
+        """``dvc exp push`` a finished trial's experiment when the sweep shares them (``--push``)."""
+        if not self.setup.push:
+            return
+        started = time.monotonic()
+        try:
+            dvc_queue.push(self.setup.repo, self.setup.push, name)
+        except dvc_queue.DvcFailed as exc:
+            say(f"trial {number}: not shared: {exc}")
+            return
+        say(f"trial {number}: pushed {name} to {self.setup.push} in {time.monotonic() - started:.1f} s")
 
     def _outcome(self, pending: Pending, state: str) -> tuple[float | None, str]:
         """A finished experiment's objective, or ``None`` and why there is none."""
@@ -263,8 +342,9 @@ class Sweeper:
         return float(value), ""
 
     def wait(self) -> None:
-        """Poll until at least one pending trial has finished, and tell each that has. A finished
-        experiment is a git ref (cheap to look for); DVC's queue, asked less often, tells failures."""
+        """Poll until at least one pending trial has finished, and tell each that has, or until a
+        lost trial's params wait to run again. A finished experiment is a git ref (cheap to look
+        for); DVC's queue, asked less often, tells failures."""
         polls = 0
         while True:
             listed = dvc_queue.statuses(self.setup.repo) if polls % STATUS_EVERY == 0 else None
@@ -283,20 +363,49 @@ class Sweeper:
                 except dvc_queue.DvcFailed as exc:
                     value, reason = None, str(exc)
                 self._tell(pending.number, pending.name, value, reason)
-            if finished:
+            if self.find_lost() or finished:
                 return
             time.sleep(POLL_S)
 
+    def _others_running(self) -> list[int]:
+        """With heartbeats, the running trials of other workers: the study is not done until they
+        end or their worker is found lost (its trials then run here or elsewhere)."""
+        from optuna.trial import TrialState
+
+        if self.storage is None:
+            return []
+        return [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+    def _room(self) -> int:
+        """How many trials to ask for now: lost trials' params waiting to run again, and new ones
+        while the study holds fewer than N (a lost trial run again counts once)."""
+        from optuna.trial import TrialState
+
+        from bplab.sweep import optuna_study
+
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        new = self.setup.trials - (len(trials) - len(optuna_study.retried_away(trials)))
+        return max(0, min(max(new, 0) + waiting, self.setup.jobs - len(self.pending)))
+
     def run(self) -> None:
-        """Keep up to J trials of this sweep running until the study holds N and they have finished."""
+        """Keep up to J trials of this sweep running until the study holds N and they have finished
+        (with heartbeats: until every trial of the study has)."""
+        announced: list[int] = []
         while True:
-            room = self.setup.trials - len(self.study.get_trials(deepcopy=False))
-            asked = 0
-            for _ in range(max(0, min(room, self.setup.jobs - len(self.pending)))):
+            asked = self._room()
+            for _ in range(asked):
                 self.ask()
-                asked += 1
             if not self.pending:
-                return
+                others = self._others_running()
+                if not others:
+                    return
+                if others != announced:
+                    say(f"waiting for trials {', '.join(map(str, others))} of other workers")
+                    announced = others
+                if not self.find_lost():
+                    time.sleep(POLL_S)
+                continue
             if asked or not self.workers_started:
                 dvc_queue.start(self.setup.repo, self.setup.jobs)
                 self.workers_started = True
@@ -322,6 +431,15 @@ def _record(recorder: Any, s: Setup, study: Any, importances: dict[str, float] |
         recorder.log_metrics({s.metric: best.value})
 
 
+def trial_table(trials: list[Any], metric: str) -> str:
+    """Every trial of the study: its state, value, experiment and the worker (host:clone) that held it last."""
+    from tabulate import tabulate
+
+    rows = [(t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}", t.user_attrs.get(EXP, ""),
+             f"{t.user_attrs.get(HOST, '')}:{t.user_attrs.get(REPO, '')}") for t in trials]
+    return tabulate(rows, headers=["trial", "state", metric, "experiment", "worker"], tablefmt="simple")
+
+
 def report(s: Setup, study: Any, recorder: Any) -> int:
     """Print the study's outcome and the `dvc exp apply` line that keeps its best params; 1 when
     no trial has completed."""
@@ -332,6 +450,7 @@ def report(s: Setup, study: Any, recorder: Any) -> int:
     for trial in trials:
         states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
     say(f"study {s.study}: {len(trials)} trials (" + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + ")")
+    say(trial_table(trials, s.metric))
     importances, line = optuna_study.importances(study)
     _record(recorder, s, study, importances, line)
     say(line)
@@ -345,7 +464,7 @@ def report(s: Setup, study: Any, recorder: Any) -> int:
         f"{states['complete']} complete trials), experiment {exp}:")
     for name, value in best.params.items():
         say(f"  {keys.get(name, name)} = {value}")
-    say(f"keep it: dvc exp apply {exp}")
+    say(f"keep it: dvc exp pull {s.push} {exp} && dvc exp apply {exp}" if s.push else f"keep it: dvc exp apply {exp}")
     return 0
 
 
@@ -357,7 +476,8 @@ def run(args: argparse.Namespace) -> int:
 
     s = setup(args)
     store.check_reachable(store.tracking_uri())
-    where, shown = optuna_study.storage(args.storage, s.repo, s.study)
+    takeovers = optuna_study.Takeovers()
+    where, shown = optuna_study.storage(args.storage, s.repo, s.study, s.heartbeat_s, takeovers)
     study, existed = optuna_study.open_study(s.study, where, shown, s.maximize, optuna_study.sampler(s.sampler, s.seed),
                                             {"variant": s.variant, "metric": s.metric})
     direction = "maximize" if s.maximize else "minimize"
@@ -367,7 +487,10 @@ def run(args: argparse.Namespace) -> int:
             "sweep_direction": direction, "sweep_sampler": f"{s.sampler} seed {s.seed}",
             "sweep_space": " ".join(d.spec for d in s.dimensions)}
     with sweep_runs.study_run(s.dataset, s.study, shown, tags) as recorder:
-        sweeper = Sweeper(s, study, recorder.run_id)
+        sweeper = Sweeper(s, study, recorder.run_id, where if optuna_study.beats(where) else None, takeovers)
+        stop = threading.Event()
+        if sweeper.storage is not None:
+            threading.Thread(target=sweeper.beat_forever, args=(stop,), name="sweep-heartbeat", daemon=True).start()
         try:
             sweeper.recover()
             sweeper.run()
@@ -376,4 +499,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"bplab sweep: experiments {', '.join(p.name for p in sweeper.pending.values())} go on in "
                       "DVC's queue (`dvc queue status`); the same command again collects them", file=sys.stderr)
             raise
+        finally:
+            stop.set()
         return report(s, study, recorder)

@@ -172,7 +172,7 @@ def test_a_trial_whose_experiment_left_the_queue_is_told_fail(mlflow_repo: Path,
     client = MlflowClient(store.tracking_uri())
     run_id = client.create_run(client.create_experiment("boston")).info.run_id
     setup = search.Setup(repo, VARIANT, "boston", "test_rmse", False, (), {}, "s", 1, 1, "tpe", 0)
-    sweeper = search.Sweeper(setup, study, run_id, {0: search.Pending(0, "s-t0", "ab" * 20)})
+    sweeper = search.Sweeper(setup, study, run_id, pending={0: search.Pending(0, 0, "s-t0", "ab" * 20)})
     monkeypatch.setattr(search, "POLL_S", 0.05)  # a listing of the queue every 0.25 s, not every 5 s
 
     waiting = threading.Thread(target=sweeper.wait, daemon=True)
@@ -183,3 +183,54 @@ def test_a_trial_whose_experiment_left_the_queue_is_told_fail(mlflow_repo: Path,
     assert study.trials[0].state == optuna.trial.TrialState.FAIL and not sweeper.pending
     assert "trial 0 failed: experiment s-t0 is neither queued nor done (removed from the queue?)" in \
         capsys.readouterr().out
+
+
+def test_a_trial_whose_worker_stopped_beating_runs_again_under_a_new_number(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Optuna's heartbeat on a database storage (sqlite here; PostgreSQL in the e2e test): the trial
+    of a worker on another clone that stopped beating is failed once, and its params wait for the
+    next ask of any worker; it does not count towards the study's size. The worker's own trial,
+    beaten by its heartbeat thread, stays running."""
+    import threading
+    import time
+
+    from optuna.trial import TrialState
+
+    from bplab.sweep import optuna_study, search
+
+    takeovers = optuna_study.Takeovers()
+    where, shown = optuna_study.storage(f"sqlite:///{tmp_path / 'study.db'}", tmp_path, "s", 1, takeovers)
+    assert shown == f"sqlite:///{tmp_path / 'study.db'}" and optuna_study.beats(where)
+    study, _ = optuna_study.open_study("s", where, shown, False, optuna_study.sampler("tpe", 0), {})
+    dimensions = (space.parse("lr=log:1e-3:0.1", VARIANT),)
+    distributions = {d.name: d.distribution() for d in dimensions}
+    setup = search.Setup(tmp_path, VARIANT, "boston", "val_rmse", False, dimensions, _raw(), "s", 3, 2, "tpe", 0,
+                         heartbeat_s=1)
+    # The worker of another clone: it asked for trial 0, beat once, and died.
+    lost = study.ask(distributions)
+    for key, value in {search.HOST: "other-host", search.REPO: "/srv/clone-a", search.PID: 4242}.items():
+        lost.set_user_attr(key, value)
+    where.record_heartbeat(lost._trial_id)
+    own = study.ask(distributions)  # this worker's, queued and running
+    sweeper = search.Sweeper(setup, study, "", where, takeovers,
+                             pending={own.number: search.Pending(own.number, own._trial_id, "s-t1", "ab" * 20)})
+    sweeper._beat(sweeper.pending[own.number])
+    assert sweeper._room() == 1 and not sweeper.find_lost()  # all alive: one more trial to ask, none lost
+
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=sweeper.beat_forever, args=(stop,), daemon=True)
+    heartbeat.start()
+    try:
+        time.sleep(optuna_study.HEARTBEAT_GRACE + 2.5)  # trial 0 missed four heartbeats of 1 s
+    finally:
+        stop.set()
+        heartbeat.join()
+    assert sweeper.find_lost()
+    assert capsys.readouterr().out == ("trial 0 lost its worker (other-host:/srv/clone-a pid 4242: no heartbeat for "
+                                       "4 s): told FAIL, its params run again\n")
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert sweeper._room() == 1  # the lost params waiting (0 is run again, not counted), with trial 1 running
+    assert not sweeper.find_lost()  # told once
+    again = study.ask(distributions)
+    assert (again.number, again.params) == (2, lost.params)
+    assert optuna_study.retried_from(study.get_trials()[2]) == 0
