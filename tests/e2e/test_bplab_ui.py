@@ -153,6 +153,9 @@ def test_a_browser_that_chose_genai_keeps_it(ui: Ui, mnist: tuple[str, dict[str,
     experiment_id, _ = mnist
     with browser.chromium_page() as page:
         open_experiment(page, ui.base, experiment_id)
+        # The switch works once the page has rendered: on a loaded machine a click on the sidebar
+        # before the runs table is drawn found no handler yet, and nothing navigated.
+        browser.wait_for_runs_table(page, MNIST)
         page.get_by_text("GenAI", exact=True).click()  # the sidebar's switch
         page.wait_for_url(re.compile(r"/overview"))
         assert stored_workflow(page) == '"genai"'
