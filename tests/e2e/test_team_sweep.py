@@ -103,6 +103,7 @@ def test_workers_in_two_clones_share_one_study_and_survive_a_killed_machine(
         assert f"trial {trial.number} lost its worker (" in printed_b
         (again,) = [t for t in complete if t.system_attrs.get("failed_trial") == trial.number]
         assert again.params == trial.params and again.user_attrs["sweep_repo"] == str(clone_b)
+        assert re.search(rf"\n +{trial.number}  FAIL .*clone-a +lost; run again as trial {again.number}\n", printed_b)
     # Each trial number ran as one experiment, by one worker, and each complete one was shared.
     shared = _remote_experiments(remote)
     assert sorted(shared) == sorted(f"team-t{t.number}" for t in complete)

@@ -31,6 +31,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,7 @@ from bplab.data import catalog
 from bplab.errors import BplabError
 from bplab.params.metrics import higher_is_better
 from bplab.sweep import dvc_queue
+from bplab.timings import StageClock
 from bplab.tracking import store
 
 if TYPE_CHECKING:
@@ -184,9 +187,19 @@ class Sweeper:
     takeovers: Any = None  # optuna_study.Takeovers of that storage
     pending: dict[int, Pending] = field(default_factory=dict)
     workers_started: bool = False
+    clock: StageClock = field(default_factory=lambda: StageClock("bplab sweep"))
 
     def _exp_name(self, number: int) -> str:
         return f"{self.setup.study}-t{number}"
+
+    @contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        """Time one call to the study's storage (``ask``, ``tell``) or to the remotes (``push``):
+        the sweep's clock keeps each, for ``BPLAB_TIMINGS`` (``bench/team_sweep.py``)."""
+        started = time.perf_counter()
+        with self.clock.phase(name):
+            yield
+        self.clock.samples.setdefault(f"{name}_s", []).append(time.perf_counter() - started)
 
     def _mark(self, set_attr: Any) -> None:
         """Record this process as the holder of a trial (``set_attr``: its ``set_user_attr``)."""
@@ -218,7 +231,8 @@ class Sweeper:
         distributions = {d.name: d.distribution() for d in self.setup.dimensions}
         with warnings.catch_warnings():  # bplab beats for its trials itself, outside Study.optimize
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = self.study.ask(fixed_distributions=distributions)
+            with self._timed("ask"):
+                trial = self.study.ask(fixed_distributions=distributions)
         name = self._exp_name(trial.number)
         self._mark(trial.set_user_attr)
         trial.set_user_attr(EXP, name)
@@ -305,10 +319,12 @@ class Sweeper:
         from bplab.tracking import sweep_runs
 
         if value is None:
-            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            with self._timed("tell"):
+                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             say(f"trial {number} failed: {reason}")
         else:
-            self.study.tell(number, value, skip_if_finished=True)
+            with self._timed("tell"):
+                self.study.tell(number, value, skip_if_finished=True)
             say(f"trial {number}: {self.setup.metric} {value:.6g} ({name})")
             self._push(number, name)
         if name and sweep_runs.tag_trial(self.setup.dataset, name, self.setup.study, number) is None \
@@ -322,7 +338,8 @@ class Sweeper:
             return
         started = time.monotonic()
         try:
-            dvc_queue.push(self.setup.repo, self.setup.push, name)
+            with self._timed("push"):
+                dvc_queue.push(self.setup.repo, self.setup.push, name)
         except dvc_queue.DvcFailed as exc:
             say(f"trial {number}: not shared: {exc}")
             return
@@ -435,9 +452,15 @@ def trial_table(trials: list[Any], metric: str) -> str:
     """Every trial of the study: its state, value, experiment and the worker (host:clone) that held it last."""
     from tabulate import tabulate
 
+    from bplab.sweep import optuna_study
+
+    again = {optuna_study.retried_from(t): t.number for t in trials if optuna_study.retried_from(t) is not None}
     rows = [(t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}", t.user_attrs.get(EXP, ""),
-             f"{t.user_attrs.get(HOST, '')}:{t.user_attrs.get(REPO, '')}") for t in trials]
-    return tabulate(rows, headers=["trial", "state", metric, "experiment", "worker"], tablefmt="simple")
+             f"{t.user_attrs.get(HOST, '')}:{t.user_attrs.get(REPO, '')}",
+             f"lost; run again as trial {again[t.number]}" if t.number in again else
+             f"the params of lost trial {optuna_study.retried_from(t)}" if optuna_study.retried_from(t) is not None
+             else "") for t in trials]
+    return tabulate(rows, headers=["trial", "state", metric, "experiment", "worker", ""], tablefmt="simple")
 
 
 def report(s: Setup, study: Any, recorder: Any) -> int:
@@ -501,4 +524,6 @@ def run(args: argparse.Namespace) -> int:
             raise
         finally:
             stop.set()
-        return report(s, study, recorder)
+        outcome = report(s, study, recorder)
+        sweeper.clock.finish()  # one line on stderr, and a JSON line in $BPLAB_TIMINGS when set
+        return outcome
