@@ -119,9 +119,13 @@ class MlflowServer:
 
 
 class S3Server:
-    """An S3 endpoint on 127.0.0.1 (moto's server, in a process of its own) that checks what it is
-    sent as AWS does: a request must be signed with the one access key it hands out, which may do
-    anything to S3. Its objects live in its memory and go with it.
+    """An S3 endpoint on 127.0.0.1 (moto's server, in a process of its own) with one access key,
+    which may do anything to S3. Its objects live in its memory and go with it.
+
+    With ``check_keys`` (the default) it refuses, as AWS does, a request not signed with that key in
+    its ``Authorization`` header. moto cannot check the signature of a presigned link (it answers
+    HTTP 500), and an ``mlflow server`` over an S3 destination hands its clients one for every
+    artifact they download: an S3Server behind MLflow runs with ``check_keys=False``.
 
     ``with S3Server() as s3:`` then :attr:`endpoint_url`, :meth:`create_bucket`, :attr:`env` (the
     key for a child process, as AWS's variables) and :meth:`client` (boto3's, signed with the key).
@@ -131,7 +135,8 @@ class S3Server:
 
     region = "us-east-1"
 
-    def __init__(self) -> None:
+    def __init__(self, check_keys: bool = True) -> None:
+        self.check_keys = check_keys
         self.root = Path(tempfile.mkdtemp(prefix="bplab-s3-"))
         self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
@@ -165,7 +170,8 @@ class S3Server:
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
     def start(self, timeout_s: float = 60) -> Self:
-        """Start the server, make its access key, and from then on refuse requests not signed with it."""
+        """Start the server and make its access key (with ``check_keys``, from then on it refuses
+        requests not signed with it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         with self.log.open("a") as out:
             self.process = subprocess.Popen(
@@ -181,13 +187,15 @@ class S3Server:
 
     def _make_access_key(self) -> None:
         """As an account's owner would: a user allowed everything in S3, and an access key of its.
-        Then moto's authentication starts (its count of unchecked requests set to 0)."""
+        Then, with ``check_keys``, moto's authentication starts (its count of unchecked requests set to 0)."""
         iam = self.client("iam")
         iam.create_user(UserName="bplab")
         policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
         iam.put_user_policy(UserName="bplab", PolicyName="s3", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="bplab")["AccessKey"]
         self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
+        if not self.check_keys:
+            return
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth", data=b"0", method="POST",
                                          headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(request, timeout=10) as response:
