@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,15 @@ def test_an_s3_server_keeps_objects_for_its_key_only_and_frees_its_port() -> Non
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the connections closing in TIME_WAIT
         probe.bind(("127.0.0.1", port))  # the port is free for the next server
+
+
+def test_an_s3_server_that_checks_no_keys_serves_presigned_links() -> None:
+    """What `mlflow server` over an S3 destination hands its clients to download an artifact from."""
+    with S3Server(check_keys=False) as s3:
+        s3.create_bucket("bplab-artifacts")
+        s3.client().put_object(Bucket="bplab-artifacts", Key="mlflow/1/model.pth", Body=b"weights")
+        link = s3.client().generate_presigned_url(
+            "get_object", Params={"Bucket": "bplab-artifacts", "Key": "mlflow/1/model.pth"}, ExpiresIn=60)
+        assert "Signature=" in link and s3.secret_access_key not in link
+        with urllib.request.urlopen(urllib.request.Request(link, headers={"Range": "bytes=0-3"}), timeout=10) as got:
+            assert (got.status, got.read()) == (206, b"weig")  # MLflow downloads in ranges
