@@ -137,8 +137,10 @@ def test_mlflow_artifacts_go_to_s3_through_the_server_and_load_from_another_clon
     assert run_info.artifact_uri.startswith("mlflow-artifacts:")  # the clients see the proxy, never S3
     stored = team.artifacts.keys(BUCKET, "mlflow/")
     run_keys = [key for key in stored if f"/{run_info.run_id}/artifacts/" in key]
-    assert any(key.endswith("/plots/decision_boundary.png") for key in run_keys), run_keys  # evaluate's pictures
-    assert any(key.endswith("/MLmodel") for key in stored) and any(key.endswith(".pth") for key in stored)
+    for name in ("plots/decision_boundary.png", "plots/learning_curves.png", "state_dict/state_dict.pth"):
+        assert any(key.endswith(f"/artifacts/{name}") for key in run_keys), (name, run_keys)
+    model_files = {key.rsplit("/artifacts/", 1)[1] for key in stored if "/models/m-" in key}  # the logged model
+    assert {"MLmodel", "data/model.pt2"} <= model_files, model_files
     assert not (team.server.root / "artifacts").exists()  # nothing went to the server's disk
 
     elsewhere = tmp_path / "elsewhere"
