@@ -1,5 +1,6 @@
 """Real servers on 127.0.0.1, for the tests and the benchmark: ``mlflow server`` over a sqlite or
-PostgreSQL store, and a throwaway PostgreSQL cluster to put behind it.
+PostgreSQL store, a throwaway PostgreSQL cluster to put behind it, and an S3 endpoint (moto's
+server) for DVC remotes and MLflow artifacts.
 
 Each lives in a folder of its own (its data and its log) and stops with its child processes
 when its ``with`` block ends. PostgreSQL refuses to run as root, so under root the cluster runs
@@ -9,6 +10,7 @@ dies with the process that started it, even on a ``kill -9``.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -22,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 # PostgreSQL's server programs; Debian keeps them off PATH, under /usr/lib/postgresql/<major>/bin.
 POSTGRES_BIN_ENV = "BPLAB_POSTGRES_BIN"
@@ -69,17 +71,21 @@ def _stop_group(process: subprocess.Popen | None, sig: signal.Signals, timeout_s
 
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1 over ``backend_uri`` (default: a sqlite file in ``root``),
-    proxying artifacts to ``root/artifacts``. It keeps its port, so it can be stopped (or killed,
-    as a crash would) and started again over the same store: a restart, as clients see one.
+    proxying artifacts to ``artifacts_destination`` (default: ``root/artifacts``; an ``s3://`` one
+    wants the bucket's endpoint and keys in ``env``: :attr:`S3Server.env` and ``MLFLOW_S3_ENDPOINT_URL``).
+    It keeps its port, so it can be stopped (or killed, as a crash would) and started again over the
+    same store: a restart, as clients see one.
     """
 
     def __init__(self, root: Path, backend_uri: str | None = None, app_name: str | None = None,
                  env: Mapping[str, str] | None = None, workers: int = 1,
-                 command: list[str] | None = None, port: int | None = None) -> None:
+                 command: list[str] | None = None, port: int | None = None,
+                 artifacts_destination: str | None = None) -> None:
         """``command``, if given, is the whole server command line (a documented one, say), listening on
         127.0.0.1 at ``port``; it then replaces the one built from the other arguments."""
         self.root = root
         self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
+        self.artifacts_destination = artifacts_destination or str(root / "artifacts")
         self.app_name = app_name
         self.workers = workers
         self.command = command
@@ -96,7 +102,7 @@ class MlflowServer:
         """Start the server and wait until ``/health`` answers."""
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", str(self.workers), "--backend-store-uri", self.backend_uri,
-                   "--artifacts-destination", str(self.root / "artifacts")]
+                   "--artifacts-destination", self.artifacts_destination]
         if self.app_name:
             command += ["--app-name", self.app_name]
         command = self.command or command
@@ -109,6 +115,101 @@ class MlflowServer:
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop the server and its workers (``signal.SIGKILL``: as a crash would)."""
         _stop_group(self.process, sig)
+
+    def __enter__(self) -> Self:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class S3Server:
+    """An S3 endpoint on 127.0.0.1 (moto's server, in a process of its own) with one access key,
+    which may do anything to S3. Its objects live in its memory and go with it.
+
+    With ``check_keys`` (the default) it refuses, as AWS does, a request not signed with that key in
+    its ``Authorization`` header. moto cannot check the signature of a presigned link (it answers
+    HTTP 500), and an ``mlflow server`` over an S3 destination hands its clients one for every
+    artifact they download: an S3Server behind MLflow runs with ``check_keys=False``.
+
+    ``with S3Server() as s3:`` then :attr:`endpoint_url`, :meth:`create_bucket`, :attr:`env` (the
+    key for a child process, as AWS's variables) and :meth:`client` (boto3's, signed with the key).
+    A process of its own: its objects are no test process's, each pytest-xdist worker starts its
+    own, and a DVC push's parallel uploads do not wait on a test's interpreter.
+    """
+
+    region = "us-east-1"
+
+    def __init__(self, check_keys: bool = True) -> None:
+        self.check_keys = check_keys
+        self.root = Path(tempfile.mkdtemp(prefix="bplab-s3-"))
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.log = self.root / "s3-server.log"
+        self.access_key_id = self.secret_access_key = ""
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The access key and region as AWS's environment variables, for a child process (the
+        endpoint is not among them: DVC's ``endpointurl``, MLflow's ``MLFLOW_S3_ENDPOINT_URL``)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                "AWS_DEFAULT_REGION": self.region}
+
+    def client(self, service: str = "s3") -> Any:
+        """A boto3 client of the endpoint, signed with the server's access key."""
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
+                            aws_access_key_id=self.access_key_id or "setup",
+                            aws_secret_access_key=self.secret_access_key or "setup")
+
+    def create_bucket(self, name: str) -> str:
+        """Create the bucket ``name`` (3 to 63 lower-case letters, digits, dots, hyphens); return it."""
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object key in ``bucket`` under ``prefix``, listed over S3's API."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def start(self, timeout_s: float = 60) -> Self:
+        """Start the server and make its access key (with ``check_keys``, from then on it refuses
+        requests not signed with it)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        with self.log.open("a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_http(f"{self.endpoint_url}/moto-api/", self.process, self.log, timeout_s)
+            self._make_access_key()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _make_access_key(self) -> None:
+        """As an account's owner would: a user allowed everything in S3, and an access key of its.
+        Then, with ``check_keys``, moto's authentication starts (its count of unchecked requests set to 0)."""
+        iam = self.client("iam")
+        iam.create_user(UserName="bplab")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="bplab", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="bplab")["AccessKey"]
+        self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
+        if not self.check_keys:
+            return
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth", data=b"0", method="POST",
+                                         headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def stop(self) -> None:
+        """Stop the server (its objects go with it) and remove its folder."""
+        _stop_group(self.process, signal.SIGTERM)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start() if self.process is None else self

@@ -89,6 +89,21 @@ def test_errors_a_stage_prints_have_their_urls_redacted(collector, capsys: pytes
     assert "Pa55" not in result.stderr
 
 
+def test_an_s3_error_a_stage_prints_shows_neither_key_nor_signature() -> None:
+    """botocore names the URL it could not reach: an endpoint with a key in it, a presigned link."""
+    secret, signature = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "5e3d0c2b9a"
+    url = (f"http://AKIAIOSFODNN7EXAMPLE:{secret}@127.0.0.1:9000/team/mlflow/1/m/model.pth"
+           f"?X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261207&X-Amz-Signature={signature}")
+    code = ("import sys\nfrom bplab.pipeline.process import stage_process\nwith stage_process('train@x'):\n"
+            "    raise ConnectionError(f'Could not connect to the endpoint URL: \"{sys.argv[1]}\"')\n")
+    result = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.endswith('ConnectionError: Could not connect to the endpoint URL: '
+                                  '"http://***@127.0.0.1:9000/team/mlflow/1/m/model.pth\n')
+    for hidden in (secret, *secret.split("/"), "AKIAIOSFODNN7EXAMPLE", signature):
+        assert hidden not in result.stderr
+
+
 DEFERRED = """
 import os, signal, sys
 from bplab.interrupts import interrupts_deferred

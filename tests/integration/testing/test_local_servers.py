@@ -1,18 +1,21 @@
-"""The throwaway PostgreSQL the tests and the benchmark put behind `mlflow server`: a real cluster,
-run by an unprivileged user, reached only with its role's password, gone with its starter."""
+"""The throwaway servers of the tests and the benchmark: the PostgreSQL they put behind `mlflow
+server` (a real cluster, run by an unprivileged user, reached only with its role's password, gone
+with its starter) and the S3 endpoint of DVC remotes and MLflow artifacts (signed requests only)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from bplab.testing.local_servers import PostgreSQL, postgres_bin
+from bplab.testing.local_servers import PostgreSQL, S3Server, postgres_bin
 from bplab.testing.scratch import REPO, stage_env
 from support.processes import unavailable
 
@@ -72,3 +75,48 @@ def test_a_cluster_that_cannot_start_says_why_and_leaves_nothing(postgres_availa
     with pytest.raises(RuntimeError, match=r"initdb exited 1:\n(.|\n)*pgdata"):
         cluster.start()
     assert not cluster.root.exists()
+
+
+def test_an_s3_server_keeps_objects_for_its_key_only_and_frees_its_port() -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    with S3Server() as s3:
+        assert s3.create_bucket("bplab-store") == "bplab-store"
+        s3.client().put_object(Bucket="bplab-store", Key="dvc/files/md5/ab/cdef", Body=b"weights")
+        assert s3.keys("bplab-store") == ["dvc/files/md5/ab/cdef"]
+        assert s3.keys("bplab-store", "mlflow/") == []
+        # A child process finds the key in AWS's variables, as boto3 reads them; the endpoint it is given.
+        env = s3.env
+        assert env["AWS_ACCESS_KEY_ID"].startswith("AKIA") and len(env["AWS_SECRET_ACCESS_KEY"]) >= 40
+        session = boto3.session.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                                        region_name=env["AWS_DEFAULT_REGION"])
+        body = session.client("s3", endpoint_url=s3.endpoint_url).get_object(
+            Bucket="bplab-store", Key="dvc/files/md5/ab/cdef")["Body"].read()
+        assert body == b"weights"
+        for key_id, secret, refusal in ((s3.access_key_id, "not-the-secret", "SignatureDoesNotMatch"),
+                                        ("AKIAUNKNOWN0000000", s3.secret_access_key, "InvalidAccessKeyId")):
+            stranger = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
+                                    aws_access_key_id=key_id, aws_secret_access_key=secret)
+            with pytest.raises(ClientError, match=refusal):
+                stranger.list_objects_v2(Bucket="bplab-store")
+        root, port = s3.root, s3.port
+    assert s3.process.poll() is not None and not root.exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)  # nothing listens there any more
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the connections closing in TIME_WAIT
+        probe.bind(("127.0.0.1", port))  # the port is free for the next server
+
+
+def test_an_s3_server_that_checks_no_keys_serves_presigned_links() -> None:
+    """What `mlflow server` over an S3 destination hands its clients to download an artifact from."""
+    with S3Server(check_keys=False) as s3:
+        s3.create_bucket("bplab-artifacts")
+        s3.client().put_object(Bucket="bplab-artifacts", Key="mlflow/1/model.pth", Body=b"weights")
+        link = s3.client().generate_presigned_url(
+            "get_object", Params={"Bucket": "bplab-artifacts", "Key": "mlflow/1/model.pth"}, ExpiresIn=60)
+        assert "Signature=" in link and s3.secret_access_key not in link
+        with urllib.request.urlopen(urllib.request.Request(link, headers={"Range": "bytes=0-3"}), timeout=10) as got:
+            assert (got.status, got.read()) == (206, b"weig")  # MLflow downloads in ranges

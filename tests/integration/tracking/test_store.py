@@ -52,6 +52,17 @@ def test_flatten() -> None:
     ("https://alice:pa%2Fss@mirror.example/mnist/", "https://***@mirror.example/mnist/"),
     ("https://ghp_t0ken@github.com/org/repo.git", "https://***@github.com/org/repo.git"),  # a token as user name
     ("https://b.s3.amazonaws.com/k.gz?X-Amz-Signature=5ig&X-Amz-Credential=AKIA", "https://b.s3.amazonaws.com/k.gz"),
+    # S3: an endpoint with an access key in it (an AWS secret holds '/' and '+'), a presigned
+    # path-style link of a local endpoint, an s3:// URL with a key, an endpoint as an assignment.
+    ("http://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY@127.0.0.1:9000/?X-Amz-Signature=5ig",
+     "http://***@127.0.0.1:9000/"),
+    ("http://127.0.0.1:9000/team/mlflow/1/m-1/artifacts/model.pth?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+     "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261207%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=5ig",
+     "http://127.0.0.1:9000/team/mlflow/1/m-1/artifacts/model.pth"),
+    ("s3://AKIAIOSFODNN7EXAMPLE:wJalr/K7+bPx@team/dvc", "s3://***@team/dvc"),
+    ("MLFLOW_S3_ENDPOINT_URL=https://AKIAIOSFODNN7EXAMPLE:wJalr/K7+bPx@s3.example:9000",
+     "MLFLOW_S3_ENDPOINT_URL=https://***@s3.example:9000"),
+    ("s3://team/mlflow", "s3://team/mlflow"),
     ("https://mirror.example/f.gz#access_token=t0k", "https://mirror.example/f.gz"),
     ("https://cdn.example/npm/pkg@1.0/f.js", "https://cdn.example/npm/pkg@1.0/f.js"),  # '@' in a path: no login
     ("https://host:8080/a@b", "https://***@b"),  # SQLAlchemy would read '8080/a' as a password: hidden
