@@ -35,12 +35,14 @@ docs: setup
 # code): writes bench/results.{md,json}; for the cost of MLflow's system metrics on the MNIST
 # stage, bench/system-metrics.{md,json}; and for a shared tracking server under load (PostgreSQL
 # and sqlite behind `mlflow server`), bench/tracking-load.{md,json}; for what early stopping on the
-# test split did to test scores, bench/selection-bias.{md,json} (after `make repro`: it reads data/processed/).
+# test split did to test scores, bench/selection-bias.{md,json} (after `make repro`: it reads data/processed/);
+# for one sweep on one machine against two clones on PostgreSQL and S3, bench/team-sweep.{md,json}.
 bench: setup postgres
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/run.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/system_metrics.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/tracking_load.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/selection_bias.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/team_sweep.py
 
 # Full fault campaign (about 10 minutes): writes bench/soak-results.md and bench/soak-results.json.
 soak: setup

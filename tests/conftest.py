@@ -137,12 +137,12 @@ def pipeline_clone(tiny_pipeline: TinyPipeline, tmp_path: Path) -> Path:
 # first: `make test` hands whole files to its workers in this order (--no-loadscope-reorder: by
 # default pytest-xdist would sort files by their number of tests, and the four-minute fault
 # campaign, one test, would start last, alone on one core). test_pipeline.py builds the tiny
-# pipeline; the files that start from a clone of it (``pipeline_clone``: test_sweep, the e2e
+# pipeline; the files that start from a clone of it (``pipeline_clone``: test_team_sweep, test_sweep, the e2e
 # test_reliability, test_reproduce, test_secrets, test_pipeline_clone) come after files that keep
 # the other workers busy meanwhile, so none waits for it idle.
 LONGEST_FIRST = ["test_pipeline.py", "test_shared_server.py", "test_soak.py", "test_tracking_server.py",
-                 "test_bench.py", "test_reliability.py", "test_distributed.py", "test_sweep.py", "test_readme.py",
-                 "test_reproduce.py"]
+                 "test_bench.py", "test_reliability.py", "test_distributed.py", "test_team_sweep.py", "test_sweep.py",
+                 "test_readme.py", "test_reproduce.py", "test_shared_server_docs.py", "test_s3_store.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 """One study, many machines: `bplab sweep` workers in separate clones (each standing for a machine:
 its own workspace, DVC cache and queue) against one PostgreSQL (Optuna's RDB storage), one
-`mlflow server`, one shared bare git remote and one DVC remote. A worker is killed mid-trial with
+`mlflow server`, one shared bare git remote and one DVC remote on S3 (moto's server on 127.0.0.1,
+keys in each clone's `.dvc/config.local`). A worker is killed mid-trial with
 its machine's queue; a worker of another clone finds the trial by Optuna's heartbeat and runs its
 params again. A third clone pulls the best experiment and reproduces its metric.
 """
@@ -16,40 +17,51 @@ from pathlib import Path
 
 import pytest
 
-from bplab.testing.local_servers import MlflowServer, PostgreSQL, postgres_bin
+from bplab.testing.local_servers import MlflowServer, PostgreSQL, S3Server, postgres_bin
 from bplab.testing.scratch import commit, set_params, stage_env
 from support.processes import BPLAB, run, unavailable
 
 VARIANT = "boston_module"
+BUCKET = "team"
 TRIALS = 8
 # Learning rates that do not diverge on Boston in 3 epochs: every trial run to its end completes.
 SPACE = ["--param", "lr=log:1e-3:1e-2", "--param", "batch_size=choice:32,64,128"]
 
 
 @pytest.fixture(scope="module")
-def team_servers(tmp_path_factory: pytest.TempPathFactory) -> tuple[PostgreSQL, MlflowServer]:
-    """The team's PostgreSQL (the study) and tracking server."""
+def team_servers(tmp_path_factory: pytest.TempPathFactory) -> tuple[PostgreSQL, MlflowServer, S3Server]:
+    """The team's PostgreSQL (the study), tracking server and S3 endpoint (its bucket made)."""
     if postgres_bin() is None:
         unavailable("PostgreSQL is not installed: `make postgres` installs Debian's package")
     with PostgreSQL(database="optuna", role="optuna") as postgres, \
-            MlflowServer(tmp_path_factory.mktemp("tracking")) as tracking:
-        yield postgres, tracking
+            MlflowServer(tmp_path_factory.mktemp("tracking")) as tracking, S3Server() as s3:
+        s3.create_bucket(BUCKET)
+        yield postgres, tracking, s3
 
 
-def _team(pipeline_clone: Path, root: Path) -> tuple[Path, Path]:
-    """The team's bare git remote and DVC remote, holding the pipeline at its sweep commit."""
-    remote, dvc_remote = root / "team.git", root / "dvc-remote"
+def _keyed(clone: Path, s3: S3Server) -> None:
+    """The S3 remote's endpoint and keys in the clone's own config.local, as each machine sets them."""
+    for option, value in {"endpointurl": s3.endpoint_url, "access_key_id": s3.access_key_id,
+                          "secret_access_key": s3.secret_access_key}.items():
+        run(["dvc", "remote", "modify", "--local", "team", option, value], clone)
+
+
+def _team(pipeline_clone: Path, root: Path, s3: S3Server) -> Path:
+    """The team's bare git remote, holding the pipeline at its sweep commit, its data on S3."""
+    remote = root / "team.git"
     set_params(pipeline_clone, {f"train.{VARIANT}.epochs": 3})
-    run(["dvc", "remote", "add", "-d", "team", str(dvc_remote)], pipeline_clone)
+    run(["dvc", "remote", "add", "-d", "team", f"s3://{BUCKET}/dvc"], pipeline_clone)
+    _keyed(pipeline_clone, s3)
     commit(pipeline_clone, "sweep epochs, the team's DVC remote")
     run(["dvc", "push", "-q"], pipeline_clone)
     run(["git", "clone", "-q", "--bare", str(pipeline_clone), str(remote)], root)
-    return remote, dvc_remote
+    return remote
 
 
-def _machine(remote: Path, dest: Path) -> Path:
-    """A clone of the team's repository with its own DVC cache, its data pulled."""
+def _machine(remote: Path, dest: Path, s3: S3Server) -> Path:
+    """A clone of the team's repository with its own DVC cache, its data pulled from S3."""
     run(["git", "clone", "-q", str(remote), str(dest)], dest.parent)
+    _keyed(dest, s3)
     run(["dvc", "pull", "-q"], dest)
     return dest
 
@@ -69,10 +81,10 @@ def _running(clone: Path) -> bool:
 
 @pytest.mark.timeout(1500)  # about 4 minutes on an idle 2-core machine; the suite's other files load it
 def test_workers_in_two_clones_share_one_study_and_survive_a_killed_machine(
-        pipeline_clone: Path, tmp_path: Path, team_servers: tuple[PostgreSQL, MlflowServer]) -> None:
-    postgres, tracking = team_servers
-    remote, _ = _team(pipeline_clone, tmp_path)
-    clone_a, clone_b = _machine(remote, tmp_path / "clone-a"), _machine(remote, tmp_path / "clone-b")
+        pipeline_clone: Path, tmp_path: Path, team_servers: tuple[PostgreSQL, MlflowServer, S3Server]) -> None:
+    postgres, tracking, s3 = team_servers
+    remote = _team(pipeline_clone, tmp_path, s3)
+    clone_a, clone_b = _machine(remote, tmp_path / "clone-a", s3), _machine(remote, tmp_path / "clone-b", s3)
 
     worker_a = _worker(clone_a, postgres.uri, tracking.uri)
     worker_b = _worker(clone_b, postgres.uri, tracking.uri)
@@ -91,7 +103,7 @@ def test_workers_in_two_clones_share_one_study_and_survive_a_killed_machine(
         run(["dvc", "queue", "stop", "--kill"], clone_b)
     printed_a, printed_b = _printed(clone_a), _printed(clone_b)
     assert worker_b.returncode == 0, printed_b
-    assert postgres.password not in printed_a + printed_b
+    assert postgres.password not in printed_a + printed_b and s3.secret_access_key not in printed_a + printed_b
 
     trials = _study(postgres.uri)
     lost = [t for t in trials if t.state.name == "FAIL"]
@@ -116,11 +128,14 @@ def test_workers_in_two_clones_share_one_study_and_survive_a_killed_machine(
     assert f"keep it: dvc exp pull origin team-t{best.number} && dvc exp apply team-t{best.number}" in printed_b
     clone_c = tmp_path / "clone-c"
     run(["git", "clone", "-q", str(remote), str(clone_c)], tmp_path)
+    _keyed(clone_c, s3)
     run(["dvc", "exp", "pull", "origin", f"team-t{best.number}"], clone_c)
     run(["dvc", "exp", "apply", f"team-t{best.number}"], clone_c)
     assert json.loads((clone_c / "metrics" / f"{VARIANT}.json").read_text())["val_rmse"] == best.value
     env = stage_env(clone_c, MLFLOW_TRACKING_URI=tracking.uri)
     run(["dvc", "pull", "-q"], clone_c, env=env)
+    # the best trial's model and checkpoint came from S3, as it pushed them: nothing to reproduce
+    assert "up to date" in run(["dvc", "status", f"evaluate@{VARIANT}"], clone_c, env=env).stdout
     run(["dvc", "repro", "-f", "-s", f"train@{VARIANT}", f"evaluate@{VARIANT}"], clone_c, env=env)
     retrained = json.loads((clone_c / "metrics" / f"{VARIANT}.json").read_text())["val_rmse"]
     assert retrained == pytest.approx(best.value, rel=1e-6)
