@@ -62,12 +62,7 @@ class RunRecord:
 
 def _finished_run(client: Any, run_id: str) -> Any:
     """The MLflow run ``run_id``, if it is a training run that finished with metrics to compare."""
-    run = queries.run_or_none(client, run_id)
-    if run is None:
-        raise ReproduceError(f"no run {run_id!r} in {store.redact(store.tracking_uri())}")
-    tags = run.data.tags
-    if tags.get("stage") != "train" or "variant" not in tags:
-        raise ReproduceError(f"run {run_id} is not a training run (its stage tag is {tags.get('stage')!r})")
+    run = queries.training_run(client, run_id)
     # A stopped or running run's last metrics are those of some epoch, not a result a rerun should match.
     if run.info.status != "FINISHED":
         raise ReproduceError(f"run {run_id} did not finish (its status is {run.info.status}): it has no final "

@@ -158,15 +158,12 @@ def _data(files: dict[str, str], run: Any, dataset: str) -> tuple[dict[str, str]
 
 
 def load(run_id: str, tracking_uri: str | None = None) -> TrainingRecord:
-    """The :class:`TrainingRecord` of training run ``run_id``; a :class:`LineageError` when the
-    store has no such run or it is not a training run."""
+    """The :class:`TrainingRecord` of training run ``run_id``; a
+    :class:`~bplab.tracking.queries.NotATrainingRun` when the store has no such run or it is not a
+    training run."""
     client = _client(tracking_uri)
-    run = queries.run_or_none(client, run_id)
-    if run is None:
-        raise LineageError(f"no run {run_id!r} in {store.redact(client.tracking_uri)}")
+    run = queries.training_run(client, run_id)
     tags = run.data.tags
-    if tags.get("stage") != "train" or "variant" not in tags:
-        raise LineageError(f"run {run_id} is not a training run (its stage tag is {tags.get('stage')!r})")
     dirty = tags.get("git_dirty")
     files = _reproduce_files(client, run_id)
     changes = files.get("git_status.txt", "").splitlines() if dirty == "true" else []

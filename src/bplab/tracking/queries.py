@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bplab.errors import BplabError
 from bplab.tracking import store
 from bplab.tracking.registry import CHAMPION, RegistryError
 
@@ -65,6 +66,22 @@ def run_or_none(client: Any, run_id: str) -> Any:
         return client.get_run(run_id)
     except MlflowException:
         return None
+
+
+class NotATrainingRun(BplabError):
+    """A run a user named is not in the store, or is not a training run."""
+
+
+def training_run(client: Any, run_id: str) -> Any:
+    """Training run ``run_id`` (tagged ``stage=train`` with its ``variant``), whatever its status; a
+    :class:`NotATrainingRun` naming the store, or the run's stage, otherwise."""
+    run = run_or_none(client, run_id)
+    if run is None:
+        raise NotATrainingRun(f"no run {run_id!r} in {store.redact(client.tracking_uri)}")
+    tags = run.data.tags
+    if tags.get("stage") != "train" or "variant" not in tags:
+        raise NotATrainingRun(f"run {run_id} is not a training run (its stage tag is {tags.get('stage')!r})")
+    return run
 
 
 def experiment_names(client: Any) -> list[str]:
