@@ -96,3 +96,20 @@ def params_only_repository(folder: Path, overrides: dict | None = None) -> Path:
     if overrides:
         set_params(folder, overrides)
     return folder
+
+
+def bplab_here(*args: str, capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """``bplab ARGS`` by :func:`bplab.commands.main.main` in this process, ended as its process would
+    end (argparse's exits included), with what it printed."""
+    from bplab.commands.main import main
+
+    capsys.readouterr()  # what came before is not its output
+    excepthook = sys.excepthook  # main redacts tracebacks for its whole process
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.excepthook = excepthook
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["bplab", *args], code, out, err)

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from bplab.commands import dvc_cache
-from bplab.commands.main import main
 from bplab.paths import processed_dir
 from bplab.sweep import dvc_queue
 from bplab.tracking import store
 from bplab.tracking.registry import CHAMPION
-from support.processes import run
+from support.processes import bplab_here, run
 
 CONTENTS = ("one", "two", "three")  # one commit each; the last is the branch tip
 DATASETS = ("boston", "mnist")
@@ -76,15 +74,9 @@ def _objects(repo: Path, commit: str) -> set[str]:
 
 
 def gc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    capsys.readouterr()
-    excepthook = sys.excepthook
-    try:
-        code = main(["gc", "--only", "dvc", *args])
-    finally:
-        sys.excepthook = excepthook
-    out, err = capsys.readouterr()
-    assert err == ""
-    return code, out
+    done = bplab_here("gc", "--only", "dvc", *args, capsys=capsys)
+    assert done.stderr == "", done
+    return done.returncode, done.stdout
 
 
 def listed(out: str) -> set[str]:

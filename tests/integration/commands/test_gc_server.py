@@ -4,30 +4,23 @@ artifacts through the server's artifact proxy; the champion's run stays either w
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from bplab.commands.main import main
 from bplab.testing.local_servers import MlflowServer
 from bplab.tracking import retention, store
 from bplab.tracking.registry import CHAMPION
+from support.processes import bplab_here
 
 DATASET = "boston"
 
 
 def gc(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    capsys.readouterr()
-    excepthook = sys.excepthook
-    try:
-        assert main(["gc", "--only", "mlflow", "--yes", *args]) == 0
-    finally:
-        sys.excepthook = excepthook
-    out, err = capsys.readouterr()
-    assert err == ""
-    return out
+    done = bplab_here("gc", "--only", "mlflow", "--yes", *args, capsys=capsys)
+    assert done.returncode == 0 and done.stderr == "", done
+    return done.stdout
 
 
 def test_runs_are_deleted_on_a_server_and_removed_for_good_with_its_database(

@@ -22,7 +22,7 @@ from bplab.pipeline.train_stage import train
 from bplab.testing.local_servers import free_port
 from bplab.tracking import store
 from support.pipeline import mlflow_client, tiny
-from support.processes import BPLAB
+from support.processes import BPLAB, bplab_here
 
 
 def bplab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,23 +30,6 @@ def bplab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproces
     assert BPLAB.is_file(), f"{BPLAB} is missing: `make setup` (or `pip install -e .`) installs it"
     return subprocess.run([str(BPLAB), *args], cwd=cwd, env=env or dict(os.environ), capture_output=True,
                           text=True, timeout=120)
-
-
-def bplab_here(*args: str, capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
-    """``bplab ARGS`` by :func:`bplab.commands.main.main` in this process, ended as its process would
-    end (argparse's exits included), with what it printed."""
-    from bplab.commands.main import main
-
-    capsys.readouterr()  # what came before is not its output
-    excepthook = sys.excepthook  # main redacts tracebacks for its whole process
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.excepthook = excepthook
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["bplab", *args], code, out, err)
 
 
 def refused(result: subprocess.CompletedProcess[str], command: str) -> str:

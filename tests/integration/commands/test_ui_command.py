@@ -16,23 +16,18 @@ import pytest
 from bplab.commands import ui
 from bplab.testing.local_servers import free_port
 from bplab.tracking import store
+from support.processes import bplab_here
 
 
 def refusal(*args: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
     """The one line ``bplab ui ARGS`` ends with (exit status 2), having started no server."""
-    from bplab.commands.main import main
 
     def no_server(*args: object) -> None:
         pytest.fail(f"bplab ui was to refuse, and started a server: {args}")
 
     monkeypatch.setattr(ui, "run_server", no_server)
-    capsys.readouterr()
-    excepthook = sys.excepthook  # main redacts tracebacks for its whole process
-    try:
-        code = main(["ui", *args])
-    finally:
-        sys.excepthook = excepthook
-    out, err = capsys.readouterr()
+    done = bplab_here("ui", *args, capsys=capsys)
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 2 and out == "" and "Traceback" not in err, (code, out, err)
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("bplab ui: error: "), err

@@ -185,6 +185,7 @@ def test_a_trial_whose_experiment_left_the_queue_is_told_fail(mlflow_repo: Path,
         capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_trial_whose_worker_stopped_beating_runs_again_under_a_new_number(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Optuna's heartbeat on a database storage (sqlite here; PostgreSQL in the e2e test): the trial

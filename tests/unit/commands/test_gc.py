@@ -5,7 +5,6 @@ the listed ones (for good: rows and artifacts), never the champion's."""
 from __future__ import annotations
 
 import re
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -15,26 +14,20 @@ from pathlib import Path
 import pytest
 
 from bplab.commands import dvc_cache
-from bplab.commands.main import main
 from bplab.data import catalog
 from bplab.paths import processed_dir, raw_dir
 from bplab.tracking import retention, store
 from bplab.tracking.cleanup import RunFacts, Survey, VersionFacts
 from bplab.tracking.registry import CHAMPION
+from support.processes import bplab_here
 
 DATASET = "boston"
 DAY_MS = retention.DAY_MS
 
 
 def gc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    excepthook = sys.excepthook  # main redacts tracebacks for its whole process
-    try:
-        code = main(["gc", "--only", "mlflow", *args])
-    finally:
-        sys.excepthook = excepthook
-    out, err = capsys.readouterr()
-    return code, out, err
+    done = bplab_here("gc", "--only", "mlflow", *args, capsys=capsys)
+    return done.returncode, done.stdout, done.stderr
 
 
 def rows(out: str) -> dict[tuple[str, str], tuple[str, str]]:

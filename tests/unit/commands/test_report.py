@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from bplab.commands.main import main
+from support.processes import bplab_here
 
 
 def report(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    excepthook = sys.excepthook  # main redacts tracebacks for its whole process
-    try:
-        code = main(["report", *args])
-    finally:
-        sys.excepthook = excepthook
-    out, err = capsys.readouterr()
-    return code, out, err
+    done = bplab_here("report", *args, capsys=capsys)
+    return done.returncode, done.stdout, done.stderr
 
 
 def test_report_refuses_a_missing_or_empty_store_in_one_line(mlflow_repo: Path,
