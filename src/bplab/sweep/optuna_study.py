@@ -130,9 +130,13 @@ def storage(url: str | None, repo: Path, study: str, heartbeat_s: int, takeovers
                 with _experimental_accepted():
                     return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=HEARTBEAT_GRACE * heartbeat_s,
                                       heartbeat_stale_trial_callback=takeovers), shown
-            except sqlalchemy.exc.IntegrityError as exc:
-                # Workers started together on an empty database all create Optuna's tables; on
-                # PostgreSQL all but one are refused (duplicate key in pg_type). The tables exist then.
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+                # Workers started together on an empty database all create Optuna's tables and types;
+                # on PostgreSQL all but one are refused (a duplicate key in pg_type, or `type
+                # "studydirection" already exists`). They exist then: the next try finds them.
+                if isinstance(exc, sqlalchemy.exc.ProgrammingError) and "already exists" not in str(exc):
+                    raise StorageUnavailable(f"cannot open the sweep storage {shown}: "
+                                             f"{store.database_reason(exc)}") from None
                 if attempt == SCHEMA_ATTEMPTS:
                     raise StorageUnavailable(f"cannot open the sweep storage {shown}: "
                                              f"{store.database_reason(exc)}") from None
