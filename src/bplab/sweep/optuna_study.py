@@ -93,6 +93,11 @@ class StorageUnavailable(BplabError):
     """The study's database storage cannot be opened (unreachable, refused, or a bad URL)."""
 
 
+def _unavailable(shown: str, exc: Exception) -> StorageUnavailable:
+    """The one line for a database storage that cannot be opened (``shown``: its URL, redacted)."""
+    return StorageUnavailable(f"cannot open the sweep storage {shown}: {store.database_reason(exc)}")
+
+
 class Takeovers:
     """What a database storage does with a trial whose worker stopped beating: Optuna's
     :class:`RetryHeartbeatStaleTrialCallback` puts its params back as a new waiting trial, which
@@ -130,20 +135,15 @@ def storage(url: str | None, repo: Path, study: str, heartbeat_s: int, takeovers
                 with _experimental_accepted():
                     return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=HEARTBEAT_GRACE * heartbeat_s,
                                       heartbeat_stale_trial_callback=takeovers), shown
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver is missing
                 # Workers started together on an empty database all create Optuna's tables and types;
                 # on PostgreSQL all but one are refused (a duplicate key in pg_type, or `type
                 # "studydirection" already exists`). They exist then: the next try finds them.
-                if isinstance(exc, sqlalchemy.exc.ProgrammingError) and "already exists" not in str(exc):
-                    raise StorageUnavailable(f"cannot open the sweep storage {shown}: "
-                                             f"{store.database_reason(exc)}") from None
-                if attempt == SCHEMA_ATTEMPTS:
-                    raise StorageUnavailable(f"cannot open the sweep storage {shown}: "
-                                             f"{store.database_reason(exc)}") from None
+                created_meanwhile = isinstance(exc, sqlalchemy.exc.IntegrityError) or (
+                    isinstance(exc, sqlalchemy.exc.ProgrammingError) and "already exists" in str(exc))
+                if not created_meanwhile or attempt == SCHEMA_ATTEMPTS:
+                    raise _unavailable(shown, exc) from None
                 time.sleep(0.5 * attempt)
-            except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver is missing
-                raise StorageUnavailable(f"cannot open the sweep storage {shown}: "
-                                         f"{store.database_reason(exc)}") from None
     path = Path(url) if url else repo / SWEEPS_FOLDER / f"{study}.journal"
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,7 @@ def _create_study(name: str, where: Any, shown: str, search: BaseSampler, direct
         return optuna.create_study(study_name=name, storage=where, sampler=search, direction=direction,
                                    load_if_exists=True)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the URL's driver is not installed
-        raise StorageUnavailable(f"cannot open the sweep storage {shown}: {store.database_reason(exc)}") from None
+        raise _unavailable(shown, exc) from None
 
 
 def open_study(name: str, where: Any, shown: str, maximize: bool, search: BaseSampler,
