@@ -336,14 +336,13 @@ class Sweeper:
         """``dvc exp push`` a finished trial's experiment when the sweep shares them (``--push``)."""
         if not self.setup.push:
             return
-        started = time.monotonic()
         try:
             with self._timed("push"):
                 dvc_queue.push(self.setup.repo, self.setup.push, name)
         except dvc_queue.DvcFailed as exc:
             say(f"trial {number}: not shared: {exc}")
             return
-        say(f"trial {number}: pushed {name} to {self.setup.push} in {time.monotonic() - started:.1f} s")
+        say(f"trial {number}: pushed {name} to {self.setup.push} in {self.clock.samples['push_s'][-1]:.1f} s")
 
     def _outcome(self, pending: Pending, state: str) -> tuple[float | None, str]:
         """A finished experiment's objective, or ``None`` and why there is none."""
